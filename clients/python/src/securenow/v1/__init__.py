@@ -1,0 +1,1 @@
+"""Generated SecureNow API (securenow.v1). Do not edit."""
