@@ -1,0 +1,16 @@
+DROP TYPE agency_type;
+DROP TYPE department_status;
+DROP TYPE incident_status;
+DROP TYPE incident_priority;
+DROP TYPE incident_type;
+DROP TYPE payment_status;
+DROP TYPE booking_status;
+DROP TYPE service_type;
+DROP TYPE alert_priority;
+DROP TYPE sos_status;
+DROP TYPE provider_type;
+DROP TYPE verification_status;
+DROP TYPE user_status;
+DROP TYPE user_role;
+DROP EXTENSION IF EXISTS btree_gist;
+DROP EXTENSION IF EXISTS postgis;

@@ -1,0 +1,154 @@
+"""`securenow` command line: migrate, serve, create-admin, seed-demo, maintain, audit-verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from securenow.server import logs, migrations
+from securenow.server.domain.errors import DomainError
+from securenow.server.settings import Settings, SettingsError
+
+log = logging.getLogger("securenow")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (SettingsError, ValidationError) as exc:
+        sys.exit(f"securenow: bad settings: {exc}")
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable without it
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.status:
+        for m in migrations.status(settings.database_url):
+            print(f"{'applied' if m.applied else 'pending':8} {m.id}")
+        return 0
+    if args.down is not None or args.down_all:
+        done = migrations.rollback(settings.database_url, steps=None if args.down_all else args.down)
+        print(f"rolled back {len(done)} migration(s)" + "".join(f"\n  {m}" for m in done))
+        return 0
+    done = migrations.apply(settings.database_url)
+    print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m}" for m in done))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from securenow.server.runtime import serve
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    _run(serve(settings))
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from securenow.server.bootstrap import App
+
+    settings = _settings()
+
+    async def main() -> None:
+        app = await App.create(settings)
+        try:
+            user = await app.auth.create_admin(
+                email=args.email, password=args.password, phone=args.phone, first_name=args.first_name,
+                last_name=args.last_name,
+            )
+        finally:
+            await app.close()
+        print(f"admin {user.email} ({user.id}) is ready")
+
+    _run(main())
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from securenow.server.bootstrap import App
+    from securenow.server.demo import seed_demo
+
+    settings = _settings()
+
+    async def main() -> None:
+        app = await App.create(settings)
+        try:
+            summary = await seed_demo(app)
+        finally:
+            await app.close()
+        print(summary)
+
+    _run(main())
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from securenow.server.bootstrap import App
+
+    settings = _settings()
+
+    async def main() -> None:
+        app = await App.create(settings)
+        try:
+            created = await app.maintenance.ensure_partitions()
+            await app.maintenance.apply_retention()
+            sealed, tampered = await app.audit.seal_and_verify()
+        finally:
+            await app.close()
+        print(f"partitions created: {created}; audit entries sealed: {sealed}")
+        if tampered is not None:
+            raise DomainError(f"audit chain broken at entry {tampered}")
+
+    _run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="securenow", description="SecureNow server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply (or roll back) schema migrations")
+    p.add_argument("--status", action="store_true", help="list migrations and whether they are applied")
+    p.add_argument("--down", type=int, metavar="N", help="roll back the last N migrations")
+    p.add_argument("--down-all", action="store_true", help="roll back every migration")
+    p.set_defaults(fn=cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("create-admin", help="create the first admin account")
+    p.add_argument("--email", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--phone", default="", help="E.164 phone (default: a placeholder)")
+    p.add_argument("--first-name", default="Platform")
+    p.add_argument("--last-name", default="Admin")
+    p.set_defaults(fn=cmd_create_admin)
+
+    p = sub.add_parser("seed-demo", help="create demo accounts, a provider and a police department")
+    p.set_defaults(fn=cmd_seed_demo)
+
+    p = sub.add_parser("maintain", help="create partitions ahead, apply retention, seal and verify the audit log")
+    p.set_defaults(fn=cmd_maintain)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except DomainError as exc:
+        print(f"securenow {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

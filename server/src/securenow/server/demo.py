@@ -1,0 +1,73 @@
+"""Demo data for a local run (`securenow seed-demo`): idempotent, development only."""
+
+from __future__ import annotations
+
+from securenow.server.bootstrap import App
+from securenow.server.domain.accounts import Principal, PrincipalKind, User
+from securenow.server.domain.enums import ProviderType, Role, ServiceType, VerificationStatus
+from securenow.server.domain.errors import AlreadyExists, FailedPrecondition
+from securenow.server.domain.geo import LocationInput, Point
+from securenow.server.domain.providers import ProviderDraft
+from securenow.server.settings import Environment
+
+DEMO_PASSWORD = "SecureNow-demo-1"
+ADMIN_EMAIL = "admin@securenow.local"
+USER_EMAIL = "alice@securenow.local"
+PROVIDER_EMAIL = "bob@securenow.local"
+# Downtown San Francisco.
+CENTER = Point(37.7793, -122.4193)
+
+
+async def _account(app: App, email: str, phone: str, first: str, last: str, role: Role) -> User:
+    async with app.db.unit_of_work() as uow:
+        found = await uow.accounts.find_credentials(email=email)
+    if found:
+        return found[0]
+    if role is Role.ADMIN:
+        return await app.auth.create_admin(email=email, password=DEMO_PASSWORD, phone=phone, first_name=first, last_name=last)
+    user, _ = await app.auth.sign_up(
+        email=email, phone=phone, first_name=first, last_name=last, password=DEMO_PASSWORD, role=role
+    )
+    return user
+
+
+def _as(user: User) -> Principal:
+    return Principal(PrincipalKind.USER, user.id, user.role, user.agency_id)
+
+
+async def seed_demo(app: App) -> str:
+    if app.settings.env is Environment.PRODUCTION:
+        raise FailedPrecondition("demo data is for development only", reason="PRODUCTION")
+    admin = await _account(app, ADMIN_EMAIL, "+15550000001", "Ada", "Admin", Role.ADMIN)
+    alice = await _account(app, USER_EMAIL, "+15550000002", "Alice", "Walker", Role.USER)
+    bob = await _account(app, PROVIDER_EMAIL, "+15550000003", "Bob", "Guard", Role.PROVIDER)
+
+    draft = ProviderDraft(
+        company_name="Bay Guardians Security",
+        business_type=ProviderType.SECURITY_GUARD,
+        license_number="CA-PPO-120034",
+        pricing_input=[(ServiceType.SECURITY_GUARD, "USD", 45, 0), (ServiceType.EVENT_SECURITY, "USD", 60, 0)],
+        minimum_hours=2,
+        base_location=CENTER,
+        tags=["armed", "night"],
+        description="Licensed guards for homes, shops and events across San Francisco.",
+    )
+    try:
+        provider = await app.providers.create(_as(bob), draft, None)
+    except AlreadyExists:
+        async with app.db.unit_of_work() as uow:
+            provider_id = await uow.conn.fetchval("SELECT id FROM providers WHERE user_id = $1", bob.id)
+        provider = await app.providers.get(_as(admin), str(provider_id))
+    if provider.verification_status is not VerificationStatus.VERIFIED:
+        provider = await app.providers.verify(_as(admin), provider.id, VerificationStatus.VERIFIED, "demo")
+    await app.providers.update_duty(
+        _as(bob), provider.id, True, LocationInput(latitude=CENTER.latitude + 0.002, longitude=CENTER.longitude)
+    )
+    return "\n".join(
+        [
+            "demo data ready (password for every account: " + DEMO_PASSWORD + ")",
+            f"  admin     {ADMIN_EMAIL}",
+            f"  user      {alice.email}",
+            f"  provider  {bob.email}  -> {provider.company_name} ({provider.id}), verified, on duty",
+        ]
+    )

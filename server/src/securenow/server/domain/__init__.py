@@ -1,0 +1,1 @@
+"""Domain: entities, rules and errors. No I/O, no protobuf, no gRPC."""

@@ -1,0 +1,165 @@
+"""Users, principals (who is calling) and account rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
+from securenow.server.domain.geo import LocationFix
+from securenow.server.domain.validation import Validator
+
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256
+MAX_EMERGENCY_CONTACTS = 10
+SIGN_UP_ROLES = (Role.USER, Role.PROVIDER)
+AGENCY_ROLES = (Role.POLICE, Role.SECURITY_AGENCY)
+
+
+class PrincipalKind(StrEnum):
+    USER = "user"
+    API_KEY = "api_key"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of an RPC."""
+
+    kind: PrincipalKind
+    id: str
+    role: Role
+    agency_id: str | None = None
+    session_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def user_id(self) -> str | None:
+        return self.id if self.kind is PrincipalKind.USER else None
+
+
+SYSTEM = Principal(PrincipalKind.SYSTEM, "system", Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class EmergencyContact:
+    name: str
+    phone: str
+    email: str = ""
+    relationship: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "phone": self.phone, "email": self.email, "relationship": self.relationship}
+
+
+@dataclass(frozen=True)
+class KycData:
+    document_type: str
+    document_number: str
+    full_legal_name: str
+    date_of_birth: str
+    issuing_country: str
+    address: str
+
+
+@dataclass
+class User:
+    id: str
+    email: str
+    phone: str
+    first_name: str
+    last_name: str
+    role: Role
+    status: UserStatus
+    safety_score: int
+    verification_status: VerificationStatus
+    create_time: datetime
+    update_time: datetime
+    last_active_time: datetime | None = None
+    last_location: LocationFix | None = None
+    emergency_contacts: list[EmergencyContact] = field(default_factory=list)
+    kyc_submitted: bool = False
+    agency_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SignUp:
+    email: str
+    phone: str
+    first_name: str
+    last_name: str
+    password: str
+    role: Role
+
+
+def validate_password(v: Validator, name: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        v.add(name, f"must be at least {MIN_PASSWORD_LENGTH} characters")
+    elif len(password) > MAX_PASSWORD_LENGTH:
+        v.add(name, f"must be at most {MAX_PASSWORD_LENGTH} characters")
+    elif password.isdigit() or password.isalpha() and password.islower():
+        v.add(name, "is too simple: mix letters with digits, capitals or symbols")
+
+
+def validate_sign_up(
+    email: str, phone: str, first_name: str, last_name: str, password: str, role: Role | None
+) -> SignUp:
+    v = Validator()
+    sign_up = SignUp(
+        email=v.email("email", email),
+        phone=v.phone("phone", phone),
+        first_name=v.text("first_name", first_name, required=True, max_len=100),
+        last_name=v.text("last_name", last_name, required=True, max_len=100),
+        password=password,
+        role=role or Role.USER,
+    )
+    validate_password(v, "password", password)
+    if sign_up.role not in SIGN_UP_ROLES:
+        v.add("role", "only USER or PROVIDER accounts can sign up")
+    v.check()
+    return sign_up
+
+
+def validate_emergency_contacts(v: Validator, name: str, contacts: list[EmergencyContact]) -> list[EmergencyContact]:
+    if len(contacts) > MAX_EMERGENCY_CONTACTS:
+        v.add(name, f"at most {MAX_EMERGENCY_CONTACTS} contacts")
+    out = []
+    for i, c in enumerate(contacts):
+        with v.nested(f"{name}[{i}]") as cv:
+            out.append(
+                EmergencyContact(
+                    name=cv.text("name", c.name, required=True, max_len=200),
+                    phone=cv.phone("phone", c.phone),
+                    email=cv.email("email", c.email, required=False),
+                    relationship=cv.text("relationship", c.relationship, max_len=100),
+                )
+            )
+    return out
+
+
+def validate_kyc(kyc: KycData) -> KycData:
+    v = Validator()
+    with v.nested("kyc") as k:
+        out = KycData(
+            document_type=k.text("document_type", kyc.document_type, required=True, max_len=50),
+            document_number=k.text("document_number", kyc.document_number, required=True, max_len=100),
+            full_legal_name=k.text("full_legal_name", kyc.full_legal_name, required=True, max_len=300),
+            date_of_birth=k.text("date_of_birth", kyc.date_of_birth, required=True, max_len=10),
+            issuing_country=k.text("issuing_country", kyc.issuing_country, required=True, max_len=2).upper(),
+            address=k.text("address", kyc.address, max_len=500),
+        )
+        if out.date_of_birth:
+            try:
+                born = datetime.strptime(out.date_of_birth, "%Y-%m-%d")
+                if born.year < 1900 or born > datetime.now():
+                    k.add("date_of_birth", "must be a real date of birth")
+            except ValueError:
+                k.add("date_of_birth", "must be YYYY-MM-DD")
+        if out.issuing_country and (len(out.issuing_country) != 2 or not out.issuing_country.isalpha()):
+            k.add("issuing_country", "must be an ISO 3166-1 alpha-2 code")
+    v.check()
+    return out

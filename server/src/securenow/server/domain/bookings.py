@@ -1,0 +1,139 @@
+"""Bookings: validation, server-side pricing and the status/payment state machines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from securenow.server.domain.enums import BookingStatus, PaymentStatus, ServiceType
+from securenow.server.domain.errors import FailedPrecondition, InvalidArgument
+from securenow.server.domain.geo import LocationFix, LocationInput, validate_location
+from securenow.server.domain.money import Money
+from securenow.server.domain.providers import Provider
+from securenow.server.domain.validation import Validator
+
+MAX_DAYS_AHEAD = 365
+MAX_HOURS = 24
+
+# Status transitions; cancel is allowed from PENDING and CONFIRMED only.
+TRANSITIONS: dict[BookingStatus, tuple[BookingStatus, ...]] = {
+    BookingStatus.CONFIRMED: (BookingStatus.PENDING,),
+    BookingStatus.IN_PROGRESS: (BookingStatus.CONFIRMED,),
+    BookingStatus.COMPLETED: (BookingStatus.IN_PROGRESS,),
+    BookingStatus.CANCELLED: (BookingStatus.PENDING, BookingStatus.CONFIRMED),
+}
+PAYMENT_TRANSITIONS: dict[PaymentStatus, tuple[PaymentStatus, ...]] = {
+    PaymentStatus.PAID: (PaymentStatus.PENDING, PaymentStatus.FAILED),
+    PaymentStatus.FAILED: (PaymentStatus.PENDING,),
+    PaymentStatus.REFUNDED: (PaymentStatus.PAID,),
+}
+
+
+@dataclass
+class Booking:
+    id: str
+    user_id: str
+    provider_id: str
+    service_type: ServiceType
+    start_time: datetime
+    duration_hours: int
+    location: LocationFix
+    special_instructions: str
+    status: BookingStatus
+    total_price: Money
+    payment_status: PaymentStatus
+    create_time: datetime
+    update_time: datetime
+    rating: int = 0
+    review: str = ""
+    cancel_reason: str = ""
+    provider_owner_id: str | None = None
+
+    @property
+    def end_time(self) -> datetime:
+        return self.start_time + timedelta(hours=self.duration_hours)
+
+
+@dataclass(frozen=True)
+class BookingRequest:
+    provider_id: str
+    service_type: ServiceType | None
+    start_time: datetime | None
+    duration_hours: int
+    location: LocationInput | None
+    special_instructions: str
+
+
+@dataclass(frozen=True)
+class ValidBookingRequest:
+    provider_id: str
+    service_type: ServiceType
+    start_time: datetime
+    duration_hours: int
+    location: LocationFix
+    special_instructions: str
+
+
+def validate_booking_request(req: BookingRequest, *, now: datetime | None = None) -> ValidBookingRequest:
+    now = now or datetime.now(UTC)
+    v = Validator()
+    provider_id = v.uuid("provider_id", req.provider_id)
+    if req.service_type is None:
+        v.add("service_type", "is required")
+    if req.start_time is None:
+        v.add("start_time", "is required")
+    elif req.start_time <= now:
+        v.add("start_time", "must be in the future")
+    elif req.start_time > now + timedelta(days=MAX_DAYS_AHEAD):
+        v.add("start_time", f"must be at most {MAX_DAYS_AHEAD} days ahead")
+    v.int_range("duration_hours", req.duration_hours, 1, MAX_HOURS)
+    if req.location is None:
+        v.add("location", "is required")
+        location = None
+    else:
+        location = validate_location(v, "location", req.location, now=now)
+    instructions = v.text("special_instructions", req.special_instructions, max_len=2000)
+    v.check()
+    assert req.service_type is not None and req.start_time is not None and location is not None
+    return ValidBookingRequest(
+        provider_id, req.service_type, req.start_time, req.duration_hours, location, instructions
+    )
+
+
+def quote(provider: Provider, req: ValidBookingRequest) -> Money:
+    """The price of a booking, computed from the provider's pricing only."""
+    rate = provider.pricing.rates.get(req.service_type)
+    if rate is None:
+        raise InvalidArgument.field("service_type", "the provider does not offer this service")
+    if req.duration_hours < provider.pricing.minimum_hours:
+        raise InvalidArgument.field(
+            "duration_hours", f"the provider books at least {provider.pricing.minimum_hours} hours"
+        )
+    return rate.times(req.duration_hours)
+
+
+def check_transition(booking: Booking, target: BookingStatus) -> bool:
+    """True if the booking must change; False if it already is in `target` (a retry)."""
+    if booking.status is target:
+        return False
+    if booking.status not in TRANSITIONS[target]:
+        raise FailedPrecondition(
+            f"a {booking.status.value} booking cannot become {target.value}", reason="INVALID_BOOKING_TRANSITION"
+        )
+    return True
+
+
+def check_payment_transition(booking: Booking, target: PaymentStatus) -> bool:
+    if booking.payment_status is target:
+        return False
+    allowed = PAYMENT_TRANSITIONS.get(target, ())
+    if booking.payment_status not in allowed:
+        raise FailedPrecondition(
+            f"payment status {booking.payment_status.value} cannot become {target.value}",
+            reason="INVALID_PAYMENT_TRANSITION",
+        )
+    return True
+
+
+def new_rating(old_rating: float, old_count: int, stars: int) -> float:
+    return round((old_rating * old_count + stars) / (old_count + 1), 2)

@@ -1,0 +1,223 @@
+"""Security providers: companies, pricing, verification and duty."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from securenow.server.domain.enums import ProviderType, ServiceType, VerificationStatus
+from securenow.server.domain.geo import Point, validate_area_geojson
+from securenow.server.domain.money import MAX_HOURLY_RATE, Money, validate_money
+from securenow.server.domain.validation import Validator
+
+HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+MAX_TAGS = 20
+# Fields of a provider its owner may change (UpdateProvider mask paths).
+UPDATABLE_FIELDS = (
+    "company_name",
+    "license_number",
+    "insurance",
+    "service_area_geojson",
+    "availability_schedule",
+    "pricing",
+    "base_location",
+    "tags",
+    "description",
+)
+# Changing these sends the provider back to admin review.
+REVIEWED_FIELDS = ("license_number", "insurance", "business_type")
+
+
+@dataclass(frozen=True)
+class Insurance:
+    insurer: str = ""
+    policy_number: str = ""
+    coverage: Money | None = None
+    expire_time: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "insurer": self.insurer,
+            "policy_number": self.policy_number,
+            "coverage": self.coverage.to_json() if self.coverage else None,
+            "expire_time": self.expire_time.isoformat() if self.expire_time else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Insurance | None:
+        if not d:
+            return None
+        return cls(
+            insurer=d.get("insurer", ""),
+            policy_number=d.get("policy_number", ""),
+            coverage=Money.from_json(d["coverage"]) if d.get("coverage") else None,
+            expire_time=datetime.fromisoformat(d["expire_time"]) if d.get("expire_time") else None,
+        )
+
+
+@dataclass(frozen=True)
+class AvailabilityWindow:
+    day_of_week: int
+    start_time: str
+    end_time: str
+
+
+@dataclass(frozen=True)
+class Pricing:
+    rates: dict[ServiceType, Money] = field(default_factory=dict)
+    minimum_hours: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rates": {s.value: m.to_json() for s, m in self.rates.items()}, "minimum_hours": self.minimum_hours}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Pricing:
+        if not d:
+            return cls()
+        return cls(
+            rates={ServiceType(k): Money.from_json(v) for k, v in d.get("rates", {}).items()},
+            minimum_hours=int(d.get("minimum_hours", 1)),
+        )
+
+
+@dataclass
+class Provider:
+    id: str
+    user_id: str | None
+    company_name: str
+    business_type: ProviderType
+    license_number: str
+    insurance: Insurance | None
+    service_area_geojson: dict[str, Any] | None
+    rating: float
+    total_reviews: int
+    verification_status: VerificationStatus
+    availability_schedule: list[AvailabilityWindow]
+    pricing: Pricing
+    base_location: Point | None
+    tags: list[str]
+    description: str
+    create_time: datetime
+    update_time: datetime
+    on_duty: bool = False
+
+    @property
+    def verified(self) -> bool:
+        return self.verification_status is VerificationStatus.VERIFIED
+
+
+@dataclass
+class ProviderDraft:
+    """Client input for create/update, before validation; None means "not given"."""
+
+    company_name: str = ""
+    business_type: ProviderType | None = None
+    license_number: str = ""
+    insurance: Insurance | None = None
+    service_area_geojson: str = ""
+    availability_schedule: list[AvailabilityWindow] = field(default_factory=list)
+    pricing_input: list[tuple[ServiceType | None, str, int, int]] = field(default_factory=list)
+    minimum_hours: int = 0
+    base_location: Point | None = None
+    tags: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ValidProvider:
+    company_name: str
+    business_type: ProviderType
+    license_number: str
+    insurance: Insurance | None
+    service_area: dict[str, Any] | None
+    availability_schedule: list[AvailabilityWindow]
+    pricing: Pricing
+    base_location: Point | None
+    tags: list[str]
+    description: str
+
+
+def validate_provider(draft: ProviderDraft, *, prefix: str = "provider", paths: tuple[str, ...] | None = None) -> ValidProvider:
+    """Validates the fields named by `paths` (all for create)."""
+    v = Validator()
+    want = set(paths) if paths is not None else set(UPDATABLE_FIELDS) | {"business_type"}
+    with v.nested(prefix) as p:
+        company = p.text("company_name", draft.company_name, required="company_name" in want, max_len=255)
+        if "business_type" in want and draft.business_type is None:
+            p.add("business_type", "is required")
+        license_number = p.text("license_number", draft.license_number, max_len=100)
+        insurance = draft.insurance
+        if "insurance" in want and insurance is not None:
+            with p.nested("insurance") as iv:
+                iv.text("insurer", insurance.insurer, max_len=200)
+                iv.text("policy_number", insurance.policy_number, max_len=100)
+        area = validate_area_geojson(p, "service_area_geojson", draft.service_area_geojson, required=False)
+        schedule = []
+        for i, w in enumerate(draft.availability_schedule):
+            with p.nested(f"availability_schedule[{i}]") as wv:
+                wv.int_range("day_of_week", w.day_of_week, 1, 7)
+                if not HHMM_RE.match(w.start_time):
+                    wv.add("start_time", "must be HH:MM")
+                if not HHMM_RE.match(w.end_time):
+                    wv.add("end_time", "must be HH:MM")
+                elif HHMM_RE.match(w.start_time) and w.end_time <= w.start_time:
+                    wv.add("end_time", "must be after start_time")
+            schedule.append(w)
+        pricing = _validate_pricing(p, draft) if "pricing" in want else Pricing()
+        if draft.base_location is not None:
+            p.lat_lng("base_location", draft.base_location.latitude, draft.base_location.longitude)
+        tags = sorted({t.strip().lower() for t in draft.tags if t.strip()})
+        if len(tags) > MAX_TAGS:
+            p.add("tags", f"at most {MAX_TAGS} tags")
+        for t in tags:
+            if not TAG_RE.match(t):
+                p.add("tags", f"tag {t!r} must be lower-case letters, digits, '-' or '_' (at most 32)")
+                break
+        description = p.text("description", draft.description, max_len=4000)
+    v.check()
+    return ValidProvider(
+        company_name=company,
+        business_type=draft.business_type or ProviderType.SECURITY_GUARD,
+        license_number=license_number,
+        insurance=insurance,
+        service_area=area,
+        availability_schedule=schedule,
+        pricing=pricing,
+        base_location=draft.base_location,
+        tags=tags,
+        description=description,
+    )
+
+
+def _validate_pricing(p: Validator, draft: ProviderDraft) -> Pricing:
+    rates: dict[ServiceType, Money] = {}
+    currencies = set()
+    with p.nested("pricing") as pv:
+        for i, (service, currency, units, nanos) in enumerate(draft.pricing_input):
+            with pv.nested(f"rates[{i}]") as rv:
+                if service is None:
+                    rv.add("service_type", "is required")
+                    continue
+                if service in rates:
+                    rv.add("service_type", "is listed twice")
+                money = validate_money(rv, "hourly_rate", currency, units, nanos, positive=True)
+                if money.amount > MAX_HOURLY_RATE:
+                    rv.add("hourly_rate", f"must be at most {MAX_HOURLY_RATE}")
+                rates[service] = money
+                currencies.add(money.currency_code)
+        if len(currencies) > 1:
+            pv.add("rates", "must all use one currency")
+        minimum = draft.minimum_hours or 1
+        pv.int_range("minimum_hours", minimum, 1, 24)
+    return Pricing(rates=rates, minimum_hours=minimum)
+
+
+def needs_review(paths: tuple[str, ...]) -> bool:
+    return any(p in REVIEWED_FIELDS for p in paths)
+
+
+def with_on_duty(provider: Provider, on_duty: bool) -> Provider:
+    return replace(provider, on_duty=on_duty)

@@ -1,0 +1,105 @@
+"""Input checks that collect every violation, named by the API field path."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from securenow.server.domain.errors import FieldViolation, InvalidArgument
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
+REQUEST_ID_NAME = "request_id"
+
+
+@dataclass
+class Validator:
+    """Collects violations; `check()` raises one InvalidArgument with all of them."""
+
+    violations: list[FieldViolation] = field(default_factory=list)
+    prefix: str = ""
+
+    def add(self, name: str, description: str) -> None:
+        self.violations.append(FieldViolation(self._path(name), description))
+
+    def _path(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    @contextmanager
+    def nested(self, name: str) -> Iterator[Validator]:
+        child = Validator(self.violations, self._path(name))
+        yield child
+
+    def require(self, name: str, value: object, description: str = "is required") -> bool:
+        if value in (None, "", [], {}, 0) and value is not False:
+            self.add(name, description)
+            return False
+        return True
+
+    def text(self, name: str, value: str, *, required: bool = False, max_len: int = 255, min_len: int = 0) -> str:
+        value = value.strip()
+        if not value:
+            if required:
+                self.add(name, "is required")
+            return value
+        if len(value) > max_len:
+            self.add(name, f"must be at most {max_len} characters")
+        elif len(value) < min_len:
+            self.add(name, f"must be at least {min_len} characters")
+        return value
+
+    def email(self, name: str, value: str, *, required: bool = True) -> str:
+        value = value.strip().lower()
+        if not value:
+            if required:
+                self.add(name, "is required")
+        elif len(value) > 255 or not EMAIL_RE.match(value):
+            self.add(name, "must be a valid e-mail address")
+        return value
+
+    def phone(self, name: str, value: str, *, required: bool = True) -> str:
+        value = re.sub(r"[\s\-()]", "", value)
+        if not value:
+            if required:
+                self.add(name, "is required")
+        elif not PHONE_RE.match(value):
+            self.add(name, "must be an E.164 phone number such as +15551234567")
+        return value
+
+    def uuid(self, name: str, value: str, *, required: bool = True) -> str:
+        if not value:
+            if required:
+                self.add(name, "is required")
+            return ""
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            self.add(name, "must be a UUID")
+            return ""
+
+    def lat_lng(self, name: str, latitude: float, longitude: float) -> None:
+        with self.nested(name) as v:
+            if not math.isfinite(latitude) or not -90.0 <= latitude <= 90.0:
+                v.add("latitude", "must be between -90 and 90")
+            if not math.isfinite(longitude) or not -180.0 <= longitude <= 180.0:
+                v.add("longitude", "must be between -180 and 180")
+
+    def int_range(self, name: str, value: int, lo: int, hi: int) -> None:
+        if not lo <= value <= hi:
+            self.add(name, f"must be between {lo} and {hi}")
+
+    def check(self) -> None:
+        if self.violations:
+            raise InvalidArgument(list(self.violations))
+
+
+def parse_uuid(name: str, value: str) -> str:
+    """A single id argument: returns the canonical UUID or raises INVALID_ARGUMENT."""
+    v = Validator()
+    out = v.uuid(name, value)
+    v.check()
+    return out

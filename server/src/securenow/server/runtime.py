@@ -1,0 +1,163 @@
+"""Runs one replica: the grpc.aio server (with health checking and reflection), the
+HTTP listener and the background workers; stops them gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from securenow.server.bootstrap import App
+from securenow.server.settings import Settings
+from securenow.server.transport.http import build_http_app
+from securenow.server.transport.interceptor import CallInterceptor
+from securenow.server.transport.servicers.auth import AuthServicer
+from securenow.server.transport.servicers.bookings import BookingServicer
+from securenow.server.transport.servicers.providers import ProviderServicer
+from securenow.server.transport.servicers.unimplemented import add_unimplemented_services
+from securenow.server.transport.servicers.users import UserServicer
+from securenow.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    bookings_pb2,
+    bookings_pb2_grpc,
+    providers_pb2,
+    providers_pb2_grpc,
+    users_pb2,
+    users_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+# Keepalive: detect dead peers (a CAD whose network vanished) within about a minute.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Runtime:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.health = HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.http_runner: web.AppRunner | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stop_workers = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+
+    def _build_grpc_server(self) -> grpc.aio.Server:
+        app = self.app
+        server = grpc.aio.server(
+            interceptors=[CallInterceptor(app.authenticator.authenticate, app.audit.record_failure)],
+            options=SERVER_OPTIONS,
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app.auth), server)
+        users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app.users), server)
+        providers_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app.providers), server)
+        bookings_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(app.bookings), server)
+        names = [
+            auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+            users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+            providers_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
+            bookings_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
+        ]
+        names += add_unimplemented_services(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.service_names = names
+        return server
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.app.settings
+        if not (s.tls_cert_file and s.tls_key_file):
+            return None
+        client_ca = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+    async def start(self, *, grpc_addr: str, http_addr: str | None, workers: bool = True) -> None:
+        self.grpc_server = self._build_grpc_server()
+        credentials = self._credentials()
+        if credentials is None:
+            self.grpc_port = self.grpc_server.add_insecure_port(grpc_addr)
+        else:
+            self.grpc_port = self.grpc_server.add_secure_port(grpc_addr, credentials)
+        await self.grpc_server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if http_addr is not None:
+            self.http_runner = web.AppRunner(build_http_app(), access_log=None)
+            await self.http_runner.setup()
+            host, port = _split(http_addr)
+            site = web.TCPSite(self.http_runner, host, port, reuse_address=True)
+            await site.start()
+            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+            self.http_port = sockets[0].getsockname()[1] if sockets else port
+        if workers:
+            self._workers = [
+                asyncio.create_task(self.app.relay.run(self._stop_workers), name="outbox-relay"),
+                asyncio.create_task(self.app.maintenance.run(self._stop_workers), name="maintenance"),
+            ]
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls, lets in-flight calls finish within `grace` seconds, then
+        stops the workers and closes pools."""
+        await self.health.enter_graceful_shutdown()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        self._stop_workers.set()
+        if self._workers:
+            await asyncio.wait(self._workers, timeout=5)
+            for task in self._workers:
+                task.cancel()
+        await self.app.close()
+
+
+async def serve(settings: Settings) -> None:
+    app = await App.create(settings)
+    runtime = Runtime(app)
+    await runtime.start(grpc_addr=settings.grpc_addr, http_addr=settings.http_addr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host, _ = _split(settings.grpc_addr)
+    http_host, _ = _split(settings.http_addr)
+    log.info(
+        "securenow serving",
+        extra={
+            "grpc": f"{host}:{runtime.grpc_port}",
+            "http": f"http://{http_host}:{runtime.http_port}",
+            "env": settings.env.value,
+            "instance": settings.resolved_instance_id,
+        },
+    )
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds})
+    await runtime.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")

@@ -1,0 +1,1 @@
+"""Credentials and cryptography: passwords, tokens, API keys, encryption at rest."""

@@ -1,0 +1,27 @@
+"""argon2id password hashing (argon2-cffi defaults: RFC 9106 low-memory profile)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()
+# Verifying against this keeps "unknown account" as slow as "wrong password".
+_DUMMY_HASH = _hasher.hash("securenow-timing-equaliser")
+
+
+async def hash_password(password: str) -> str:
+    # argon2 is CPU-bound (~50 ms); keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    def _verify() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(_verify)

@@ -1,0 +1,263 @@
+"""Sign-up, sign-in, token rotation, and authentication of incoming credentials."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from securenow.server.domain.accounts import SYSTEM, Principal, PrincipalKind, User, validate_sign_up
+from securenow.server.domain.enums import Role, UserStatus
+from securenow.server.domain.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from securenow.server.domain.validation import Validator
+from securenow.server.security.passwords import hash_password, verify_password
+from securenow.server.services.common import forget_sessions
+from securenow.server.security.tokens import API_KEY_PREFIX, AccessTokenCodec, InvalidToken, OpaqueSecretCodec
+from securenow.server.storage.accounts_repo import SessionState
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.live_state import LiveState
+from securenow.server.storage.postgres import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    access_token_expire_time: datetime
+
+
+class AuthService:
+    def __init__(
+        self,
+        db: Database,
+        live: LiveState,
+        access_tokens: AccessTokenCodec,
+        refresh_tokens: OpaqueSecretCodec,
+        *,
+        refresh_ttl: timedelta,
+        sign_in_attempts_per_minute: int,
+    ) -> None:
+        self._db = db
+        self._live = live
+        self._access = access_tokens
+        self._refresh = refresh_tokens
+        self._refresh_ttl = refresh_ttl
+        self._sign_in_limit = sign_in_attempts_per_minute
+
+    async def sign_up(
+        self, *, email: str, phone: str, first_name: str, last_name: str, password: str, role: Role | None
+    ) -> tuple[User, TokenPair]:
+        req = validate_sign_up(email, phone, first_name, last_name, password, role)
+        await self._live.hit_rate_limit(req.email, "sign_up", self._sign_in_limit)
+        password_hash = await hash_password(req.password)
+        async with self._db.unit_of_work() as uow:
+            user = await uow.accounts.create_user(
+                email=req.email,
+                phone=req.phone,
+                first_name=req.first_name,
+                last_name=req.last_name,
+                role=req.role,
+                password_hash=password_hash,
+            )
+            tokens = await self._start_session(uow, user)
+            actor = Principal(PrincipalKind.USER, user.id, user.role)
+            await uow.audit.record(actor, AuditEntry("auth.sign_up", "user", user.id, details={"role": user.role}))
+        return user, tokens
+
+    async def create_admin(
+        self, *, email: str, password: str, phone: str, first_name: str, last_name: str
+    ) -> User:
+        """The first admin comes from the command line (never through SignUp)."""
+        phone = phone or "+1555" + f"{secrets.randbelow(10**7):07d}"
+        req = validate_sign_up(email, phone, first_name, last_name, password, Role.USER)
+        password_hash = await hash_password(req.password)
+        async with self._db.unit_of_work() as uow:
+            user = await uow.accounts.create_user(
+                email=req.email,
+                phone=req.phone,
+                first_name=req.first_name,
+                last_name=req.last_name,
+                role=Role.ADMIN,
+                password_hash=password_hash,
+            )
+            await uow.audit.record(SYSTEM, AuditEntry("user.create_admin", "user", user.id))
+        return user
+
+    async def sign_in(self, *, email: str, phone: str, password: str) -> tuple[User, TokenPair]:
+        v = Validator()
+        if not email and not phone:
+            v.add("email", "email or phone is required")
+        email = v.email("email", email, required=False) if email else ""
+        phone = v.phone("phone", phone, required=False) if phone and not email else ""
+        v.require("password", password)
+        v.check()
+        subject = email or phone
+        await self._live.hit_rate_limit(subject, "sign_in", self._sign_in_limit)
+        async with self._db.unit_of_work() as uow:
+            found = await uow.accounts.find_credentials(email=email, phone=phone)
+        ok = await verify_password(found[1] if found else None, password)
+        if not found or not ok:
+            raise Unauthenticated("wrong e-mail/phone or password", reason="BAD_CREDENTIALS")
+        user = found[0]
+        if user.status is not UserStatus.ACTIVE:
+            raise PermissionDenied(f"the account is {user.status.value}", reason=f"ACCOUNT_{user.status.name}")
+        async with self._db.unit_of_work() as uow:
+            tokens = await self._start_session(uow, user)
+            await uow.accounts.touch_last_active(user.id)
+            await uow.audit.record(Principal(PrincipalKind.USER, user.id, user.role), AuditEntry("auth.sign_in", "user", user.id))
+        try:
+            await self._live.clear_rate_limit(subject, "sign_in")
+        except Unavailable:
+            pass
+        return user, tokens
+
+    async def _start_session(self, uow: UnitOfWork, user: User) -> TokenPair:
+        now = datetime.now(UTC)
+        session_id = await uow.accounts.create_session(user.id, now + self._refresh_ttl)
+        refresh = self._refresh.mint()
+        await uow.accounts.add_refresh_token(refresh.id, session_id, refresh.digest, now + self._refresh_ttl)
+        access, expire = self._access.issue(user.id, session_id, user.role.value, now)
+        return TokenPair(access, refresh.token, expire)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        if not refresh_token:
+            raise InvalidArgument.field("refresh_token", "is required")
+        try:
+            token_id, secret = self._refresh.parse(refresh_token)
+        except InvalidToken:
+            raise Unauthenticated("invalid refresh token", reason="INVALID_REFRESH_TOKEN") from None
+        reused_session: str | None = None
+        async with self._db.unit_of_work() as uow:
+            row = await uow.accounts.get_refresh_token_for_update(token_id)
+            if row is None or not self._refresh.matches(secret, row.token_hash):
+                raise Unauthenticated("invalid refresh token", reason="INVALID_REFRESH_TOKEN")
+            now = datetime.now(UTC)
+            if row.session_revoked or row.session_expires_at <= now or row.expires_at <= now:
+                raise Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+            if row.used_at is not None:
+                # A spent token came back: someone holds a copy. End the whole session.
+                await uow.accounts.revoke_session(row.session_id, "refresh token reuse")
+                await uow.audit.record(
+                    Principal(PrincipalKind.USER, row.user_id, Role.USER, session_id=row.session_id),
+                    AuditEntry("auth.refresh_token_reuse", "session", row.session_id, "UNAUTHENTICATED"),
+                )
+                reused_session = row.session_id
+            else:
+                user = await uow.accounts.get_user(row.user_id)
+                assert user is not None
+                if user.status is not UserStatus.ACTIVE:
+                    raise Unauthenticated("the account is not active", reason=f"ACCOUNT_{user.status.name}")
+                await uow.accounts.mark_refresh_token_used(row.id)
+                new = self._refresh.mint()
+                await uow.accounts.add_refresh_token(new.id, row.session_id, new.digest, row.session_expires_at)
+                await uow.accounts.touch_last_active(user.id)
+                access, expire = self._access.issue(user.id, row.session_id, user.role.value, now)
+        if reused_session is not None:
+            await forget_sessions(self._live, [reused_session])
+            raise Unauthenticated("refresh token was already used; the session is revoked", reason="REFRESH_TOKEN_REUSED")
+        return TokenPair(access, new.token, expire)
+
+    async def sign_out(self, principal: Principal) -> None:
+        if principal.session_id is None:
+            raise PermissionDenied("only user sessions can sign out", reason="NOT_A_SESSION")
+        async with self._db.unit_of_work() as uow:
+            await uow.accounts.revoke_session(principal.session_id, "sign out")
+            await uow.audit.record(principal, AuditEntry("auth.sign_out", "session", principal.session_id))
+        await forget_sessions(self._live, [principal.session_id])
+
+
+class Authenticator:
+    """Turns a bearer credential into a Principal: a user access token (checked
+    against its live session, so revocation and suspension take effect at once) or an
+    agency API key."""
+
+    def __init__(
+        self,
+        db: Database,
+        live: LiveState,
+        access_tokens: AccessTokenCodec,
+        api_keys: OpaqueSecretCodec,
+        *,
+        session_cache_ttl: int,
+        api_key_cache_seconds: float = 2.0,
+    ) -> None:
+        self._db = db
+        self._live = live
+        self._access = access_tokens
+        self._api_keys = api_keys
+        self._session_cache_ttl = session_cache_ttl
+        self._api_key_cache_seconds = api_key_cache_seconds
+        self._api_key_cache: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate(self, credential: str) -> Principal:
+        if credential.startswith(API_KEY_PREFIX + "_"):
+            return await self._api_key(credential)
+        try:
+            claims = self._access.decode(credential)
+        except InvalidToken:
+            raise Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN") from None
+        state = await self.session_state(claims.session_id)
+        if state is None or not state.live or state.user_id != claims.user_id:
+            raise Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+        if state.user_status is not UserStatus.ACTIVE:
+            raise Unauthenticated(f"the account is {state.user_status.value}", reason=f"ACCOUNT_{state.user_status.name}")
+        return Principal(PrincipalKind.USER, state.user_id, state.role, state.agency_id, state.session_id)
+
+    async def session_state(self, session_id: str) -> SessionState | None:
+        try:
+            cached = await self._live.get_session(session_id)
+        except Unavailable:
+            cached = None  # Redis down: Postgres decides
+        if cached is not None:
+            return SessionState.from_json(cached)
+        async with self._db.unit_of_work() as uow:
+            state = await uow.accounts.session_state(session_id)
+        if state is not None:
+            try:
+                await self._live.put_session(session_id, state.to_json(), self._session_cache_ttl)
+            except Unavailable:
+                pass
+        return state
+
+    async def _api_key(self, credential: str) -> Principal:
+        now = time.monotonic()
+        cached = self._api_key_cache.get(credential)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            key_id, secret = self._api_keys.parse(credential)
+        except InvalidToken:
+            raise Unauthenticated("invalid API key", reason="INVALID_API_KEY") from None
+        async with self._db.unit_of_work() as uow:
+            key = await uow.agency.get_api_key_secret(key_id)
+        if key is None or not self._api_keys.matches(secret, key.secret_hash):
+            raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")
+        if key.revoked:
+            raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
+        if not key.department_active:
+            raise Unauthenticated("the department is not active", reason="DEPARTMENT_INACTIVE")
+        role = Role.SECURITY_AGENCY if key.agency_type == "security_agency" else Role.POLICE
+        principal = Principal(PrincipalKind.API_KEY, key.id, role, key.department_id)
+        if len(self._api_key_cache) > 10_000:
+            self._api_key_cache.clear()
+        self._api_key_cache[credential] = (now + self._api_key_cache_seconds, principal)
+        return principal
+
+    async def is_key_valid(self, key_id: str) -> bool:
+        """For open streams: is this API key still usable?"""
+        async with self._db.unit_of_work() as uow:
+            key = await uow.agency.get_api_key_secret(key_id)
+        return key is not None and not key.revoked and key.department_active
+
+    def forget_api_keys(self) -> None:
+        self._api_key_cache.clear()
+

@@ -1,0 +1,199 @@
+"""Bookings: creation with server-side pricing, status and payment transitions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.bookings import (
+    Booking,
+    BookingRequest,
+    check_payment_transition,
+    check_transition,
+    new_rating,
+    quote,
+    validate_booking_request,
+)
+from securenow.server.domain.enums import BookingStatus, PaymentStatus
+from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from securenow.server.domain.paging import page_request
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services.common import replayed_resource
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.live_state import CHANNEL_BOOKING_UPDATE
+from securenow.server.storage.postgres import Database, UnitOfWork
+
+
+def _is_customer(caller: Principal, b: Booking) -> bool:
+    return b.user_id == caller.user_id
+
+
+def _is_provider(caller: Principal, b: Booking) -> bool:
+    return b.provider_owner_id is not None and b.provider_owner_id == caller.user_id
+
+
+def _booking_event(b: Booking, event: str) -> dict[str, Any]:
+    return {
+        "event": event,
+        "booking_id": b.id,
+        "user_id": b.user_id,
+        "provider_id": b.provider_id,
+        "status": b.status.value,
+        "payment_status": b.payment_status.value,
+        "start_time": b.start_time.isoformat(),
+        "duration_hours": b.duration_hours,
+    }
+
+
+class BookingService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def _load(self, uow: UnitOfWork, caller: Principal, booking_id: str, *, lock: bool = False) -> Booking:
+        booking = await uow.bookings.get(booking_id, for_update=lock)
+        if booking is None or not (caller.is_admin or _is_customer(caller, booking) or _is_provider(caller, booking)):
+            raise NotFound("booking not found", reason="BOOKING_NOT_FOUND")
+        return booking
+
+    async def _changed(self, uow: UnitOfWork, caller: Principal, before: Booking, after: Booking, action: str) -> None:
+        await uow.audit.record(
+            caller,
+            AuditEntry(
+                f"booking.{action}",
+                "booking",
+                after.id,
+                details={"status": [before.status.value, after.status.value],
+                         "payment_status": [before.payment_status.value, after.payment_status.value]},
+            ),
+        )
+        await uow.outbox.add(CHANNEL_BOOKING_UPDATE, action, _booking_event(after, action), aggregate_id=after.id)
+
+    async def create(self, caller: Principal, req: BookingRequest, key: IdempotencyKey | None) -> Booking:
+        if caller.user_id is None:
+            raise PermissionDenied("bookings are made by user accounts", reason="NOT_A_USER")
+        valid = validate_booking_request(req)
+        new_id = str(uuid.uuid4())
+        async with self._db.unit_of_work() as uow:
+            prior = await replayed_resource(uow, caller, "CreateBooking", key, new_id)
+            if prior is not None:
+                return await self._load(uow, caller, prior)
+            provider = await uow.providers.get(valid.provider_id)
+            if provider is None or not (provider.verified or provider.user_id == caller.user_id or caller.is_admin):
+                raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+            if not provider.verified:
+                raise FailedPrecondition("the provider is not verified yet", reason="PROVIDER_NOT_VERIFIED")
+            if provider.user_id == caller.user_id:
+                raise FailedPrecondition("providers cannot book themselves", reason="SELF_BOOKING")
+            price = quote(provider, valid)
+            await uow.bookings.create(new_id, caller.user_id, valid, price)
+            booking = await self._load(uow, caller, new_id)
+            await uow.audit.record(
+                caller,
+                AuditEntry("booking.create", "booking", new_id, details={"provider_id": provider.id,
+                                                                        "total_price": str(price.amount)}),
+            )
+            await uow.outbox.add(
+                CHANNEL_BOOKING_UPDATE, "created", _booking_event(booking, "created"), aggregate_id=new_id
+            )
+        return booking
+
+    async def get(self, caller: Principal, booking_id: str) -> Booking:
+        bid = parse_uuid("booking_id", booking_id)
+        async with self._db.unit_of_work() as uow:
+            return await self._load(uow, caller, bid)
+
+    async def list(
+        self, caller: Principal, *, page_size: int, page_token: str, provider_id: str, status: BookingStatus | None
+    ) -> tuple[list[Booking], str]:
+        v = Validator()
+        pid = v.uuid("provider_id", provider_id, required=False)
+        v.check()
+        page = page_request(page_size, page_token, filters=("bookings", caller.id, pid, status))
+        async with self._db.unit_of_work() as uow:
+            if pid:
+                provider = await uow.providers.get(pid)
+                if provider is None or not (caller.is_admin or provider.user_id == caller.user_id):
+                    raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+                bookings, cursor = await uow.bookings.list(page, user_id=None, provider_id=pid, status=status)
+            else:
+                if caller.user_id is None:
+                    raise InvalidArgument.field("provider_id", "is required for non-user callers")
+                bookings, cursor = await uow.bookings.list(page, user_id=caller.user_id, provider_id=None, status=status)
+        return bookings, page.next_token(cursor)
+
+    async def _transition(
+        self,
+        caller: Principal,
+        booking_id: str,
+        target: BookingStatus,
+        allowed: Callable[[Principal, Booking], bool],
+        action: str,
+        *,
+        reason: str = "",
+    ) -> Booking:
+        bid = parse_uuid("booking_id", booking_id)
+        async with self._db.unit_of_work() as uow:
+            booking = await self._load(uow, caller, bid, lock=True)
+            if not (allowed(caller, booking) or caller.is_admin):
+                raise PermissionDenied(f"you cannot {action} this booking", reason="NOT_ALLOWED_FOR_PARTY")
+            if not check_transition(booking, target):
+                return booking
+            after = await uow.bookings.set_status(booking, target, cancel_reason=reason)
+            await self._changed(uow, caller, booking, after, action)
+        return after
+
+    async def confirm(self, caller: Principal, booking_id: str) -> Booking:
+        return await self._transition(caller, booking_id, BookingStatus.CONFIRMED, _is_provider, "confirm")
+
+    async def start(self, caller: Principal, booking_id: str) -> Booking:
+        return await self._transition(caller, booking_id, BookingStatus.IN_PROGRESS, _is_provider, "start")
+
+    async def complete(self, caller: Principal, booking_id: str) -> Booking:
+        return await self._transition(caller, booking_id, BookingStatus.COMPLETED, _is_provider, "complete")
+
+    async def cancel(self, caller: Principal, booking_id: str, reason: str) -> Booking:
+        if len(reason) > 500:
+            raise InvalidArgument.field("reason", "must be at most 500 characters")
+
+        def party(c: Principal, b: Booking) -> bool:
+            return _is_customer(c, b) or _is_provider(c, b)
+
+        return await self._transition(caller, booking_id, BookingStatus.CANCELLED, party, "cancel", reason=reason)
+
+    async def update_payment_status(self, caller: Principal, booking_id: str, status: PaymentStatus | None) -> Booking:
+        bid = parse_uuid("booking_id", booking_id)
+        if status is None:
+            raise InvalidArgument.field("payment_status", "is required")
+        async with self._db.unit_of_work() as uow:
+            booking = await self._load(uow, caller, bid, lock=True)
+            if not check_payment_transition(booking, status):
+                return booking
+            after = await uow.bookings.set_payment_status(booking, status)
+            await self._changed(uow, caller, booking, after, "payment")
+        return after
+
+    async def review(self, caller: Principal, booking_id: str, rating: int, text: str) -> Booking:
+        v = Validator()
+        bid = v.uuid("booking_id", booking_id)
+        v.int_range("rating", rating, 1, 5)
+        text = v.text("review", text, max_len=2000)
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            booking = await self._load(uow, caller, bid, lock=True)
+            if not _is_customer(caller, booking):
+                raise PermissionDenied("only the customer can review a booking", reason="NOT_CUSTOMER")
+            if booking.status is not BookingStatus.COMPLETED:
+                raise FailedPrecondition("only completed bookings can be reviewed", reason="BOOKING_NOT_COMPLETED")
+            if booking.rating:
+                raise FailedPrecondition("the booking was already reviewed", reason="ALREADY_REVIEWED")
+            provider = await uow.providers.get(booking.provider_id, for_update=True)
+            assert provider is not None
+            await uow.providers.set_rating(
+                provider.id, new_rating(provider.rating, provider.total_reviews, rating), provider.total_reviews + 1
+            )
+            after = await uow.bookings.set_review(booking, rating, text)
+            await uow.audit.record(caller, AuditEntry("booking.review", "booking", bid, details={"rating": rating}))
+        return after

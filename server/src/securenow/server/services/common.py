@@ -1,0 +1,41 @@
+"""Helpers shared by the services."""
+
+from __future__ import annotations
+
+import logging
+
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.errors import AlreadyExists, Unavailable
+from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.live_state import LiveState
+from securenow.server.storage.postgres import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+async def replayed_resource(
+    uow: UnitOfWork, principal: Principal, operation: str, key: IdempotencyKey | None, new_id: str
+) -> str | None:
+    """Claims the request id for `new_id`. Returns the id of the resource an earlier
+    request with the same id created (the caller returns that instead), or None."""
+    if key is None:
+        return None
+    prior = await uow.idempotency.claim(principal.id, operation, key, new_id)
+    if prior is None:
+        return None
+    if prior.fingerprint != key.fingerprint:
+        raise AlreadyExists(
+            "request_id was already used with a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"field": "request_id"},
+        )
+    return prior.resource_id
+
+
+async def forget_sessions(live: LiveState, session_ids: list[str]) -> None:
+    """Drops cached sessions after they were revoked in Postgres. If Redis is down the
+    cache entries expire with their TTL (and a Redis restart loses them anyway)."""
+    try:
+        await live.drop_sessions(session_ids)
+    except Unavailable:
+        log.warning("could not drop cached sessions; they expire with the cache TTL")

@@ -1,0 +1,229 @@
+"""Provider companies: registration, verification, duty and nearby search."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.enums import ProviderType, Role, ServiceType, VerificationStatus
+from securenow.server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from securenow.server.domain.geo import LocationInput, Point, validate_location
+from securenow.server.domain.paging import page_request
+from securenow.server.domain.providers import (
+    UPDATABLE_FIELDS,
+    Provider,
+    ProviderDraft,
+    needs_review,
+    validate_provider,
+)
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.live_state import CHANNEL_PROVIDER_STATUS, LiveState
+from securenow.server.storage.postgres import Database, UnitOfWork
+from securenow.server.services.common import replayed_resource
+
+DEFAULT_RADIUS_M = 10_000.0
+MAX_RADIUS_M = 100_000.0
+# A provider whose app has not reported a location for this long is taken off duty.
+DUTY_STALE_SECONDS = 15 * 60
+
+
+class ProviderService:
+    def __init__(self, db: Database, live: LiveState) -> None:
+        self._db = db
+        self._live = live
+
+    async def _with_duty(self, providers: list[Provider]) -> list[Provider]:
+        """Adds the live on-duty flag from Redis (false when Redis is unreachable)."""
+        try:
+            on = await self._live.on_duty([p.id for p in providers])
+        except Unavailable:
+            on = set()
+        return [replace(p, on_duty=p.id in on) for p in providers]
+
+    async def _visible(self, uow: UnitOfWork, caller: Principal, provider_id: str, *, lock: bool = False) -> Provider:
+        provider = await uow.providers.get(provider_id, for_update=lock)
+        if provider is None or not (provider.verified or caller.is_admin or provider.user_id == caller.user_id):
+            raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+        return provider
+
+    async def _owned(self, uow: UnitOfWork, caller: Principal, provider_id: str) -> Provider:
+        provider = await uow.providers.get(provider_id, for_update=True)
+        if provider is None or provider.user_id != caller.user_id:
+            # Someone else's provider: existence is not revealed.
+            raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+        return provider
+
+    async def create(self, caller: Principal, draft: ProviderDraft, key: IdempotencyKey | None) -> Provider:
+        if caller.role is not Role.PROVIDER or caller.user_id is None:
+            raise PermissionDenied("only provider accounts can register a provider", reason="ROLE_NOT_ALLOWED")
+        valid = validate_provider(draft)
+        new_id = str(uuid.uuid4())
+        async with self._db.unit_of_work() as uow:
+            prior = await replayed_resource(uow, caller, "CreateProvider", key, new_id)
+            if prior is not None:
+                provider = await uow.providers.get(prior)
+                assert provider is not None
+                return provider
+            provider = await uow.providers.create(new_id, caller.user_id, valid)
+            await uow.audit.record(caller, AuditEntry("provider.create", "provider", provider.id))
+        return provider
+
+    async def get(self, caller: Principal, provider_id: str) -> Provider:
+        pid = parse_uuid("provider_id", provider_id)
+        async with self._db.unit_of_work() as uow:
+            provider = await self._visible(uow, caller, pid)
+        return (await self._with_duty([provider]))[0]
+
+    async def update(self, caller: Principal, provider_id: str, draft: ProviderDraft, paths: list[str]) -> Provider:
+        v = Validator()
+        pid = v.uuid("provider.id", provider_id)
+        if not paths:
+            v.add("update_mask", "must name at least one field")
+        unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
+        if unknown:
+            v.add("update_mask", f"unknown or read-only paths {unknown}; allowed: {', '.join(UPDATABLE_FIELDS)}")
+        v.check()
+        valid = validate_provider(draft, paths=tuple(paths))
+        async with self._db.unit_of_work() as uow:
+            current = await self._owned(uow, caller, pid)
+            review = needs_review(tuple(paths)) and current.verification_status is not VerificationStatus.PENDING
+            provider = await uow.providers.update(pid, valid, tuple(paths), reset_review=review)
+            await uow.audit.record(
+                caller, AuditEntry("provider.update", "provider", pid, details={"paths": paths, "re_review": review})
+            )
+        if review:
+            await self._live.take_provider_off_duty(pid)
+        return (await self._with_duty([provider]))[0]
+
+    async def list(
+        self,
+        caller: Principal,
+        *,
+        page_size: int,
+        page_token: str,
+        business_type: ProviderType | None,
+        verification: VerificationStatus | None,
+        service_type: ServiceType | None,
+        min_rating: float,
+    ) -> tuple[list[Provider], str]:
+        if min_rating < 0 or min_rating > 5:
+            raise InvalidArgument.field("min_rating", "must be between 0 and 5")
+        page = page_request(
+            page_size, page_token, filters=("providers", caller.id, business_type, verification, service_type, min_rating)
+        )
+        async with self._db.unit_of_work() as uow:
+            providers, cursor = await uow.providers.list(
+                page,
+                viewer_id=caller.user_id,
+                include_unverified=caller.is_admin,
+                business_type=business_type,
+                verification=verification,
+                service_type=service_type,
+                min_rating=min_rating,
+            )
+        return await self._with_duty(providers), page.next_token(cursor)
+
+    async def verify(
+        self, caller: Principal, provider_id: str, decision: VerificationStatus | None, note: str
+    ) -> Provider:
+        pid = parse_uuid("provider_id", provider_id)
+        if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
+            raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
+        async with self._db.unit_of_work() as uow:
+            await self._visible(uow, caller, pid, lock=True)
+            provider = await uow.providers.set_verification(pid, decision)
+            await uow.audit.record(
+                caller,
+                AuditEntry("provider.verify", "provider", pid, details={"decision": decision, "note": note[:500]}),
+            )
+            await uow.outbox.add(
+                CHANNEL_PROVIDER_STATUS,
+                "provider_verification",
+                {"provider_id": pid, "verification_status": decision.value},
+                aggregate_id=pid,
+            )
+        if decision is VerificationStatus.REJECTED:
+            await self._live.take_provider_off_duty(pid)
+        return (await self._with_duty([provider]))[0]
+
+    async def update_duty(
+        self, caller: Principal, provider_id: str, on_duty: bool, location: LocationInput | None
+    ) -> Provider:
+        v = Validator()
+        pid = v.uuid("provider_id", provider_id)
+        fix = None
+        if on_duty:
+            if location is None:
+                v.add("location", "is required to go on duty")
+            else:
+                fix = validate_location(v, "location", location)
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            provider = await self._owned(uow, caller, pid)
+            if on_duty and not provider.verified:
+                raise FailedPrecondition("only verified providers can go on duty", reason="PROVIDER_NOT_VERIFIED")
+            await uow.audit.record(
+                caller, AuditEntry("provider.duty", "provider", pid, details={"on_duty": on_duty})
+            )
+        if fix is not None:
+            await self._live.put_provider_on_duty(pid, fix.point)
+        else:
+            await self._live.take_provider_off_duty(pid)
+        status = {
+            "provider_id": pid,
+            "on_duty": on_duty,
+            "business_type": provider.business_type.value,
+            "location": fix.point.to_json() if fix else None,
+            "timestamp": time.time(),
+        }
+        await self._live.publish(CHANNEL_PROVIDER_STATUS, status)
+        return replace(provider, on_duty=on_duty)
+
+    async def search_nearby(
+        self,
+        caller: Principal,
+        *,
+        latitude: float,
+        longitude: float,
+        has_point: bool,
+        radius_m: float,
+        business_type: ProviderType | None,
+        max_results: int,
+    ) -> list[tuple[Provider, float, tuple[float, float]]]:
+        v = Validator()
+        if not has_point:
+            v.add("point", "is required")
+        else:
+            v.lat_lng("point", latitude, longitude)
+        radius = radius_m or DEFAULT_RADIUS_M
+        if not 0 < radius <= MAX_RADIUS_M:
+            v.add("radius_m", f"must be between 0 and {MAX_RADIUS_M:.0f}")
+        if max_results < 0 or max_results > 100:
+            v.add("max_results", "must be between 0 and 100")
+        v.check()
+        limit = max_results or 10
+        # Over-fetch: some hits may be filtered out by type.
+        hits = await self._live.nearby_providers(Point(latitude, longitude), radius, limit * 4 if business_type else limit)
+        if not hits:
+            return []
+        async with self._db.unit_of_work() as uow:
+            providers = await uow.providers.get_many([h.provider_id for h in hits])
+        out = []
+        for hit in hits:
+            p = providers.get(hit.provider_id)
+            if p is None or not p.verified or (business_type is not None and p.business_type is not business_type):
+                continue
+            out.append((replace(p, on_duty=True), hit.distance_m, (hit.point.latitude, hit.point.longitude)))
+            if len(out) == limit:
+                break
+        return out

@@ -1,0 +1,211 @@
+"""Profiles, emergency contacts, KYC and user administration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from securenow.server.domain.accounts import (
+    AGENCY_ROLES,
+    EmergencyContact,
+    KycData,
+    Principal,
+    User,
+    validate_emergency_contacts,
+    validate_kyc,
+)
+from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
+from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from securenow.server.domain.paging import page_request
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.security.encryption import FieldEncryptor
+from securenow.server.services.common import forget_sessions
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.live_state import LiveState
+from securenow.server.storage.postgres import Database, UnitOfWork
+
+PROFILE_PATHS = ("first_name", "last_name", "phone", "emergency_contacts")
+
+
+class UserService:
+    def __init__(self, db: Database, live: LiveState, encryptor: FieldEncryptor) -> None:
+        self._db = db
+        self._live = live
+        self._enc = encryptor
+
+    def _resolve(self, caller: Principal, user_id: str) -> str:
+        if user_id in ("", "me"):
+            if caller.user_id is None:
+                raise InvalidArgument.field("user_id", "'me' needs a user account")
+            return caller.user_id
+        return parse_uuid("user_id", user_id)
+
+    async def _visible_user(self, uow: UnitOfWork, caller: Principal, user_id: str, *, lock: bool = False) -> User:
+        user = await uow.accounts.get_user(user_id, for_update=lock)
+        if user is None or (user.id != caller.user_id and not caller.is_admin):
+            raise NotFound("user not found", reason="USER_NOT_FOUND")
+        return user
+
+    async def get_user(self, caller: Principal, user_id: str) -> User:
+        target = self._resolve(caller, user_id)
+        async with self._db.unit_of_work() as uow:
+            return await self._visible_user(uow, caller, target)
+
+    async def update_user(
+        self,
+        caller: Principal,
+        user_id: str,
+        paths: list[str],
+        *,
+        first_name: str,
+        last_name: str,
+        phone: str,
+        emergency_contacts: list[EmergencyContact],
+    ) -> User:
+        target = self._resolve(caller, user_id)
+        if target != caller.user_id:
+            raise PermissionDenied("users can only update their own profile", reason="NOT_OWNER")
+        v = Validator()
+        if not paths:
+            v.add("update_mask", "must name at least one field")
+        changes: dict[str, Any] = {}
+        for path in paths:
+            if path == "first_name":
+                changes[path] = v.text("user.first_name", first_name, required=True, max_len=100)
+            elif path == "last_name":
+                changes[path] = v.text("user.last_name", last_name, required=True, max_len=100)
+            elif path == "phone":
+                changes[path] = v.phone("user.phone", phone)
+            elif path == "emergency_contacts":
+                changes[path] = validate_emergency_contacts(v, "user.emergency_contacts", emergency_contacts)
+            else:
+                v.add("update_mask", f"unknown or read-only path {path!r}; allowed: {', '.join(PROFILE_PATHS)}")
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            await self._visible_user(uow, caller, target, lock=True)
+            user = await uow.accounts.update_profile(target, changes)
+            await uow.audit.record(caller, AuditEntry("user.update", "user", target, details={"paths": paths}))
+        return user
+
+    async def delete_user(self, caller: Principal, user_id: str) -> User:
+        target = self._resolve(caller, user_id)
+        async with self._db.unit_of_work() as uow:
+            await self._visible_user(uow, caller, target, lock=True)
+            user = await uow.accounts.set_status(target, UserStatus.DELETED)
+            sessions = await uow.accounts.revoke_user_sessions(target, "account deleted")
+            await uow.audit.record(caller, AuditEntry("user.delete", "user", target))
+            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+        return user
+
+    async def submit_kyc(self, caller: Principal, kyc: KycData) -> User:
+        if caller.user_id is None:
+            raise PermissionDenied("KYC is for user accounts", reason="NOT_A_USER")
+        data = validate_kyc(kyc)
+        async with self._db.unit_of_work() as uow:
+            user = await self._visible_user(uow, caller, caller.user_id, lock=True)
+            if user.verification_status is VerificationStatus.VERIFIED:
+                raise FailedPrecondition("the account is already verified", reason="ALREADY_VERIFIED")
+            envelope = self._enc.encrypt(asdict(data), bound_to=f"kyc:{user.id}")
+            user = await uow.accounts.store_kyc(user.id, envelope)
+            # The audit entry never holds the documents themselves.
+            await uow.audit.record(caller, AuditEntry("user.kyc_submit", "user", user.id))
+        return user
+
+    async def get_kyc(self, caller: Principal, user_id: str) -> tuple[KycData, datetime]:
+        target = self._resolve(caller, user_id)
+        async with self._db.unit_of_work() as uow:
+            await self._visible_user(uow, caller, target)
+            stored = await uow.accounts.get_kyc(target)
+            if stored is None:
+                raise NotFound("no KYC data was submitted", reason="KYC_NOT_FOUND")
+            # Reading KYC is sensitive: audited like a mutation.
+            await uow.audit.record(caller, AuditEntry("user.kyc_read", "user", target))
+        envelope, submitted = stored
+        data = self._enc.decrypt(envelope, bound_to=f"kyc:{target}")
+        return KycData(**data), submitted
+
+    async def list_users(
+        self,
+        caller: Principal,
+        *,
+        page_size: int,
+        page_token: str,
+        role: Role | None,
+        status: UserStatus | None,
+        verification: VerificationStatus | None,
+    ) -> tuple[list[User], str]:
+        page = page_request(page_size, page_token, filters=("users", role, status, verification))
+        async with self._db.unit_of_work() as uow:
+            users, cursor = await uow.accounts.list_users(page, role=role, status=status, verification=verification)
+        return users, page.next_token(cursor)
+
+    async def suspend_user(self, caller: Principal, user_id: str, reason: str) -> User:
+        target = parse_uuid("user_id", user_id)
+        if target == caller.user_id:
+            raise FailedPrecondition("admins cannot suspend themselves", reason="SELF_SUSPEND")
+        async with self._db.unit_of_work() as uow:
+            user = await self._visible_user(uow, caller, target, lock=True)
+            if user.status is UserStatus.DELETED:
+                raise FailedPrecondition("the account is deleted", reason="ACCOUNT_DELETED")
+            if user.status is UserStatus.SUSPENDED:
+                return user
+            user = await uow.accounts.set_status(target, UserStatus.SUSPENDED)
+            sessions = await uow.accounts.revoke_user_sessions(target, "suspended")
+            await uow.audit.record(caller, AuditEntry("user.suspend", "user", target, details={"reason": reason[:500]}))
+            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+        return user
+
+    async def reinstate_user(self, caller: Principal, user_id: str) -> User:
+        target = parse_uuid("user_id", user_id)
+        async with self._db.unit_of_work() as uow:
+            user = await self._visible_user(uow, caller, target, lock=True)
+            if user.status is not UserStatus.SUSPENDED:
+                raise FailedPrecondition(f"the account is {user.status.value}, not suspended", reason="NOT_SUSPENDED")
+            user = await uow.accounts.set_status(target, UserStatus.ACTIVE)
+            await uow.audit.record(caller, AuditEntry("user.reinstate", "user", target))
+        return user
+
+    async def verify_user(self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str) -> User:
+        target = parse_uuid("user_id", user_id)
+        if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
+            raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
+        async with self._db.unit_of_work() as uow:
+            user = await self._visible_user(uow, caller, target, lock=True)
+            if not user.kyc_submitted:
+                raise FailedPrecondition("the user has not submitted KYC data", reason="KYC_NOT_SUBMITTED")
+            user = await uow.accounts.set_verification(target, decision)
+            await uow.audit.record(
+                caller, AuditEntry("user.verify", "user", target, details={"decision": decision, "note": note[:500]})
+            )
+        return user
+
+    async def set_role(self, caller: Principal, user_id: str, role: Role | None, agency_id: str) -> User:
+        v = Validator()
+        target = v.uuid("user_id", user_id)
+        if role is None:
+            v.add("role", "is required")
+        agency = v.uuid("agency_id", agency_id, required=role in AGENCY_ROLES) if role in AGENCY_ROLES else ""
+        if role not in AGENCY_ROLES and agency_id:
+            v.add("agency_id", "only POLICE and SECURITY_AGENCY users belong to an agency")
+        v.check()
+        assert role is not None
+        if target == caller.user_id:
+            raise FailedPrecondition("admins cannot change their own role", reason="SELF_ROLE_CHANGE")
+        async with self._db.unit_of_work() as uow:
+            await self._visible_user(uow, caller, target, lock=True)
+            if agency:
+                department = await uow.agency.get_department(agency)
+                if department is None:
+                    raise NotFound("agency not found", reason="DEPARTMENT_NOT_FOUND")
+                want = Role.SECURITY_AGENCY if department.agency_type.value == "security_agency" else Role.POLICE
+                if want is not role:
+                    raise InvalidArgument.field("role", f"members of this agency have role {want.name}")
+            user = await uow.accounts.set_role(target, role, agency or None)
+            sessions = await uow.accounts.user_session_ids(target)
+            await uow.audit.record(
+                caller, AuditEntry("user.set_role", "user", target, details={"role": role, "agency_id": agency})
+            )
+            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+        return user
+

@@ -1,0 +1,119 @@
+"""Settings, read once from SECURENOW_* environment variables."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import secrets
+import socket
+from enum import StrEnum
+from functools import cached_property
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used (for example a missing secret in production)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SECURENOW_", extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    database_url: str = "postgresql://securenow:securenow@127.0.0.1:5432/securenow"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    grpc_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8080"
+    elasticsearch_url: str = ""
+
+    # Secrets. In production both are required; in development a missing one is
+    # replaced by an ephemeral random value (tokens and KYC data do not survive a restart).
+    # secret_key signs access tokens and keys the HMACs of API keys and refresh tokens.
+    secret_key: SecretStr | None = None
+    # data_key: base64 of 32 bytes, the AES-256-GCM key for data at rest (KYC, agency
+    # credentials). data_keys_old: comma-separated retired keys, still used to decrypt.
+    data_key: SecretStr | None = None
+    data_keys_old: SecretStr | None = None
+
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # When set, clients must present a certificate signed by this CA (mTLS).
+    tls_client_ca_file: str = ""
+
+    access_token_ttl_seconds: int = Field(default=900, gt=0)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
+    session_cache_ttl_seconds: int = Field(default=3600, gt=0)
+    sign_in_attempts_per_minute: int = Field(default=10, gt=0)
+
+    db_pool_min_size: int = Field(default=2, ge=1)
+    db_pool_max_size: int = Field(default=20, ge=1)
+    # How long a request waits for a database connection before UNAVAILABLE.
+    db_acquire_timeout_seconds: float = Field(default=5.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Identifies this replica (Redis consumer names, logs); unique per process.
+    instance_id: str = ""
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.env is Environment.PRODUCTION:
+            missing = [n for n in ("secret_key", "data_key") if getattr(self, n) is None]
+            if missing:
+                raise SettingsError(
+                    "production mode needs " + ", ".join(f"SECURENOW_{n.upper()}" for n in missing)
+                )
+            if len(self._secret_key_bytes) < 32:
+                raise SettingsError("SECURENOW_SECRET_KEY must be at least 32 characters")
+        return self
+
+    @cached_property
+    def _secret_key_bytes(self) -> bytes:
+        if self.secret_key is None:
+            log.warning("SECURENOW_SECRET_KEY not set: using an ephemeral development key")
+            return secrets.token_bytes(32)
+        return self.secret_key.get_secret_value().encode()
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose, derived from secret_key."""
+        return hashlib.blake2b(purpose.encode(), key=self._secret_key_bytes[:64], digest_size=32).digest()
+
+    @cached_property
+    def data_keys(self) -> list[bytes]:
+        """AES-256 keys: the first encrypts, all decrypt."""
+        if self.data_key is None:
+            log.warning("SECURENOW_DATA_KEY not set: using an ephemeral development key")
+            keys = [secrets.token_bytes(32)]
+        else:
+            keys = [_decode_key(self.data_key.get_secret_value(), "SECURENOW_DATA_KEY")]
+        if self.data_keys_old is not None:
+            keys += [
+                _decode_key(k, "SECURENOW_DATA_KEYS_OLD")
+                for k in self.data_keys_old.get_secret_value().split(",")
+                if k.strip()
+            ]
+        return keys
+
+    @cached_property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _decode_key(text: str, name: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be base64") from exc
+    if len(key) != 32:
+        raise SettingsError(f"{name} must decode to 32 bytes, got {len(key)}")
+    return key

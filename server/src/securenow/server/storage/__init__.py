@@ -1,0 +1,1 @@
+"""Storage adapters: PostgreSQL repositories (all SQL lives here) and Redis live state."""

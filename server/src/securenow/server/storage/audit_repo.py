@@ -1,0 +1,53 @@
+"""Audit log writes (append-only; sealed into a hash chain by securenow_audit_seal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from securenow.server.domain.accounts import Principal
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    action: str
+    resource_type: str
+    resource_id: str | None
+    outcome: str = "OK"
+    details: dict[str, Any] | None = None
+
+
+INSERT_SQL = """INSERT INTO audit_log (actor_type, actor_id, actor_role, action, resource_type, resource_id,
+                                       outcome, details)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
+
+
+def audit_args(actor: Principal | None, entry: AuditEntry) -> tuple[Any, ...]:
+    return (
+        actor.kind.value if actor else "anonymous",
+        actor.id if actor else None,
+        actor.role.value if actor else None,
+        entry.action,
+        entry.resource_type,
+        entry.resource_id,
+        entry.outcome,
+        entry.details or {},
+    )
+
+
+class AuditRepo:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def record(self, actor: Principal | None, entry: AuditEntry) -> None:
+        await self.conn.execute(INSERT_SQL, *audit_args(actor, entry))
+
+    async def seal(self, batch_size: int = 1000) -> int:
+        return int(await self.conn.fetchval("SELECT securenow_audit_seal($1)", batch_size))
+
+    async def verify(self) -> int | None:
+        """chain_seq of the first tampered entry, or None when the chain is intact."""
+        result = await self.conn.fetchval("SELECT securenow_audit_verify()")
+        return None if result is None else int(result)

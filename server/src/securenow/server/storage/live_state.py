@@ -1,0 +1,196 @@
+"""Redis live state, with the key names and channels of the seed design:
+
+    session:{session_id}            cached session (user_data), EX session_cache_ttl
+    rate_limit:{subject}:{action}   INCR + EXPIRE 60
+    providers:locations             GEO set of on-duty providers
+    providers:last_seen             ZSET provider_id -> unix time of the last location
+    user:location:{user_id}         "{lat},{lng},{timestamp}"
+    sos:active:{alert_id}           "{user_id},{lat},{lng},{timestamp}"
+    channels: sos:emergency, booking:update, provider:status
+
+Redis failures surface as `Unavailable`; callers decide whether that is fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from securenow.server.domain.errors import ResourceExhausted, Unavailable
+from securenow.server.domain.geo import Point
+
+PROVIDERS_GEO = "providers:locations"
+PROVIDERS_LAST_SEEN = "providers:last_seen"
+CHANNEL_SOS_EMERGENCY = "sos:emergency"
+CHANNEL_BOOKING_UPDATE = "booking:update"
+CHANNEL_PROVIDER_STATUS = "provider:status"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def redis_call(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable(f"redis unavailable: {type(exc).__name__}") from exc
+        except RedisError as exc:
+            raise Unavailable(f"redis error: {exc}") from exc
+
+    return wrapper
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+@dataclass(frozen=True)
+class NearbyHit:
+    provider_id: str
+    distance_m: float
+    point: Point
+
+
+class LiveState:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    # Sessions -------------------------------------------------------------------
+
+    @redis_call
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(f"session:{session_id}")
+        return json.loads(raw) if raw else None
+
+    @redis_call
+    async def put_session(self, session_id: str, data: dict[str, Any], ttl_seconds: int) -> None:
+        await self.redis.set(f"session:{session_id}", json.dumps(data), ex=ttl_seconds)
+
+    @redis_call
+    async def drop_sessions(self, session_ids: list[str]) -> None:
+        if session_ids:
+            await self.redis.delete(*(f"session:{s}" for s in session_ids))
+
+    # Rate limits ----------------------------------------------------------------
+
+    @redis_call
+    async def _count(self, key: str, window_seconds: int) -> tuple[int, int]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_seconds, nx=True)
+            pipe.ttl(key)
+            count, _, ttl = await pipe.execute()
+        return int(count), int(ttl)
+
+    async def hit_rate_limit(self, subject: str, action: str, limit: int, window_seconds: int = 60) -> None:
+        """Counts one attempt; raises ResourceExhausted past the limit. Fails open
+        (allows) when Redis is down: availability of sign-in and SOS wins."""
+        try:
+            count, ttl = await self._count(f"rate_limit:{subject}:{action}", window_seconds)
+        except Unavailable:
+            return
+        if count > limit:
+            raise ResourceExhausted(
+                f"too many {action} attempts; retry in {max(ttl, 1)} s", retry_after_seconds=float(max(ttl, 1))
+            )
+
+    @redis_call
+    async def clear_rate_limit(self, subject: str, action: str) -> None:
+        await self.redis.delete(f"rate_limit:{subject}:{action}")
+
+    # Providers ------------------------------------------------------------------
+
+    @redis_call
+    async def put_provider_on_duty(self, provider_id: str, point: Point) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.geoadd(PROVIDERS_GEO, (point.longitude, point.latitude, provider_id))
+            pipe.zadd(PROVIDERS_LAST_SEEN, {provider_id: time.time()})
+            await pipe.execute()
+
+    @redis_call
+    async def take_provider_off_duty(self, provider_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(PROVIDERS_GEO, provider_id)
+            pipe.zrem(PROVIDERS_LAST_SEEN, provider_id)
+            await pipe.execute()
+
+    @redis_call
+    async def on_duty(self, provider_ids: list[str]) -> set[str]:
+        if not provider_ids:
+            return set()
+        scores = await self.redis.zmscore(PROVIDERS_LAST_SEEN, provider_ids)
+        return {pid for pid, score in zip(provider_ids, scores, strict=True) if score is not None}
+
+    @redis_call
+    async def nearby_providers(self, point: Point, radius_m: float, count: int) -> list[NearbyHit]:
+        hits = await self.redis.geosearch(
+            PROVIDERS_GEO,
+            longitude=point.longitude,
+            latitude=point.latitude,
+            radius=radius_m,
+            unit="m",
+            sort="ASC",
+            count=count,
+            withdist=True,
+            withcoord=True,
+        )
+        return [NearbyHit(str(name), float(dist), Point(float(lat), float(lng))) for name, dist, (lng, lat) in hits]
+
+    @redis_call
+    async def expire_stale_providers(self, max_age_seconds: float) -> int:
+        """Takes providers off duty whose app stopped reporting its location."""
+        cutoff = time.time() - max_age_seconds
+        stale = await self.redis.zrangebyscore(PROVIDERS_LAST_SEEN, "-inf", cutoff)
+        if stale:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(PROVIDERS_GEO, *stale)
+                pipe.zrem(PROVIDERS_LAST_SEEN, *stale)
+                await pipe.execute()
+        return len(stale)
+
+    # Live locations and alerts -------------------------------------------------
+
+    @redis_call
+    async def set_user_location(self, user_id: str, point: Point, timestamp: float, ttl_seconds: int = 86400) -> None:
+        await self.redis.set(
+            f"user:location:{user_id}", f"{point.latitude},{point.longitude},{timestamp}", ex=ttl_seconds
+        )
+
+    @redis_call
+    async def get_user_location(self, user_id: str) -> tuple[Point, float] | None:
+        raw = await self.redis.get(f"user:location:{user_id}")
+        if not raw:
+            return None
+        lat, lng, ts = raw.split(",")
+        return Point(float(lat), float(lng)), float(ts)
+
+    @redis_call
+    async def set_active_alert(self, alert_id: str, user_id: str, point: Point | None, timestamp: float) -> None:
+        lat, lng = (point.latitude, point.longitude) if point else ("", "")
+        await self.redis.set(f"sos:active:{alert_id}", f"{user_id},{lat},{lng},{timestamp}")
+
+    @redis_call
+    async def clear_active_alert(self, alert_id: str) -> None:
+        await self.redis.delete(f"sos:active:{alert_id}")
+
+    @redis_call
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        await self.redis.publish(channel, json.dumps(payload, default=str))

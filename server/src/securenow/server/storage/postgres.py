@@ -1,0 +1,208 @@
+"""PostgreSQL pool and the unit of work that services use to own a transaction.
+
+Driver errors never leave this package untranslated: lost connections, timeouts and
+shutdowns become `Unavailable` (the caller may retry), constraint violations become
+the domain errors the repositories name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from securenow.server.domain.errors import Unavailable
+
+if TYPE_CHECKING:
+    from securenow.server.storage.accounts_repo import AccountsRepo
+    from securenow.server.storage.agency_repo import AgencyRepo
+    from securenow.server.storage.audit_repo import AuditRepo
+    from securenow.server.storage.bookings_repo import BookingsRepo
+    from securenow.server.storage.idempotency_repo import IdempotencyRepo
+    from securenow.server.storage.outbox_repo import OutboxRepo
+    from securenow.server.storage.providers_repo import ProvidersRepo
+    from securenow.server.storage.sos_repo import SosRepo
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is not reachable right now", not "your request is bad".
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,
+    ConnectionError,
+)
+
+
+def translate_unavailable(exc: BaseException) -> Unavailable | None:
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return Unavailable(f"database unavailable: {type(exc).__name__}")
+    return None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+        self.pool = pool
+        self.acquire_timeout = acquire_timeout
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int, max_size: int, acquire_timeout: float) -> Database:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=30,
+                max_inactive_connection_lifetime=300,
+            )
+        except _UNAVAILABLE_ERRORS as exc:
+            raise Unavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        assert pool is not None
+        return cls(pool, acquire_timeout)
+
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class UnitOfWork:
+    """`async with db.unit_of_work() as uow:` one transaction, committed when the block
+    ends without an exception. Repositories share its connection. Callbacks added with
+    `after_commit` run once the commit succeeded (publishing, cache invalidation)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: asyncpg.Connection | None = None
+        self._tx: Any = None
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
+        self._repos: dict[str, Any] = {}
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        assert self._conn is not None, "unit of work not entered"
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        try:
+            self._conn = await self._db.pool.acquire(timeout=self._db.acquire_timeout)
+            self._tx = self._conn.transaction()
+            await self._tx.start()
+        except _UNAVAILABLE_ERRORS as exc:
+            await self._release()
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is None:
+                try:
+                    await self._tx.commit()
+                except _UNAVAILABLE_ERRORS as commit_exc:
+                    # Outcome unknown: the client retries with its request_id.
+                    raise Unavailable("database unavailable during commit") from commit_exc
+            else:
+                try:
+                    await self._tx.rollback()
+                except _UNAVAILABLE_ERRORS:
+                    pass
+                unavailable = translate_unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
+        finally:
+            await self._release()
+        if exc is None:
+            for callback in self._after_commit:
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("after-commit action failed")
+
+    async def _release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await self._db.pool.release(conn)
+            except Exception:
+                log.warning("could not release a database connection", exc_info=True)
+
+    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._after_commit.append(callback)
+
+    def _repo(self, name: str, factory: Callable[[asyncpg.Connection], Any]) -> Any:
+        repo = self._repos.get(name)
+        if repo is None:
+            repo = self._repos[name] = factory(self.conn)
+        return repo
+
+    @property
+    def accounts(self) -> AccountsRepo:
+        from securenow.server.storage.accounts_repo import AccountsRepo
+
+        return self._repo("accounts", AccountsRepo)  # type: ignore[no-any-return]
+
+    @property
+    def audit(self) -> AuditRepo:
+        from securenow.server.storage.audit_repo import AuditRepo
+
+        return self._repo("audit", AuditRepo)  # type: ignore[no-any-return]
+
+    @property
+    def idempotency(self) -> IdempotencyRepo:
+        from securenow.server.storage.idempotency_repo import IdempotencyRepo
+
+        return self._repo("idempotency", IdempotencyRepo)  # type: ignore[no-any-return]
+
+    @property
+    def providers(self) -> ProvidersRepo:
+        from securenow.server.storage.providers_repo import ProvidersRepo
+
+        return self._repo("providers", ProvidersRepo)  # type: ignore[no-any-return]
+
+    @property
+    def bookings(self) -> BookingsRepo:
+        from securenow.server.storage.bookings_repo import BookingsRepo
+
+        return self._repo("bookings", BookingsRepo)  # type: ignore[no-any-return]
+
+    @property
+    def agency(self) -> AgencyRepo:
+        from securenow.server.storage.agency_repo import AgencyRepo
+
+        return self._repo("agency", AgencyRepo)  # type: ignore[no-any-return]
+
+    @property
+    def sos(self) -> SosRepo:
+        from securenow.server.storage.sos_repo import SosRepo
+
+        return self._repo("sos", SosRepo)  # type: ignore[no-any-return]
+
+    @property
+    def outbox(self) -> OutboxRepo:
+        from securenow.server.storage.outbox_repo import OutboxRepo
+
+        return self._repo("outbox", OutboxRepo)  # type: ignore[no-any-return]

@@ -1,0 +1,122 @@
+"""Outbox reads and writes of the relay (leader only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+COLUMNS = "id, topic, event_type, department_id, payload, dept_seq, created_at"
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    id: int
+    topic: str
+    event_type: str
+    department_id: str | None
+    payload: dict[str, Any]
+    dept_seq: int | None
+    created_at: datetime
+
+
+def _event(r: asyncpg.Record) -> OutboxEvent:
+    return OutboxEvent(
+        id=r["id"],
+        topic=r["topic"],
+        event_type=r["event_type"],
+        department_id=str(r["department_id"]) if r["department_id"] else None,
+        payload=r["payload"],
+        dept_seq=r["dept_seq"],
+        created_at=r["created_at"],
+    )
+
+
+class RelayRepo:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def sequenced_unpublished(self, limit: int) -> list[OutboxEvent]:
+        """Events that have their sequence number but did not reach Redis yet (an earlier
+        publish failed). Ordered by department then sequence: whatever the limit cuts,
+        each department gets a prefix, so stream ids only ever grow."""
+        rows = await self.conn.fetch(
+            f"""SELECT {COLUMNS} FROM outbox WHERE published_at IS NULL AND dept_seq IS NOT NULL
+                ORDER BY department_id, dept_seq LIMIT $1""",
+            limit,
+        )
+        return [_event(r) for r in rows]
+
+    async def claim_new(self, limit: int) -> list[OutboxEvent]:
+        """Locks the oldest unpublished events without a sequence number and gives each
+        dispatch event the next number of its department (in this order)."""
+        rows = await self.conn.fetch(
+            f"""SELECT {COLUMNS} FROM outbox WHERE published_at IS NULL AND dept_seq IS NULL
+                ORDER BY id LIMIT $1 FOR UPDATE""",
+            limit,
+        )
+        events = [_event(r) for r in rows]
+        counts: dict[str, int] = {}
+        for e in events:
+            if e.department_id:
+                counts[e.department_id] = counts.get(e.department_id, 0) + 1
+        if not counts:
+            return events
+        tops = await self.conn.fetch(
+            """INSERT INTO dispatch_sequences AS s (department_id, last_seq)
+               SELECT * FROM unnest($1::uuid[], $2::bigint[])
+               ON CONFLICT (department_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
+               RETURNING department_id, last_seq""",
+            list(counts), list(counts.values()),
+        )
+        next_seq = {str(r["department_id"]): r["last_seq"] - counts[str(r["department_id"])] + 1 for r in tops}
+        ids, seqs, out = [], [], []
+        for e in events:
+            if e.department_id:
+                seq = next_seq[e.department_id]
+                next_seq[e.department_id] = seq + 1
+                ids.append(e.id)
+                seqs.append(seq)
+                e = OutboxEvent(e.id, e.topic, e.event_type, e.department_id, e.payload, seq, e.created_at)
+            out.append(e)
+        await self.conn.execute(
+            "UPDATE outbox o SET dept_seq = v.seq FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE o.id = v.id",
+            ids, seqs,
+        )
+        return out
+
+    async def mark_published(self, ids: list[int]) -> None:
+        await self.conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+    async def unacked_dispatch(self) -> list[OutboxEvent]:
+        """Every dispatch event a department has not acknowledged, in stream order."""
+        rows = await self.conn.fetch(
+            f"""SELECT {COLUMNS} FROM outbox WHERE dept_seq IS NOT NULL AND acked_at IS NULL
+                ORDER BY department_id, dept_seq"""
+        )
+        return [_event(r) for r in rows]
+
+    async def mark_acked(self, department_id: str, seqs: list[int]) -> None:
+        await self.conn.execute(
+            """UPDATE outbox SET acked_at = now()
+               WHERE department_id = $1 AND dept_seq = ANY($2::bigint[]) AND acked_at IS NULL""",
+            department_id, seqs,
+        )
+
+    async def mark_acked_through(self, department_id: str, seq: int) -> None:
+        await self.conn.execute(
+            """UPDATE outbox SET acked_at = now()
+               WHERE department_id = $1 AND dept_seq <= $2 AND dept_seq IS NOT NULL AND acked_at IS NULL""",
+            department_id, seq,
+        )
+
+    async def delete_settled(self, older_than_days: int) -> int:
+        result = await self.conn.execute(
+            """DELETE FROM outbox WHERE published_at IS NOT NULL
+                 AND (dept_seq IS NULL OR acked_at IS NOT NULL)
+                 AND created_at < now() - make_interval(days => $1)""",
+            older_than_days,
+        )
+        return int(result.split()[-1])

@@ -1,0 +1,223 @@
+"""One server interceptor wraps every RPC handler:
+
+1. authenticates the bearer credential (unless the method is public) and checks the
+   caller's role against the access table (default deny);
+2. makes the caller available to the servicer (`context.current_principal()`);
+3. turns domain errors into status codes with google.rpc details, and anything
+   unexpected into a logged INTERNAL without internals in the message;
+4. counts calls and latency by method and status code (Prometheus), writes one
+   JSON access-log line, and audits failed mutating calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.errors import DomainError, PermissionDenied, Unauthenticated
+from securenow.server.transport.access import RULES, Rule
+from securenow.server.transport.context import set_principal
+from securenow.server.transport.errors import as_grpc_status, internal_status, to_rpc_status
+
+log = logging.getLogger("securenow.access")
+
+CALLS = Counter(
+    "securenow_grpc_server_handled_total",
+    "RPCs completed, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+LATENCY = Histogram(
+    "securenow_grpc_server_handling_seconds",
+    "RPC handling time (for streams: stream lifetime), by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
+)
+
+Authenticate = Callable[[str], Awaitable[Principal]]
+AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
+# Outcomes of mutating calls that are not audited: nothing was attempted on an object.
+_NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS")
+            return token.strip()
+    return None
+
+
+class _Call:
+    """State of one RPC, shared by the wrappers below."""
+
+    __slots__ = ("code", "method", "principal", "reason", "rule", "service", "short", "started")
+
+    def __init__(self, method: str, rule: Rule | None) -> None:
+        self.method = method
+        self.rule = rule
+        _, _, tail = method.partition("/")
+        self.service, _, self.short = tail.partition("/")
+        self.principal: Principal | None = None
+        self.code = "OK"
+        self.reason = ""
+        self.started = time.perf_counter()
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticate: Authenticate, audit_failure: AuditFailure) -> None:
+        self._authenticate = authenticate
+        self._audit_failure = audit_failure
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+        rule = RULES.get(method)
+
+        async def enter(call: _Call) -> None:
+            if rule is None:
+                raise PermissionDenied("this method is not open to callers", reason="METHOD_NOT_ALLOWED")
+            if rule.public:
+                set_principal(None)
+                return
+            token = _bearer(metadata)
+            if token is None:
+                raise Unauthenticated("credentials are required: authorization: Bearer <token>", reason="MISSING_CREDENTIALS")
+            principal = await self._authenticate(token)
+            call.principal = principal
+            if principal.kind.value == "api_key" and not rule.api_key:
+                raise PermissionDenied("API keys cannot call this method", reason="API_KEY_NOT_ALLOWED")
+            if principal.kind.value != "api_key" and not rule.allows_role(principal.role):
+                raise PermissionDenied(f"role {principal.role.value} cannot call this method", reason="ROLE_NOT_ALLOWED")
+            set_principal(principal)
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, rule)
+                try:
+                    await enter(call)
+                    return await inner_uu(request, context)
+                except BaseException as exc:  # noqa: BLE001 - every outcome is classified
+                    await self._fail(call, context, exc)
+                finally:
+                    await self._finish(call, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = _Call(method, rule)
+                try:
+                    await enter(call)
+                    async for response in inner_us(request, context):
+                        yield response
+                except BaseException as exc:  # noqa: BLE001
+                    await self._fail(call, context, exc)
+                finally:
+                    await self._finish(call, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, rule)
+                try:
+                    await enter(call)
+                    return await inner_su(requests, context)
+                except BaseException as exc:  # noqa: BLE001
+                    await self._fail(call, context, exc)
+                finally:
+                    await self._finish(call, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(method, rule)
+            try:
+                await enter(call)
+                async for response in inner_ss(requests, context):
+                    yield response
+            except BaseException as exc:  # noqa: BLE001
+                await self._fail(call, context, exc)
+            finally:
+                await self._finish(call, context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+
+    async def _fail(self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        """Classifies the exception, then aborts the RPC (or re-raises cancellation)."""
+        if isinstance(exc, asyncio.CancelledError):
+            call.code = "CANCELLED"
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            # A servicer aborted on purpose (rare); keep its status.
+            code = context.code()
+            call.code = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise exc
+        if isinstance(exc, DomainError):
+            code, status = to_rpc_status(exc, call.service.rpartition(".")[2])
+            call.code, call.reason = code.name, exc.reason
+            await context.abort_with_status(as_grpc_status(status))
+        if isinstance(exc, (GeneratorExit, KeyboardInterrupt, SystemExit)):
+            raise exc
+        if isinstance(exc, NotImplementedError):
+            call.code = "UNIMPLEMENTED"
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
+        call.code = "INTERNAL"
+        log.error("unhandled error in %s", call.method, exc_info=exc, extra={"rpc": call.method})
+        await context.abort_with_status(as_grpc_status(internal_status()))
+
+    async def _finish(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        elapsed = time.perf_counter() - call.started
+        CALLS.labels(call.service, call.short, call.code).inc()
+        LATENCY.labels(call.service, call.short, call.code).observe(elapsed)
+        principal = call.principal
+        log.info(
+            "rpc",
+            extra={
+                "rpc": call.method,
+                "code": call.code,
+                "reason": call.reason or None,
+                "duration_ms": round(elapsed * 1000, 3),
+                "principal": principal.id if principal else None,
+                "role": principal.role.value if principal else None,
+                "peer": context.peer(),
+            },
+        )
+        if call.rule is not None and call.rule.mutating and call.code not in _NOT_AUDITED:
+            try:
+                await self._audit_failure(principal, call.method, call.code, call.reason)
+            except Exception:
+                log.warning("could not audit a failed call to %s", call.method, exc_info=True)

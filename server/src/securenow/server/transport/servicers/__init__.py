@@ -1,0 +1,1 @@
+"""gRPC servicers: a few lines each, mapping proto to one service call and back."""

@@ -1,0 +1,79 @@
+"""Periodic upkeep, safe to run on every replica at once:
+partitions ahead of time (daily), audit-chain sealing (every second), expiry of
+stale on-duty providers, old idempotency records and settled outbox rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from securenow.server.domain.errors import Unavailable
+from securenow.server.storage.live_state import LiveState
+from securenow.server.storage.postgres import Database
+from securenow.server.storage.relay_repo import RelayRepo
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_RETENTION_DAYS = 30
+OUTBOX_RETENTION_DAYS = 7
+PROVIDER_DUTY_STALE_SECONDS = 15 * 60
+
+
+@dataclass
+class _Task:
+    name: str
+    every_seconds: float
+    run: Callable[[], Awaitable[object]]
+    due: float = 0.0
+
+
+class Maintenance:
+    def __init__(self, db: Database, live: LiveState) -> None:
+        self._db = db
+        self._live = live
+        self._tasks = [
+            _Task("audit_seal", 1.0, self.seal_audit),
+            _Task("partitions", 24 * 3600.0, self.ensure_partitions),
+            _Task("stale_providers", 60.0, self.expire_stale_providers),
+            _Task("retention", 3600.0, self.apply_retention),
+        ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.monotonic()
+            for task in self._tasks:
+                if task.due <= now:
+                    task.due = now + task.every_seconds
+                    try:
+                        await task.run()
+                    except Unavailable as exc:
+                        log.warning("maintenance %s: %s", task.name, exc)
+                        task.due = now + min(task.every_seconds, 5.0)
+                    except Exception:
+                        log.exception("maintenance %s failed", task.name)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def seal_audit(self) -> int:
+        async with self._db.unit_of_work() as uow:
+            return await uow.audit.seal()
+
+    async def ensure_partitions(self) -> int:
+        async with self._db.unit_of_work() as uow:
+            created = int(await uow.conn.fetchval("SELECT securenow_ensure_partitions()"))
+        if created:
+            log.info("created %d partitions", created)
+        return created
+
+    async def expire_stale_providers(self) -> int:
+        return await self._live.expire_stale_providers(PROVIDER_DUTY_STALE_SECONDS)
+
+    async def apply_retention(self) -> None:
+        async with self._db.unit_of_work() as uow:
+            await uow.idempotency.delete_older_than_days(IDEMPOTENCY_RETENTION_DAYS)
+            await RelayRepo(uow.conn).delete_settled(OUTBOX_RETENTION_DAYS)

@@ -1,0 +1,177 @@
+"""Moves committed outbox events to Redis: dispatch events onto each department's
+stream (entry id = the department's sequence number, so ids are stable across
+republishing) and the seed's Pub/Sub channels.
+
+One relay leads at a time (advisory lock); it wakes on NOTIFY securenow_outbox.
+Per loop:
+  1. If Redis lost its data (the epoch key is gone), rebuild every department's
+     stream from the unacknowledged events in Postgres, in order.
+  2. Publish events that already have a sequence number but never reached Redis.
+  3. Otherwise claim new events, number them (committed first), publish, mark published.
+A crash anywhere repeats at most a publish; an XADD of an id the stream already has
+is that repeat and is skipped. Nothing committed is ever skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError, ResponseError
+
+from securenow.server.domain.errors import Unavailable
+from securenow.server.storage.dispatch_keys import (
+    DISPATCH_EPOCH_KEY,
+    DISPATCH_GROUP,
+    dispatch_stream,
+    event_id,
+)
+from securenow.server.storage.postgres import Database
+from securenow.server.storage.relay_repo import OutboxEvent, RelayRepo
+from securenow.server.workers.leader import AdvisoryLeader
+
+log = logging.getLogger(__name__)
+
+# Outbox topics that are also published on a Redis Pub/Sub channel of the same name.
+PUBSUB_TOPICS = frozenset({"sos:emergency", "booking:update", "provider:status"})
+BATCH = 500
+
+PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
+LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
+
+
+def stream_fields(e: OutboxEvent) -> dict[str, str]:
+    return {
+        "type": e.event_type,
+        "time": e.created_at.isoformat(),
+        "payload": json.dumps(e.payload, separators=(",", ":"), default=str),
+    }
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, redis: aioredis.Redis, dsn: str, *, idle_poll_seconds: float = 1.0) -> None:
+        self._db = db
+        self._redis = redis
+        self._leader = AdvisoryLeader(dsn, "outbox-relay")
+        self._wake = asyncio.Event()
+        self._idle_poll = idle_poll_seconds
+        self._known_groups: set[str] = set()
+        self.on_published: Callable[[], None] | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if not await self._leader.try_acquire():
+                    await _wait(stop, 2.0)
+                    continue
+                LEADER.set(1)
+                log.info("outbox relay: leading")
+                conn = self._leader.conn
+                assert conn is not None
+                await conn.add_listener("securenow_outbox", self._on_notify)
+                backoff = 0.2
+                await self._lead(stop, conn)
+            except (Unavailable, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox relay: %s; retrying in %.1f s", type(exc).__name__, backoff)
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                LEADER.set(0)
+                await self._leader.release()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _lead(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
+        while not stop.is_set():
+            if conn.is_closed():
+                raise Unavailable("lost the relay's leader connection")
+            self._wake.clear()
+            moved = await self.step()
+            if moved < BATCH:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+                except TimeoutError:
+                    pass
+
+    async def step(self) -> int:
+        """One pass; returns how many events were published."""
+        if not await self._redis.exists(DISPATCH_EPOCH_KEY):
+            await self._rebuild_streams()
+        async with self._db.unit_of_work() as uow:
+            pending = await RelayRepo(uow.conn).sequenced_unpublished(BATCH)
+        if not pending:
+            async with self._db.unit_of_work() as uow:
+                pending = await RelayRepo(uow.conn).claim_new(BATCH)
+        if not pending:
+            return 0
+        await self._publish(sorted(pending, key=lambda e: (e.department_id or "", e.dept_seq or 0, e.id)))
+        async with self._db.unit_of_work() as uow:
+            await RelayRepo(uow.conn).mark_published([e.id for e in pending])
+        if self.on_published is not None:
+            self.on_published()
+        return len(pending)
+
+    async def _publish(self, events: list[OutboxEvent]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            new_groups = []
+            for e in events:
+                if e.department_id and e.dept_seq is not None:
+                    stream = dispatch_stream(e.department_id)
+                    if stream not in self._known_groups and stream not in new_groups:
+                        pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+                        new_groups.append(stream)
+                    pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
+                if e.topic in PUBSUB_TOPICS:
+                    pipe.publish(e.topic, json.dumps({"type": e.event_type, **e.payload}, default=str))
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, ResponseError):
+                text = str(result)
+                if "BUSYGROUP" in text or "equal or smaller" in text:
+                    continue  # group exists / entry published by an earlier attempt
+                raise result
+            if isinstance(result, Exception):
+                raise result
+        self._known_groups.update(new_groups)
+        for e in events:
+            PUBLISHED.labels("dispatch" if e.department_id else "pubsub").inc()
+
+    async def _rebuild_streams(self) -> None:
+        """Redis lost the streams (restart without persistence, failover): rebuild them
+        from Postgres, in order, with the same ids, then mark the epoch."""
+        async with self._db.unit_of_work() as uow:
+            events = await RelayRepo(uow.conn).unacked_dispatch()
+        departments = sorted({e.department_id for e in events if e.department_id})
+        log.warning(
+            "outbox relay: Redis has no dispatch epoch; rebuilding %d streams with %d unacknowledged events",
+            len(departments), len(events),
+        )
+        self._known_groups.clear()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for department in departments:
+                stream = dispatch_stream(department)
+                pipe.delete(stream)
+                pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+                self._known_groups.add(stream)
+            for e in events:
+                assert e.department_id is not None and e.dept_seq is not None
+                pipe.xadd(dispatch_stream(e.department_id), stream_fields(e), id=event_id(e.dept_seq))
+            pipe.set(DISPATCH_EPOCH_KEY, "1")
+            await pipe.execute()
+        if events:
+            async with self._db.unit_of_work() as uow:
+                await RelayRepo(uow.conn).mark_published([e.id for e in events])
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
