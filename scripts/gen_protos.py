@@ -74,7 +74,9 @@ def main() -> int:
         want, have = generated_files(fresh), generated_files(OUT_ROOT)
         stale = sorted(want ^ have)
         stale += sorted(
-            n for n in want & have if not filecmp.cmp(fresh / PACKAGE_DIR / n, OUT_ROOT / PACKAGE_DIR / n, shallow=False)
+            n
+            for n in want & have
+            if not filecmp.cmp(fresh / PACKAGE_DIR / n, OUT_ROOT / PACKAGE_DIR / n, shallow=False)
         )
         if stale:
             print("generated code is stale; run `make gen` and commit:", ", ".join(stale))

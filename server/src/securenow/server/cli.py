@@ -65,7 +65,10 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
         app = await App.create(settings)
         try:
             user = await app.auth.create_admin(
-                email=args.email, password=args.password, phone=args.phone, first_name=args.first_name,
+                email=args.email,
+                password=args.password,
+                phone=args.phone,
+                first_name=args.first_name,
                 last_name=args.last_name,
             )
         finally:

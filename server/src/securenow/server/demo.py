@@ -24,7 +24,9 @@ async def _account(app: App, email: str, phone: str, first: str, last: str, role
     if found:
         return found[0]
     if role is Role.ADMIN:
-        return await app.auth.create_admin(email=email, password=DEMO_PASSWORD, phone=phone, first_name=first, last_name=last)
+        return await app.auth.create_admin(
+            email=email, password=DEMO_PASSWORD, phone=phone, first_name=first, last_name=last
+        )
     user, _ = await app.auth.sign_up(
         email=email, phone=phone, first_name=first, last_name=last, password=DEMO_PASSWORD, role=role
     )

@@ -31,7 +31,7 @@ def migrations_dir() -> Path:
 
 
 def _yoyo_url(database_url: str) -> str:
-    scheme, sep, rest = database_url.partition("://")
+    scheme, _sep, rest = database_url.partition("://")
     if scheme in ("postgres", "postgresql"):
         return f"postgresql+psycopg://{rest}"
     return database_url

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -111,11 +112,9 @@ class Runtime:
         if http_addr is not None:
             self.http_runner = web.AppRunner(build_http_app(), access_log=None)
             await self.http_runner.setup()
-            host, port = _split(http_addr)
-            site = web.TCPSite(self.http_runner, host, port, reuse_address=True)
-            await site.start()
-            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-            self.http_port = sockets[0].getsockname()[1] if sockets else port
+            sock = socket.create_server(_split(http_addr), reuse_port=False)
+            self.http_port = sock.getsockname()[1]
+            await web.SockSite(self.http_runner, sock).start()
         if workers:
             self._workers = [
                 asyncio.create_task(self.app.relay.run(self._stop_workers), name="outbox-relay"),

@@ -70,9 +70,7 @@ class Settings(BaseSettings):
         if self.env is Environment.PRODUCTION:
             missing = [n for n in ("secret_key", "data_key") if getattr(self, n) is None]
             if missing:
-                raise SettingsError(
-                    "production mode needs " + ", ".join(f"SECURENOW_{n.upper()}" for n in missing)
-                )
+                raise SettingsError("production mode needs " + ", ".join(f"SECURENOW_{n.upper()}" for n in missing))
             if len(self._secret_key_bytes) < 32:
                 raise SettingsError("SECURENOW_SECRET_KEY must be at least 32 characters")
         return self

@@ -101,7 +101,7 @@ def validate_password(v: Validator, name: str, password: str) -> None:
         v.add(name, f"must be at least {MIN_PASSWORD_LENGTH} characters")
     elif len(password) > MAX_PASSWORD_LENGTH:
         v.add(name, f"must be at most {MAX_PASSWORD_LENGTH} characters")
-    elif password.isdigit() or password.isalpha() and password.islower():
+    elif password.isdigit() or (password.isalpha() and password.islower()):
         v.add(name, "is too simple: mix letters with digits, capitals or symbols")
 
 

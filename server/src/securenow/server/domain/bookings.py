@@ -94,7 +94,9 @@ def validate_booking_request(req: BookingRequest, *, now: datetime | None = None
         location = validate_location(v, "location", req.location, now=now)
     instructions = v.text("special_instructions", req.special_instructions, max_len=2000)
     v.check()
-    assert req.service_type is not None and req.start_time is not None and location is not None
+    assert req.service_type is not None
+    assert req.start_time is not None
+    assert location is not None
     return ValidBookingRequest(
         provider_id, req.service_type, req.start_time, req.duration_hours, location, instructions
     )

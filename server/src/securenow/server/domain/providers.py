@@ -140,7 +140,9 @@ class ValidProvider:
     description: str
 
 
-def validate_provider(draft: ProviderDraft, *, prefix: str = "provider", paths: tuple[str, ...] | None = None) -> ValidProvider:
+def validate_provider(
+    draft: ProviderDraft, *, prefix: str = "provider", paths: tuple[str, ...] | None = None
+) -> ValidProvider:
     """Validates the fields named by `paths` (all for create)."""
     v = Validator()
     want = set(paths) if paths is not None else set(UPDATABLE_FIELDS) | {"business_type"}

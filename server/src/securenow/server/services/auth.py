@@ -18,8 +18,8 @@ from securenow.server.domain.errors import (
 )
 from securenow.server.domain.validation import Validator
 from securenow.server.security.passwords import hash_password, verify_password
-from securenow.server.services.common import forget_sessions
 from securenow.server.security.tokens import API_KEY_PREFIX, AccessTokenCodec, InvalidToken, OpaqueSecretCodec
+from securenow.server.services.common import forget_sessions
 from securenow.server.storage.accounts_repo import SessionState
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.live_state import LiveState
@@ -73,9 +73,7 @@ class AuthService:
             await uow.audit.record(actor, AuditEntry("auth.sign_up", "user", user.id, details={"role": user.role}))
         return user, tokens
 
-    async def create_admin(
-        self, *, email: str, password: str, phone: str, first_name: str, last_name: str
-    ) -> User:
+    async def create_admin(self, *, email: str, password: str, phone: str, first_name: str, last_name: str) -> User:
         """The first admin comes from the command line (never through SignUp)."""
         phone = phone or "+1555" + f"{secrets.randbelow(10**7):07d}"
         req = validate_sign_up(email, phone, first_name, last_name, password, Role.USER)
@@ -113,7 +111,9 @@ class AuthService:
         async with self._db.unit_of_work() as uow:
             tokens = await self._start_session(uow, user)
             await uow.accounts.touch_last_active(user.id)
-            await uow.audit.record(Principal(PrincipalKind.USER, user.id, user.role), AuditEntry("auth.sign_in", "user", user.id))
+            await uow.audit.record(
+                Principal(PrincipalKind.USER, user.id, user.role), AuditEntry("auth.sign_in", "user", user.id)
+            )
         try:
             await self._live.clear_rate_limit(subject, "sign_in")
         except Unavailable:
@@ -163,7 +163,9 @@ class AuthService:
                 access, expire = self._access.issue(user.id, row.session_id, user.role.value, now)
         if reused_session is not None:
             await forget_sessions(self._live, [reused_session])
-            raise Unauthenticated("refresh token was already used; the session is revoked", reason="REFRESH_TOKEN_REUSED")
+            raise Unauthenticated(
+                "refresh token was already used; the session is revoked", reason="REFRESH_TOKEN_REUSED"
+            )
         return TokenPair(access, new.token, expire)
 
     async def sign_out(self, principal: Principal) -> None:
@@ -209,7 +211,9 @@ class Authenticator:
         if state is None or not state.live or state.user_id != claims.user_id:
             raise Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
         if state.user_status is not UserStatus.ACTIVE:
-            raise Unauthenticated(f"the account is {state.user_status.value}", reason=f"ACCOUNT_{state.user_status.name}")
+            raise Unauthenticated(
+                f"the account is {state.user_status.value}", reason=f"ACCOUNT_{state.user_status.name}"
+            )
         return Principal(PrincipalKind.USER, state.user_id, state.role, state.agency_id, state.session_id)
 
     async def session_state(self, session_id: str) -> SessionState | None:
@@ -260,4 +264,3 @@ class Authenticator:
 
     def forget_api_keys(self) -> None:
         self._api_key_cache.clear()
-

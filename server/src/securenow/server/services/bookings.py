@@ -65,8 +65,10 @@ class BookingService:
                 f"booking.{action}",
                 "booking",
                 after.id,
-                details={"status": [before.status.value, after.status.value],
-                         "payment_status": [before.payment_status.value, after.payment_status.value]},
+                details={
+                    "status": [before.status.value, after.status.value],
+                    "payment_status": [before.payment_status.value, after.payment_status.value],
+                },
             ),
         )
         await uow.outbox.add(CHANNEL_BOOKING_UPDATE, action, _booking_event(after, action), aggregate_id=after.id)
@@ -92,8 +94,12 @@ class BookingService:
             booking = await self._load(uow, caller, new_id)
             await uow.audit.record(
                 caller,
-                AuditEntry("booking.create", "booking", new_id, details={"provider_id": provider.id,
-                                                                        "total_price": str(price.amount)}),
+                AuditEntry(
+                    "booking.create",
+                    "booking",
+                    new_id,
+                    details={"provider_id": provider.id, "total_price": str(price.amount)},
+                ),
             )
             await uow.outbox.add(
                 CHANNEL_BOOKING_UPDATE, "created", _booking_event(booking, "created"), aggregate_id=new_id
@@ -105,7 +111,7 @@ class BookingService:
         async with self._db.unit_of_work() as uow:
             return await self._load(uow, caller, bid)
 
-    async def list(
+    async def list_bookings(
         self, caller: Principal, *, page_size: int, page_token: str, provider_id: str, status: BookingStatus | None
     ) -> tuple[list[Booking], str]:
         v = Validator()
@@ -117,11 +123,13 @@ class BookingService:
                 provider = await uow.providers.get(pid)
                 if provider is None or not (caller.is_admin or provider.user_id == caller.user_id):
                     raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
-                bookings, cursor = await uow.bookings.list(page, user_id=None, provider_id=pid, status=status)
+                bookings, cursor = await uow.bookings.list_page(page, user_id=None, provider_id=pid, status=status)
             else:
                 if caller.user_id is None:
                     raise InvalidArgument.field("provider_id", "is required for non-user callers")
-                bookings, cursor = await uow.bookings.list(page, user_id=caller.user_id, provider_id=None, status=status)
+                bookings, cursor = await uow.bookings.list_page(
+                    page, user_id=caller.user_id, provider_id=None, status=status
+                )
         return bookings, page.next_token(cursor)
 
     async def _transition(

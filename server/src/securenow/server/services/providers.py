@@ -25,11 +25,11 @@ from securenow.server.domain.providers import (
     validate_provider,
 )
 from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services.common import replayed_resource
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import CHANNEL_PROVIDER_STATUS, LiveState
 from securenow.server.storage.postgres import Database, UnitOfWork
-from securenow.server.services.common import replayed_resource
 
 DEFAULT_RADIUS_M = 10_000.0
 MAX_RADIUS_M = 100_000.0
@@ -105,7 +105,7 @@ class ProviderService:
             await self._live.take_provider_off_duty(pid)
         return (await self._with_duty([provider]))[0]
 
-    async def list(
+    async def list_providers(
         self,
         caller: Principal,
         *,
@@ -119,10 +119,12 @@ class ProviderService:
         if min_rating < 0 or min_rating > 5:
             raise InvalidArgument.field("min_rating", "must be between 0 and 5")
         page = page_request(
-            page_size, page_token, filters=("providers", caller.id, business_type, verification, service_type, min_rating)
+            page_size,
+            page_token,
+            filters=("providers", caller.id, business_type, verification, service_type, min_rating),
         )
         async with self._db.unit_of_work() as uow:
-            providers, cursor = await uow.providers.list(
+            providers, cursor = await uow.providers.list_page(
                 page,
                 viewer_id=caller.user_id,
                 include_unverified=caller.is_admin,
@@ -172,9 +174,7 @@ class ProviderService:
             provider = await self._owned(uow, caller, pid)
             if on_duty and not provider.verified:
                 raise FailedPrecondition("only verified providers can go on duty", reason="PROVIDER_NOT_VERIFIED")
-            await uow.audit.record(
-                caller, AuditEntry("provider.duty", "provider", pid, details={"on_duty": on_duty})
-            )
+            await uow.audit.record(caller, AuditEntry("provider.duty", "provider", pid, details={"on_duty": on_duty}))
         if fix is not None:
             await self._live.put_provider_on_duty(pid, fix.point)
         else:
@@ -213,7 +213,9 @@ class ProviderService:
         v.check()
         limit = max_results or 10
         # Over-fetch: some hits may be filtered out by type.
-        hits = await self._live.nearby_providers(Point(latitude, longitude), radius, limit * 4 if business_type else limit)
+        hits = await self._live.nearby_providers(
+            Point(latitude, longitude), radius, limit * 4 if business_type else limit
+        )
         if not hits:
             return []
         async with self._db.unit_of_work() as uow:

@@ -166,7 +166,9 @@ class UserService:
             await uow.audit.record(caller, AuditEntry("user.reinstate", "user", target))
         return user
 
-    async def verify_user(self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str) -> User:
+    async def verify_user(
+        self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str
+    ) -> User:
         target = parse_uuid("user_id", user_id)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
             raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
@@ -208,4 +210,3 @@ class UserService:
             )
             uow.after_commit(lambda: forget_sessions(self._live, sessions))
         return user
-

@@ -13,7 +13,7 @@ from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.paging import PageRequest
-from securenow.server.storage.rows import sid
+from securenow.server.storage.rows import Conn, must, sid
 
 USER_COLUMNS = """u.id, u.email, u.phone, u.first_name, u.last_name, u.role, u.status, u.safety_score,
     u.location_data, u.emergency_contacts, u.created_at, u.updated_at, u.last_active,
@@ -90,7 +90,7 @@ def _unique_violation(exc: asyncpg.UniqueViolationError) -> AlreadyExists:
 
 
 class AccountsRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def create_user(
@@ -102,11 +102,16 @@ class AccountsRepo:
                         verification_status, emergency_contacts)
                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', '[]'::jsonb)
                     RETURNING {USER_COLUMNS}""",
-                email, phone, first_name, last_name, role.value, password_hash,
+                email,
+                phone,
+                first_name,
+                last_name,
+                role.value,
+                password_hash,
             )
         except asyncpg.UniqueViolationError as exc:
             raise _unique_violation(exc) from None
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def get_user(self, user_id: str, *, for_update: bool = False) -> User | None:
         lock = " FOR UPDATE" if for_update else ""
@@ -140,39 +145,44 @@ class AccountsRepo:
             )
         except asyncpg.UniqueViolationError as exc:
             raise _unique_violation(exc) from None
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def set_status(self, user_id: str, status: UserStatus) -> User:
         row = await self.conn.fetchrow(
             f"UPDATE users u SET status = $2, updated_at = now() WHERE u.id = $1 RETURNING {USER_COLUMNS}",
-            user_id, status.value,
+            user_id,
+            status.value,
         )
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def set_verification(self, user_id: str, status: VerificationStatus) -> User:
         row = await self.conn.fetchrow(
             f"""UPDATE users u SET verification_status = $2, updated_at = now() WHERE u.id = $1
                 RETURNING {USER_COLUMNS}""",
-            user_id, status.value,
+            user_id,
+            status.value,
         )
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def set_role(self, user_id: str, role: Role, agency_id: str | None) -> User:
         row = await self.conn.fetchrow(
             f"""UPDATE users u SET role = $2, agency_id = $3, updated_at = now() WHERE u.id = $1
                 RETURNING {USER_COLUMNS}""",
-            user_id, role.value, agency_id,
+            user_id,
+            role.value,
+            agency_id,
         )
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def store_kyc(self, user_id: str, envelope: dict[str, Any]) -> User:
         row = await self.conn.fetchrow(
             f"""UPDATE users u SET kyc_data = $2, kyc_submitted_at = now(), verification_status = 'pending',
                        updated_at = now()
                 WHERE u.id = $1 RETURNING {USER_COLUMNS}""",
-            user_id, envelope,
+            user_id,
+            envelope,
         )
-        return user_from_row(row)
+        return user_from_row(must(row))
 
     async def get_kyc(self, user_id: str) -> tuple[dict[str, Any], datetime] | None:
         row = await self.conn.fetchrow(
@@ -184,9 +194,15 @@ class AccountsRepo:
         await self.conn.execute("UPDATE users SET last_active = now() WHERE id = $1", user_id)
 
     async def list_users(
-        self, page: PageRequest, *, role: Role | None, status: UserStatus | None, verification: VerificationStatus | None
+        self,
+        page: PageRequest,
+        *,
+        role: Role | None,
+        status: UserStatus | None,
+        verification: VerificationStatus | None,
     ) -> tuple[list[User], list[Any] | None]:
-        where, args = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        args: list[Any] = []
         for column, value in (("role", role), ("status", status), ("verification_status", verification)):
             if value is not None:
                 args.append(value.value)
@@ -216,7 +232,10 @@ class AccountsRepo:
     async def add_refresh_token(self, token_id: str, session_id: str, digest: bytes, expires_at: datetime) -> None:
         await self.conn.execute(
             "INSERT INTO refresh_tokens (id, session_id, token_hash, expires_at) VALUES ($1, $2, $3, $4)",
-            token_id, session_id, digest, expires_at,
+            token_id,
+            session_id,
+            digest,
+            expires_at,
         )
 
     async def get_refresh_token_for_update(self, token_id: str) -> RefreshTokenRow | None:
@@ -246,14 +265,16 @@ class AccountsRepo:
     async def revoke_session(self, session_id: str, reason: str) -> None:
         await self.conn.execute(
             "UPDATE auth_sessions SET revoked_at = now(), revoke_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
-            session_id, reason,
+            session_id,
+            reason,
         )
 
     async def revoke_user_sessions(self, user_id: str, reason: str) -> list[str]:
         rows = await self.conn.fetch(
             """UPDATE auth_sessions SET revoked_at = now(), revoke_reason = $2
                WHERE user_id = $1 AND revoked_at IS NULL RETURNING id""",
-            user_id, reason,
+            user_id,
+            reason,
         )
         return [str(r["id"]) for r in rows]
 

@@ -11,7 +11,7 @@ import asyncpg
 from securenow.server.domain.agency import ApiKeyInfo, ApiKeySecret, ContactInfo, Department, NewDepartment
 from securenow.server.domain.enums import AgencyType, DepartmentStatus
 from securenow.server.domain.paging import PageRequest
-from securenow.server.storage.rows import AREA_SQL, check_area, sid
+from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
 
 DEPARTMENT_COLUMNS = """d.id, d.department_name, d.agency_type, d.jurisdiction, d.contact_info, d.webhook_url,
     d.status, d.provider_id, d.ack_timeout_seconds, d.created_at, d.updated_at"""
@@ -46,7 +46,7 @@ def key_from_row(r: asyncpg.Record) -> ApiKeyInfo:
 
 
 class AgencyRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def create_department(self, department_id: str, d: NewDepartment, credentials: dict[str, Any]) -> Department:
@@ -56,10 +56,18 @@ class AgencyRepo:
                     jurisdiction_geom, contact_info, api_credentials, webhook_url, provider_id, ack_timeout_seconds)
                 VALUES ($1, $2, $3, $4, {AREA_SQL.format(param="$5")}, $6, $7, $8, $9, $10)
                 RETURNING {DEPARTMENT_COLUMNS}""",
-            department_id, d.department_name, d.agency_type.value, d.jurisdiction, json.dumps(d.jurisdiction),
-            d.contact_info.__dict__, credentials, d.webhook_url or None, d.provider_id, d.ack_timeout_seconds,
+            department_id,
+            d.department_name,
+            d.agency_type.value,
+            d.jurisdiction,
+            json.dumps(d.jurisdiction),
+            d.contact_info.__dict__,
+            credentials,
+            d.webhook_url or None,
+            d.provider_id,
+            d.ack_timeout_seconds,
         )
-        return department_from_row(row)
+        return department_from_row(must(row))
 
     async def get_department(self, department_id: str) -> Department | None:
         row = await self.conn.fetchrow(
@@ -93,9 +101,10 @@ class AgencyRepo:
         row = await self.conn.fetchrow(
             f"""UPDATE police_departments d SET status = $2, updated_at = now() WHERE d.id = $1
                 RETURNING {DEPARTMENT_COLUMNS}""",
-            department_id, status.value,
+            department_id,
+            status.value,
         )
-        return department_from_row(row)
+        return department_from_row(must(row))
 
     # API keys -----------------------------------------------------------------------
 
@@ -105,9 +114,13 @@ class AgencyRepo:
         row = await self.conn.fetchrow(
             f"""INSERT INTO agency_api_keys AS k (id, department_id, secret_hash, display_prefix, label)
                 VALUES ($1, $2, $3, $4, $5) RETURNING {KEY_COLUMNS}""",
-            key_id, department_id, digest, display_prefix, label,
+            key_id,
+            department_id,
+            digest,
+            display_prefix,
+            label,
         )
-        return key_from_row(row)
+        return key_from_row(must(row))
 
     async def get_api_key(self, key_id: str) -> ApiKeyInfo | None:
         row = await self.conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM agency_api_keys k WHERE k.id = $1", key_id)

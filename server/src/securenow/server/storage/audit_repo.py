@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from securenow.server.domain.accounts import Principal
+from securenow.server.storage.rows import Conn
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def audit_args(actor: Principal | None, entry: AuditEntry) -> tuple[Any, ...]:
 
 
 class AuditRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def record(self, actor: Principal | None, entry: AuditEntry) -> None:

@@ -13,7 +13,7 @@ from securenow.server.domain.errors import FailedPrecondition
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.money import Money
 from securenow.server.domain.paging import PageRequest
-from securenow.server.storage.rows import geog_point
+from securenow.server.storage.rows import Conn, geog_point, must
 
 BOOKING_COLUMNS = """b.id, b.user_id, b.provider_id, b.service_type, b.booking_date, b.duration, b.location_data,
     b.special_instructions, b.status, b.total_price, b.currency_code, b.payment_status, b.created_at,
@@ -46,7 +46,7 @@ def booking_from_row(r: asyncpg.Record) -> Booking:
 
 
 class BookingsRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def create(self, booking_id: str, user_id: str, req: ValidBookingRequest, price: Money) -> str:
@@ -56,9 +56,18 @@ class BookingsRepo:
                 f"""INSERT INTO bookings (id, user_id, provider_id, service_type, booking_date, duration,
                         location_data, location, special_instructions, total_price, currency_code)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, {geog_point("$8", "$9")}, $10, $11, $12)""",
-                booking_id, user_id, req.provider_id, req.service_type.value, req.start_time, req.duration_hours,
-                req.location.to_json(), req.location.point.longitude, req.location.point.latitude,
-                req.special_instructions or None, price.amount, price.currency_code,
+                booking_id,
+                user_id,
+                req.provider_id,
+                req.service_type.value,
+                req.start_time,
+                req.duration_hours,
+                req.location.to_json(),
+                req.location.point.longitude,
+                req.location.point.latitude,
+                req.special_instructions or None,
+                price.amount,
+                price.currency_code,
             )
         except asyncpg.ExclusionViolationError:
             raise FailedPrecondition(
@@ -79,7 +88,11 @@ class BookingsRepo:
                           payment_status = CASE WHEN $5 THEN 'refunded'::payment_status ELSE payment_status END,
                           updated_at = now()
                    WHERE id = $1 AND booking_date = $2""",
-                booking.id, booking.start_time, status.value, cancel_reason, refund,
+                booking.id,
+                booking.start_time,
+                status.value,
+                cancel_reason,
+                refund,
             )
         except asyncpg.ExclusionViolationError:
             raise FailedPrecondition("the provider is booked at that time", reason="BOOKING_OVERLAP") from None
@@ -88,7 +101,9 @@ class BookingsRepo:
     async def set_payment_status(self, booking: Booking, status: PaymentStatus) -> Booking:
         await self.conn.execute(
             "UPDATE bookings SET payment_status = $3, updated_at = now() WHERE id = $1 AND booking_date = $2",
-            booking.id, booking.start_time, status.value,
+            booking.id,
+            booking.start_time,
+            status.value,
         )
         return await self._reload(booking)
 
@@ -96,18 +111,22 @@ class BookingsRepo:
         await self.conn.execute(
             """UPDATE bookings SET rating = $3, review = $4, updated_at = now()
                WHERE id = $1 AND booking_date = $2""",
-            booking.id, booking.start_time, rating, review,
+            booking.id,
+            booking.start_time,
+            rating,
+            review,
         )
         return await self._reload(booking)
 
     async def _reload(self, booking: Booking) -> Booking:
         row = await self.conn.fetchrow(
             f"SELECT {BOOKING_COLUMNS} FROM {FROM} WHERE b.id = $1 AND b.booking_date = $2",
-            booking.id, booking.start_time,
+            booking.id,
+            booking.start_time,
         )
-        return booking_from_row(row)
+        return booking_from_row(must(row))
 
-    async def list(
+    async def list_page(
         self, page: PageRequest, *, user_id: str | None, provider_id: str | None, status: BookingStatus | None
     ) -> tuple[list[Booking], list[Any] | None]:
         where, args = [], []

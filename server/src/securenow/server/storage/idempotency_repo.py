@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
+from securenow.server.storage.rows import Conn, must
 
 
 @dataclass(frozen=True)
@@ -20,24 +20,33 @@ class PriorRequest:
 
 
 class IdempotencyRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def claim(self, principal_id: str, operation: str, key: IdempotencyKey, resource_id: str) -> PriorRequest | None:
+    async def claim(
+        self, principal_id: str, operation: str, key: IdempotencyKey, resource_id: str
+    ) -> PriorRequest | None:
         """Records the key for a new resource. If the key was already used, returns the
         earlier request instead (a concurrent first attempt is waited for by the insert)."""
         inserted = await self.conn.fetchval(
             """INSERT INTO idempotency_keys (principal_id, operation, request_id, request_hash, resource_id)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1""",
-            principal_id, operation, key.request_id, key.fingerprint, resource_id,
+            principal_id,
+            operation,
+            key.request_id,
+            key.fingerprint,
+            resource_id,
         )
         if inserted:
             return None
         row = await self.conn.fetchrow(
             """SELECT request_hash, resource_id FROM idempotency_keys
                WHERE principal_id = $1 AND operation = $2 AND request_id = $3""",
-            principal_id, operation, key.request_id,
+            principal_id,
+            operation,
+            key.request_id,
         )
+        row = must(row)
         return PriorRequest(bytes(row["request_hash"]), str(row["resource_id"]))
 
     async def delete_older_than_days(self, days: int) -> int:

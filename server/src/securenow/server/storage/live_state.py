@@ -141,7 +141,7 @@ class LiveState:
 
     @redis_call
     async def nearby_providers(self, point: Point, radius_m: float, count: int) -> list[NearbyHit]:
-        hits = await self.redis.geosearch(
+        hits: list[Any] = await self.redis.geosearch(  # type: ignore[assignment]
             PROVIDERS_GEO,
             longitude=point.longitude,
             latitude=point.latitude,
@@ -179,7 +179,7 @@ class LiveState:
         raw = await self.redis.get(f"user:location:{user_id}")
         if not raw:
             return None
-        lat, lng, ts = raw.split(",")
+        lat, lng, ts = str(raw).split(",")
         return Point(float(lat), float(lng)), float(ts)
 
     @redis_call

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
+from securenow.server.storage.rows import Conn
 
 
 class OutboxRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def add(
@@ -24,6 +24,10 @@ class OutboxRepo:
             await self.conn.fetchval(
                 """INSERT INTO outbox (topic, event_type, aggregate_id, department_id, payload)
                    VALUES ($1, $2, $3, $4, $5) RETURNING id""",
-                topic, event_type, aggregate_id, department_id, payload,
+                topic,
+                event_type,
+                aggregate_id,
+                department_id,
+                payload,
             )
         )

@@ -15,8 +15,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from securenow.server.domain.errors import Unavailable
+from securenow.server.storage.rows import Conn
 
 if TYPE_CHECKING:
     from securenow.server.storage.accounts_repo import AccountsRepo
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from securenow.server.storage.idempotency_repo import IdempotencyRepo
     from securenow.server.storage.outbox_repo import OutboxRepo
     from securenow.server.storage.providers_repo import ProvidersRepo
-    from securenow.server.storage.sos_repo import SosRepo
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def translate_unavailable(exc: BaseException) -> Unavailable | None:
     return None
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Conn) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -95,20 +96,21 @@ class UnitOfWork:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._conn: asyncpg.Connection | None = None
+        self._conn: PoolConnectionProxy | None = None
         self._tx: Any = None
         self._after_commit: list[Callable[[], Awaitable[None]]] = []
         self._repos: dict[str, Any] = {}
 
     @property
-    def conn(self) -> asyncpg.Connection:
+    def conn(self) -> Conn:
         assert self._conn is not None, "unit of work not entered"
         return self._conn
 
     async def __aenter__(self) -> UnitOfWork:
         try:
-            self._conn = await self._db.pool.acquire(timeout=self._db.acquire_timeout)
-            self._tx = self._conn.transaction()
+            conn = await self._db.pool.acquire(timeout=self._db.acquire_timeout)
+            self._conn = conn
+            self._tx = conn.transaction()
             await self._tx.start()
         except _UNAVAILABLE_ERRORS as exc:
             await self._release()
@@ -153,7 +155,7 @@ class UnitOfWork:
     def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._after_commit.append(callback)
 
-    def _repo(self, name: str, factory: Callable[[asyncpg.Connection], Any]) -> Any:
+    def _repo(self, name: str, factory: Callable[[Conn], Any]) -> Any:
         repo = self._repos.get(name)
         if repo is None:
             repo = self._repos[name] = factory(self.conn)
@@ -194,12 +196,6 @@ class UnitOfWork:
         from securenow.server.storage.agency_repo import AgencyRepo
 
         return self._repo("agency", AgencyRepo)  # type: ignore[no-any-return]
-
-    @property
-    def sos(self) -> SosRepo:
-        from securenow.server.storage.sos_repo import SosRepo
-
-        return self._repo("sos", SosRepo)  # type: ignore[no-any-return]
 
     @property
     def outbox(self) -> OutboxRepo:

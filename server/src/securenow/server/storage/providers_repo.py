@@ -20,7 +20,7 @@ from securenow.server.domain.providers import (
     Provider,
     ValidProvider,
 )
-from securenow.server.storage.rows import AREA_SQL, check_area, sid
+from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
 
 PROVIDER_COLUMNS = """p.id, p.user_id, p.company_name, p.business_type, p.license_number, p.insurance_info,
     p.service_areas, p.rating, p.total_reviews, p.verification_status, p.availability_schedule,
@@ -88,7 +88,7 @@ def _assignments(p: ValidProvider, paths: tuple[str, ...]) -> list[tuple[str, st
 
 
 class ProvidersRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def create(self, provider_id: str, user_id: str, p: ValidProvider) -> Provider:
@@ -107,7 +107,7 @@ class ProvidersRepo:
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExists("this account already has a provider", reason="PROVIDER_EXISTS") from None
-        return provider_from_row(row)
+        return provider_from_row(must(row))
 
     async def get(self, provider_id: str, *, for_update: bool = False) -> Provider | None:
         lock = " FOR UPDATE" if for_update else ""
@@ -120,7 +120,9 @@ class ProvidersRepo:
         )
         return {str(r["id"]): provider_from_row(r) for r in rows}
 
-    async def update(self, provider_id: str, p: ValidProvider, paths: tuple[str, ...], *, reset_review: bool) -> Provider:
+    async def update(
+        self, provider_id: str, p: ValidProvider, paths: tuple[str, ...], *, reset_review: bool
+    ) -> Provider:
         if "service_area_geojson" in paths and p.service_area:
             await check_area(self.conn, p.service_area, "provider.service_area_geojson")
         sets, args = [], [provider_id]
@@ -130,27 +132,30 @@ class ProvidersRepo:
         if reset_review:
             sets.append("verification_status = 'pending'")
         row = await self.conn.fetchrow(
-            f"""UPDATE providers p SET {", ".join(sets + ["updated_at = now()"])} WHERE p.id = $1
+            f"""UPDATE providers p SET {", ".join([*sets, "updated_at = now()"])} WHERE p.id = $1
                 RETURNING {PROVIDER_COLUMNS}""",
             *args,
         )
-        return provider_from_row(row)
+        return provider_from_row(must(row))
 
     async def set_verification(self, provider_id: str, status: VerificationStatus) -> Provider:
         row = await self.conn.fetchrow(
             f"""UPDATE providers p SET verification_status = $2, updated_at = now() WHERE p.id = $1
                 RETURNING {PROVIDER_COLUMNS}""",
-            provider_id, status.value,
+            provider_id,
+            status.value,
         )
-        return provider_from_row(row)
+        return provider_from_row(must(row))
 
     async def set_rating(self, provider_id: str, rating: float, total_reviews: int) -> None:
         await self.conn.execute(
             "UPDATE providers SET rating = $2, total_reviews = $3, updated_at = now() WHERE id = $1",
-            provider_id, Decimal(str(rating)), total_reviews,
+            provider_id,
+            Decimal(str(rating)),
+            total_reviews,
         )
 
-    async def list(
+    async def list_page(
         self,
         page: PageRequest,
         *,
@@ -188,4 +193,3 @@ class ProvidersRepo:
         more = len(rows) > page.size
         cursor = [str(providers[-1].rating), providers[-1].id] if more and providers else None
         return providers, cursor
-

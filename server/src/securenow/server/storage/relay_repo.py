@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from securenow.server.storage.rows import Conn
+
 COLUMNS = "id, topic, event_type, department_id, payload, dept_seq, created_at"
 
 
@@ -35,7 +37,7 @@ def _event(r: asyncpg.Record) -> OutboxEvent:
 
 
 class RelayRepo:
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def sequenced_unpublished(self, limit: int) -> list[OutboxEvent]:
@@ -69,7 +71,8 @@ class RelayRepo:
                SELECT * FROM unnest($1::uuid[], $2::bigint[])
                ON CONFLICT (department_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
                RETURNING department_id, last_seq""",
-            list(counts), list(counts.values()),
+            list(counts),
+            list(counts.values()),
         )
         next_seq = {str(r["department_id"]): r["last_seq"] - counts[str(r["department_id"])] + 1 for r in tops}
         ids, seqs, out = [], [], []
@@ -82,8 +85,10 @@ class RelayRepo:
                 e = OutboxEvent(e.id, e.topic, e.event_type, e.department_id, e.payload, seq, e.created_at)
             out.append(e)
         await self.conn.execute(
-            "UPDATE outbox o SET dept_seq = v.seq FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE o.id = v.id",
-            ids, seqs,
+            """UPDATE outbox o SET dept_seq = v.seq
+               FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE o.id = v.id""",
+            ids,
+            seqs,
         )
         return out
 
@@ -102,14 +107,16 @@ class RelayRepo:
         await self.conn.execute(
             """UPDATE outbox SET acked_at = now()
                WHERE department_id = $1 AND dept_seq = ANY($2::bigint[]) AND acked_at IS NULL""",
-            department_id, seqs,
+            department_id,
+            seqs,
         )
 
     async def mark_acked_through(self, department_id: str, seq: int) -> None:
         await self.conn.execute(
             """UPDATE outbox SET acked_at = now()
                WHERE department_id = $1 AND dept_seq <= $2 AND dept_seq IS NOT NULL AND acked_at IS NULL""",
-            department_id, seq,
+            department_id,
+            seq,
         )
 
     async def delete_settled(self, older_than_days: int) -> int:

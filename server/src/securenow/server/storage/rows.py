@@ -6,9 +6,22 @@ import json
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from securenow.server.domain.errors import InvalidArgument
 from securenow.server.domain.geo import Point
+
+# A connection as repositories receive it (pooled or direct).
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+def must(row: asyncpg.Record | None) -> asyncpg.Record:
+    """A row the statement returns by construction (UPDATE ... RETURNING of a row the
+    transaction has locked or just inserted)."""
+    if row is None:
+        raise LookupError("expected a row")
+    return row
+
 
 # SQL snippet building a geography point from ($lng, $lat) parameters.
 GEOG_POINT = "ST_SetSRID(ST_MakePoint({lng}, {lat}), 4326)::geography"
@@ -27,7 +40,7 @@ def point_args(point: Point | None) -> tuple[float | None, float | None]:
     return (None, None) if point is None else (point.longitude, point.latitude)
 
 
-async def check_area(conn: asyncpg.Connection, geojson: dict[str, Any], field: str) -> None:
+async def check_area(conn: Conn, geojson: dict[str, Any], field: str) -> None:
     """Raises INVALID_ARGUMENT naming `field` when PostGIS finds the area invalid
     (self-intersection, unparsable GeoJSON)."""
     try:

@@ -9,7 +9,6 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from securenow.server.domain import enums
@@ -26,7 +25,7 @@ from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
 E = TypeVar("E", bound=StrEnum)
 
 # (proto enum, value prefix) for each domain enum.
-_ENUMS: dict[type[StrEnum], tuple[EnumTypeWrapper, str]] = {
+_ENUMS: dict[type[StrEnum], tuple[Any, str]] = {
     enums.Role: (users_pb2.UserRole, "USER_ROLE"),
     enums.UserStatus: (users_pb2.UserStatus, "USER_STATUS"),
     enums.VerificationStatus: (common_pb2.VerificationStatus, "VERIFICATION_STATUS"),
@@ -41,7 +40,7 @@ _ENUMS: dict[type[StrEnum], tuple[EnumTypeWrapper, str]] = {
 }
 
 
-def register_enum(domain: type[StrEnum], wrapper: EnumTypeWrapper, prefix: str) -> None:
+def register_enum(domain: type[StrEnum], wrapper: Any, prefix: str) -> None:
     _ENUMS[domain] = (wrapper, prefix)
 
 

@@ -43,7 +43,9 @@ def to_rpc_status(error: e.DomainError, service: str) -> tuple[grpc.StatusCode, 
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=f"{ERROR_DOMAIN}.{service}" if service else ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason,
+                domain=f"{ERROR_DOMAIN}.{service}" if service else ERROR_DOMAIN,
+                metadata=error.metadata,
             )
         )
     ]

@@ -98,13 +98,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return
             token = _bearer(metadata)
             if token is None:
-                raise Unauthenticated("credentials are required: authorization: Bearer <token>", reason="MISSING_CREDENTIALS")
+                raise Unauthenticated(
+                    "credentials are required: authorization: Bearer <token>", reason="MISSING_CREDENTIALS"
+                )
             principal = await self._authenticate(token)
             call.principal = principal
             if principal.kind.value == "api_key" and not rule.api_key:
                 raise PermissionDenied("API keys cannot call this method", reason="API_KEY_NOT_ALLOWED")
             if principal.kind.value != "api_key" and not rule.allows_role(principal.role):
-                raise PermissionDenied(f"role {principal.role.value} cannot call this method", reason="ROLE_NOT_ALLOWED")
+                raise PermissionDenied(
+                    f"role {principal.role.value} cannot call this method", reason="ROLE_NOT_ALLOWED"
+                )
             set_principal(principal)
 
         if handler.unary_unary:
@@ -115,7 +119,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     await enter(call)
                     return await inner_uu(request, context)
-                except BaseException as exc:  # noqa: BLE001 - every outcome is classified
+                except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     await self._finish(call, context)
@@ -133,7 +137,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     await enter(call)
                     async for response in inner_us(request, context):
                         yield response
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     await self._finish(call, context)
@@ -150,7 +154,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     await enter(call)
                     return await inner_su(requests, context)
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     await self._finish(call, context)
@@ -167,7 +171,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await enter(call)
                 async for response in inner_ss(requests, context):
                     yield response
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 await self._fail(call, context, exc)
             finally:
                 await self._finish(call, context)

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -45,7 +46,7 @@ PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
 
 
-def stream_fields(e: OutboxEvent) -> dict[str, str]:
+def stream_fields(e: OutboxEvent) -> dict[Any, Any]:
     return {
         "type": e.event_type,
         "time": e.created_at.isoformat(),
@@ -151,7 +152,8 @@ class OutboxRelay:
         departments = sorted({e.department_id for e in events if e.department_id})
         log.warning(
             "outbox relay: Redis has no dispatch epoch; rebuilding %d streams with %d unacknowledged events",
-            len(departments), len(events),
+            len(departments),
+            len(events),
         )
         self._known_groups.clear()
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -161,7 +163,8 @@ class OutboxRelay:
                 pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                 self._known_groups.add(stream)
             for e in events:
-                assert e.department_id is not None and e.dept_seq is not None
+                assert e.department_id is not None
+                assert e.dept_seq is not None
                 pipe.xadd(dispatch_stream(e.department_id), stream_fields(e), id=event_id(e.dept_seq))
             pipe.set(DISPATCH_EPOCH_KEY, "1")
             await pipe.execute()

@@ -13,7 +13,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth
 
-    async def SignUp(self, request: auth_pb2.SignUpRequest, context: grpc.aio.ServicerContext) -> auth_pb2.SignUpResponse:
+    async def SignUp(
+        self, request: auth_pb2.SignUpRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignUpResponse:
         user, tokens = await self._auth.sign_up(
             email=request.email,
             phone=request.phone,
@@ -29,7 +31,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             access_token_expire_time=convert.ts(tokens.access_token_expire_time),
         )
 
-    async def SignIn(self, request: auth_pb2.SignInRequest, context: grpc.aio.ServicerContext) -> auth_pb2.SignInResponse:
+    async def SignIn(
+        self, request: auth_pb2.SignInRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignInResponse:
         user, tokens = await self._auth.sign_in(email=request.email, phone=request.phone, password=request.password)
         return auth_pb2.SignInResponse(
             user=convert.user(user),
@@ -48,6 +52,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             access_token_expire_time=convert.ts(tokens.access_token_expire_time),
         )
 
-    async def SignOut(self, request: auth_pb2.SignOutRequest, context: grpc.aio.ServicerContext) -> auth_pb2.SignOutResponse:
+    async def SignOut(
+        self, request: auth_pb2.SignOutRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.SignOutResponse:
         await self._auth.sign_out(current_principal())
         return auth_pb2.SignOutResponse()

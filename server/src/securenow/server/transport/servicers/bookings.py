@@ -29,7 +29,7 @@ class BookingServicer(bookings_pb2_grpc.BookingServiceServicer):
     async def ListBookings(
         self, request: bookings_pb2.ListBookingsRequest, context: grpc.aio.ServicerContext
     ) -> bookings_pb2.ListBookingsResponse:
-        bookings, token = await self._bookings.list(
+        bookings, token = await self._bookings.list_bookings(
             current_principal(),
             page_size=request.page_size,
             page_token=request.page_token,

@@ -41,7 +41,7 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
     async def ListProviders(
         self, request: providers_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> providers_pb2.ListProvidersResponse:
-        providers, token = await self._providers.list(
+        providers, token = await self._providers.list_providers(
             current_principal(),
             page_size=request.page_size,
             page_token=request.page_token,
@@ -65,7 +65,9 @@ class ProviderServicer(providers_pb2_grpc.ProviderServiceServicer):
         self, request: providers_pb2.UpdateProviderDutyRequest, context: grpc.aio.ServicerContext
     ) -> providers_pb2.UpdateProviderDutyResponse:
         location = convert.location_input(request.location) if request.HasField("location") else None
-        provider = await self._providers.update_duty(current_principal(), request.provider_id, request.on_duty, location)
+        provider = await self._providers.update_duty(
+            current_principal(), request.provider_id, request.on_duty, location
+        )
         return providers_pb2.UpdateProviderDutyResponse(provider=convert.provider(provider))
 
     async def SearchNearbyProviders(

@@ -13,7 +13,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     def __init__(self, users: UserService) -> None:
         self._users = users
 
-    async def GetUser(self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> users_pb2.GetUserResponse:
+    async def GetUser(
+        self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.GetUserResponse:
         user = await self._users.get_user(current_principal(), request.user_id)
         return users_pb2.GetUserResponse(user=convert.user(user))
 
@@ -38,15 +40,21 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user = await self._users.delete_user(current_principal(), request.user_id)
         return users_pb2.DeleteUserResponse(user=convert.user(user))
 
-    async def SubmitKyc(self, request: users_pb2.SubmitKycRequest, context: grpc.aio.ServicerContext) -> users_pb2.SubmitKycResponse:
+    async def SubmitKyc(
+        self, request: users_pb2.SubmitKycRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.SubmitKycResponse:
         user = await self._users.submit_kyc(current_principal(), convert.kyc_from_pb(request.kyc))
         return users_pb2.SubmitKycResponse(user=convert.user(user))
 
-    async def GetKyc(self, request: users_pb2.GetKycRequest, context: grpc.aio.ServicerContext) -> users_pb2.GetKycResponse:
+    async def GetKyc(
+        self, request: users_pb2.GetKycRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.GetKycResponse:
         data, submitted = await self._users.get_kyc(current_principal(), request.user_id)
         return users_pb2.GetKycResponse(kyc=convert.kyc(data), submit_time=convert.ts(submitted))
 
-    async def ListUsers(self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext) -> users_pb2.ListUsersResponse:
+    async def ListUsers(
+        self, request: users_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.ListUsersResponse:
         users, token = await self._users.list_users(
             current_principal(),
             page_size=request.page_size,

@@ -1,0 +1,1 @@
+"""SecureNow Python SDK (securenow.client)."""
