@@ -1,3 +1,4 @@
+DROP TABLE webhook_deliveries;
 DROP TABLE dispatch_sequences;
 DROP TABLE outbox;
 DROP FUNCTION securenow_outbox_notify();

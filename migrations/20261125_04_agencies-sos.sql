@@ -95,7 +95,11 @@ CREATE TABLE sos_alert_locations (
     id BIGSERIAL,
     recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
     received_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-    location GEOGRAPHY(Point, 4326) NOT NULL,
+    latitude DOUBLE PRECISION NOT NULL CHECK (latitude BETWEEN -90 AND 90),
+    longitude DOUBLE PRECISION NOT NULL CHECK (longitude BETWEEN -180 AND 180),
+    -- Derived, so the ingest path can COPY plain numbers.
+    location GEOGRAPHY(Point, 4326) GENERATED ALWAYS AS
+        (ST_SetSRID(ST_MakePoint(longitude, latitude), 4326)::geography) STORED,
     accuracy_m REAL,
     heading_deg REAL,
     speed_mps REAL,
@@ -138,3 +142,23 @@ CREATE TABLE dispatch_sequences (
     department_id UUID PRIMARY KEY REFERENCES police_departments(id) ON DELETE CASCADE,
     last_seq BIGINT NOT NULL DEFAULT 0
 );
+
+-- Signed webhooks to departments, one row per (outbox event, department), created by
+-- the relay when it publishes the event; any replica sends them (SKIP LOCKED),
+-- retrying with backoff until delivered or dead-lettered.
+CREATE TABLE webhook_deliveries (
+    id BIGSERIAL PRIMARY KEY,
+    outbox_id BIGINT NOT NULL,
+    department_id UUID NOT NULL REFERENCES police_departments(id) ON DELETE CASCADE,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body JSONB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    last_error TEXT,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    delivered_at TIMESTAMP WITH TIME ZONE,
+    UNIQUE (outbox_id, department_id)
+);
+CREATE INDEX idx_webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';

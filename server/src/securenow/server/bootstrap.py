@@ -9,16 +9,24 @@ import redis.asyncio as aioredis
 
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.security.tokens import API_KEY_PREFIX, REFRESH_PREFIX, AccessTokenCodec, OpaqueSecretCodec
+from securenow.server.services.agency import AgencyService
 from securenow.server.services.audit import AuditService
 from securenow.server.services.auth import Authenticator, AuthService
 from securenow.server.services.bookings import BookingService
+from securenow.server.services.dispatch import DispatchService
+from securenow.server.services.locations import LocationIngestor
 from securenow.server.services.providers import ProviderService
+from securenow.server.services.routing import Router
+from securenow.server.services.sos import SosService
 from securenow.server.services.users import UserService
 from securenow.server.settings import Settings
+from securenow.server.storage.alert_watch import AlertWatchHub
+from securenow.server.storage.dispatch_streams import DispatchHub
 from securenow.server.storage.live_state import LiveState, connect_redis
 from securenow.server.storage.postgres import Database
 from securenow.server.workers.maintenance import Maintenance
 from securenow.server.workers.outbox_relay import OutboxRelay
+from securenow.server.workers.webhooks import WebhookSender
 
 
 @dataclass
@@ -36,7 +44,14 @@ class App:
     providers: ProviderService
     bookings: BookingService
     audit: AuditService
+    dispatch: DispatchService
+    sos: SosService
+    agency: AgencyService
+    locations: LocationIngestor
+    dispatch_hub: DispatchHub
+    watch_hub: AlertWatchHub
     relay: OutboxRelay
+    webhooks: WebhookSender
     maintenance: Maintenance
 
     @classmethod
@@ -55,6 +70,9 @@ class App:
         )
         refresh_tokens = OpaqueSecretCodec(REFRESH_PREFIX, settings.derived_key("refresh-token"))
         api_keys = OpaqueSecretCodec(API_KEY_PREFIX, settings.derived_key("api-key"))
+        ack_timeout = timedelta(seconds=settings.ack_timeout_seconds)
+        dispatch = DispatchService(db, Router(live), default_ack_timeout=ack_timeout)
+        sos = SosService(db, live, dispatch, unrouted_timeout=ack_timeout)
         return cls(
             settings=settings,
             db=db,
@@ -78,7 +96,34 @@ class App:
             providers=ProviderService(db, live),
             bookings=BookingService(db),
             audit=AuditService(db),
+            dispatch=dispatch,
+            sos=sos,
+            agency=AgencyService(
+                db,
+                encryptor,
+                api_keys,
+                default_ack_timeout_seconds=settings.ack_timeout_seconds,
+                allow_http_webhooks=settings.allow_http_webhooks,
+            ),
+            locations=LocationIngestor(db, live, sos),
+            dispatch_hub=DispatchHub(
+                db,
+                settings.redis_url,
+                redis,
+                settings.resolved_instance_id,
+                redeliver_after=settings.dispatch_redeliver_after_seconds,
+                claim_interval=settings.dispatch_claim_interval_seconds,
+                key_check_interval=settings.dispatch_key_check_interval_seconds,
+            ),
+            watch_hub=AlertWatchHub(settings.redis_url),
             relay=OutboxRelay(db, redis, settings.database_url),
+            webhooks=WebhookSender(
+                db,
+                encryptor,
+                max_attempts=settings.webhook_max_attempts,
+                base_delay=settings.webhook_base_delay_seconds,
+                timeout=settings.webhook_timeout_seconds,
+            ),
             maintenance=Maintenance(db, live),
         )
 

@@ -19,18 +19,25 @@ from securenow.server.bootstrap import App
 from securenow.server.settings import Settings
 from securenow.server.transport.http import build_http_app
 from securenow.server.transport.interceptor import CallInterceptor
+from securenow.server.transport.servicers.agency import AgencyServicer
 from securenow.server.transport.servicers.auth import AuthServicer
 from securenow.server.transport.servicers.bookings import BookingServicer
 from securenow.server.transport.servicers.providers import ProviderServicer
+from securenow.server.transport.servicers.sos import SosServicer
 from securenow.server.transport.servicers.unimplemented import add_unimplemented_services
 from securenow.server.transport.servicers.users import UserServicer
+from securenow.server.workers.escalation import run_escalations
 from securenow.v1 import (
+    agency_pb2,
+    agency_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     bookings_pb2,
     bookings_pb2_grpc,
     providers_pb2,
     providers_pb2_grpc,
+    sos_pb2,
+    sos_pb2_grpc,
     users_pb2,
     users_pb2_grpc,
 )
@@ -75,11 +82,24 @@ class Runtime:
         users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app.users), server)
         providers_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app.providers), server)
         bookings_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(app.bookings), server)
+        sos_pb2_grpc.add_SosServiceServicer_to_server(SosServicer(app.sos, app.locations, app.watch_hub), server)
+        agency_pb2_grpc.add_AgencyServiceServicer_to_server(
+            AgencyServicer(
+                app.agency,
+                app.dispatch,
+                app.dispatch_hub,
+                heartbeat_interval=app.settings.dispatch_heartbeat_seconds,
+                client_idle_timeout=app.settings.dispatch_idle_timeout_seconds,
+            ),
+            server,
+        )
         names = [
             auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
             users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
             providers_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name,
             bookings_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
+            sos_pb2.DESCRIPTOR.services_by_name["SosService"].full_name,
+            agency_pb2.DESCRIPTOR.services_by_name["AgencyService"].full_name,
         ]
         names += add_unimplemented_services(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -99,7 +119,7 @@ class Runtime:
             require_client_auth=client_ca is not None,
         )
 
-    async def start(self, *, grpc_addr: str, http_addr: str | None, workers: bool = True) -> None:
+    async def start(self, *, grpc_addr: str, http_addr: str | None) -> None:
         self.grpc_server = self._build_grpc_server()
         credentials = self._credentials()
         if credentials is None:
@@ -115,10 +135,19 @@ class Runtime:
             sock = socket.create_server(_split(http_addr), reuse_port=False)
             self.http_port = sock.getsockname()[1]
             await web.SockSite(self.http_runner, sock).start()
-        if workers:
-            self._workers = [
-                asyncio.create_task(self.app.relay.run(self._stop_workers), name="outbox-relay"),
-                asyncio.create_task(self.app.maintenance.run(self._stop_workers), name="maintenance"),
+        app, stop = self.app, self._stop_workers
+        # Serving components: streams and location sharing need them.
+        self._workers = [
+            asyncio.create_task(app.dispatch_hub.run(stop), name="dispatch-hub"),
+            asyncio.create_task(app.watch_hub.run(stop), name="watch-hub"),
+            asyncio.create_task(app.locations.run(stop), name="locations"),
+        ]
+        if app.settings.run_workers:
+            self._workers += [
+                asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
+                asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
+                asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
+                asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
             ]
 
     async def stop(self, grace: float) -> None:
@@ -126,7 +155,12 @@ class Runtime:
         stops the workers and closes pools."""
         await self.health.enter_graceful_shutdown()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            stopping = asyncio.create_task(self.grpc_server.stop(grace))
+            # Long-lived streams would hold shutdown for the whole grace period: tell
+            # their clients to reconnect (to another replica) now.
+            await asyncio.sleep(min(grace, 0.5))
+            self.app.dispatch_hub.close_all()
+            await stopping
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         self._stop_workers.set()

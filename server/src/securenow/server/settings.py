@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     # How long a request waits for a database connection before UNAVAILABLE.
     db_acquire_timeout_seconds: float = Field(default=5.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Dispatch: how long an alert waits for acceptance before it escalates (default for
+    # new departments, and for alerts that cannot be routed yet).
+    ack_timeout_seconds: int = Field(default=30, ge=1, le=600)
+    dispatch_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # A StreamDispatch client that sends nothing (not even heartbeats) this long is dropped.
+    dispatch_idle_timeout_seconds: float = Field(default=90.0, gt=0)
+    # Unacknowledged events are sent again after this long (XAUTOCLAIM).
+    dispatch_redeliver_after_seconds: float = Field(default=30.0, gt=0)
+    dispatch_claim_interval_seconds: float = Field(default=5.0, gt=0)
+    dispatch_key_check_interval_seconds: float = Field(default=2.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_base_delay_seconds: float = Field(default=2.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Plain-http webhook URLs; allowed by default only in development.
+    webhook_allow_http: bool | None = None
+    # Background workers (outbox relay, escalation sweeper, webhooks, maintenance).
+    # Off only for replicas that should serve calls and nothing else.
+    run_workers: bool = True
+
     # Identifies this replica (Redis consumer names, logs); unique per process.
     instance_id: str = ""
 
@@ -101,6 +120,12 @@ class Settings(BaseSettings):
                 if k.strip()
             ]
         return keys
+
+    @property
+    def allow_http_webhooks(self) -> bool:
+        if self.webhook_allow_http is not None:
+            return self.webhook_allow_http
+        return self.env is Environment.DEVELOPMENT
 
     @cached_property
     def resolved_instance_id(self) -> str:

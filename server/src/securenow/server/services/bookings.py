@@ -83,8 +83,10 @@ class BookingService:
             if prior is not None:
                 return await self._load(uow, caller, prior)
             provider = await uow.providers.get(valid.provider_id)
-            if provider is None or not (provider.verified or provider.user_id == caller.user_id or caller.is_admin):
+            if provider is None:
                 raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+            # The contract answers FAILED_PRECONDITION for a provider that exists but cannot
+            # be booked now (never verified, rejected, or back in review after a change).
             if not provider.verified:
                 raise FailedPrecondition("the provider is not verified yet", reason="PROVIDER_NOT_VERIFIED")
             if provider.user_id == caller.user_id:

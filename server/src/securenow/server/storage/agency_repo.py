@@ -158,3 +158,12 @@ class AgencyRepo:
             department_active=bool(row["department_active"]),
             agency_type=row["agency_type"],
         )
+
+    async def unusable_api_keys(self, key_ids: list[str]) -> list[str]:
+        """Of these keys, the ones revoked or belonging to a department that is not active."""
+        rows = await self.conn.fetch(
+            """SELECT k.id FROM agency_api_keys k JOIN police_departments d ON d.id = k.department_id
+               WHERE k.id = ANY($1::uuid[]) AND (k.revoked_at IS NOT NULL OR d.status <> 'active')""",
+            key_ids,
+        )
+        return [str(r["id"]) for r in rows]

@@ -12,22 +12,21 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from securenow.server.domain.errors import Unavailable
+from securenow.server.storage.accounts_repo import AccountsRepo
+from securenow.server.storage.agency_repo import AgencyRepo
+from securenow.server.storage.audit_repo import AuditRepo
+from securenow.server.storage.bookings_repo import BookingsRepo
+from securenow.server.storage.idempotency_repo import IdempotencyRepo
+from securenow.server.storage.outbox_repo import OutboxRepo
+from securenow.server.storage.providers_repo import ProvidersRepo
 from securenow.server.storage.rows import Conn
-
-if TYPE_CHECKING:
-    from securenow.server.storage.accounts_repo import AccountsRepo
-    from securenow.server.storage.agency_repo import AgencyRepo
-    from securenow.server.storage.audit_repo import AuditRepo
-    from securenow.server.storage.bookings_repo import BookingsRepo
-    from securenow.server.storage.idempotency_repo import IdempotencyRepo
-    from securenow.server.storage.outbox_repo import OutboxRepo
-    from securenow.server.storage.providers_repo import ProvidersRepo
+from securenow.server.storage.sos_repo import SosRepo
 
 log = logging.getLogger(__name__)
 
@@ -163,42 +162,32 @@ class UnitOfWork:
 
     @property
     def accounts(self) -> AccountsRepo:
-        from securenow.server.storage.accounts_repo import AccountsRepo
-
         return self._repo("accounts", AccountsRepo)  # type: ignore[no-any-return]
 
     @property
     def audit(self) -> AuditRepo:
-        from securenow.server.storage.audit_repo import AuditRepo
-
         return self._repo("audit", AuditRepo)  # type: ignore[no-any-return]
 
     @property
     def idempotency(self) -> IdempotencyRepo:
-        from securenow.server.storage.idempotency_repo import IdempotencyRepo
-
         return self._repo("idempotency", IdempotencyRepo)  # type: ignore[no-any-return]
 
     @property
     def providers(self) -> ProvidersRepo:
-        from securenow.server.storage.providers_repo import ProvidersRepo
-
         return self._repo("providers", ProvidersRepo)  # type: ignore[no-any-return]
 
     @property
     def bookings(self) -> BookingsRepo:
-        from securenow.server.storage.bookings_repo import BookingsRepo
-
         return self._repo("bookings", BookingsRepo)  # type: ignore[no-any-return]
 
     @property
     def agency(self) -> AgencyRepo:
-        from securenow.server.storage.agency_repo import AgencyRepo
-
         return self._repo("agency", AgencyRepo)  # type: ignore[no-any-return]
 
     @property
-    def outbox(self) -> OutboxRepo:
-        from securenow.server.storage.outbox_repo import OutboxRepo
+    def sos(self) -> SosRepo:
+        return self._repo("sos", SosRepo)  # type: ignore[no-any-return]
 
+    @property
+    def outbox(self) -> OutboxRepo:
         return self._repo("outbox", OutboxRepo)  # type: ignore[no-any-return]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +10,7 @@ import asyncpg
 
 from securenow.server.storage.rows import Conn
 
-COLUMNS = "id, topic, event_type, department_id, payload, dept_seq, created_at"
+COLUMNS = "id, topic, event_type, aggregate_id, department_id, payload, dept_seq, created_at"
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class OutboxEvent:
     id: int
     topic: str
     event_type: str
+    aggregate_id: str | None
     department_id: str | None
     payload: dict[str, Any]
     dept_seq: int | None
@@ -29,6 +30,7 @@ def _event(r: asyncpg.Record) -> OutboxEvent:
         id=r["id"],
         topic=r["topic"],
         event_type=r["event_type"],
+        aggregate_id=str(r["aggregate_id"]) if r["aggregate_id"] else None,
         department_id=str(r["department_id"]) if r["department_id"] else None,
         payload=r["payload"],
         dept_seq=r["dept_seq"],
@@ -82,7 +84,7 @@ class RelayRepo:
                 next_seq[e.department_id] = seq + 1
                 ids.append(e.id)
                 seqs.append(seq)
-                e = OutboxEvent(e.id, e.topic, e.event_type, e.department_id, e.payload, seq, e.created_at)
+                e = replace(e, dept_seq=seq)
             out.append(e)
         await self.conn.execute(
             """UPDATE outbox o SET dept_seq = v.seq
@@ -94,6 +96,24 @@ class RelayRepo:
 
     async def mark_published(self, ids: list[int]) -> None:
         await self.conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+    async def enqueue_webhooks(self, outbox_ids: list[int]) -> None:
+        """One webhook delivery per published dispatch event whose department has a
+        webhook_url (location updates are too frequent to be webhooks)."""
+        if not outbox_ids:
+            return
+        await self.conn.execute(
+            """INSERT INTO webhook_deliveries (outbox_id, department_id, event_id, event_type, body)
+               SELECT o.id, o.department_id, o.dept_seq || '-0', o.event_type,
+                      jsonb_build_object('event_id', o.dept_seq || '-0', 'event_type', o.event_type,
+                                         'event_time', o.created_at, 'department_id', o.department_id,
+                                         'data', o.payload)
+               FROM outbox o JOIN police_departments d ON d.id = o.department_id
+               WHERE o.id = ANY($1::bigint[]) AND o.dept_seq IS NOT NULL AND d.webhook_url IS NOT NULL
+                 AND o.event_type <> 'alert_location'
+               ON CONFLICT (outbox_id, department_id) DO NOTHING""",
+            outbox_ids,
+        )
 
     async def unacked_dispatch(self) -> list[OutboxEvent]:
         """Every dispatch event a department has not acknowledged, in stream order."""

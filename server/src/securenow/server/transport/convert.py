@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -106,6 +106,12 @@ def idempotency_key(request: Message, field_name: str = "request_id") -> Idempot
 
 def lat_lng(point: Point | None) -> common_pb2.LatLng | None:
     return None if point is None else common_pb2.LatLng(latitude=point.latitude, longitude=point.longitude)
+
+
+@overload
+def location(fix: LocationFix) -> common_pb2.Location: ...
+@overload
+def location(fix: LocationFix | None) -> common_pb2.Location | None: ...
 
 
 def location(fix: LocationFix | None) -> common_pb2.Location | None:

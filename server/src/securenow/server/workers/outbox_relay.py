@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 
 # Outbox topics that are also published on a Redis Pub/Sub channel of the same name.
 PUBSUB_TOPICS = frozenset({"sos:emergency", "booking:update", "provider:status"})
+# Topic of WatchSos events: published on sos:alert:{alert_id}.
+WATCH_TOPIC = "sos:alert"
+
+
+def pubsub_channel(e: OutboxEvent) -> str | None:
+    if e.topic in PUBSUB_TOPICS:
+        return e.topic
+    if e.topic == WATCH_TOPIC and e.aggregate_id:
+        return f"{WATCH_TOPIC}:{e.aggregate_id}"
+    return None
+
+
 BATCH = 500
 
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
@@ -115,6 +127,7 @@ class OutboxRelay:
         await self._publish(sorted(pending, key=lambda e: (e.department_id or "", e.dept_seq or 0, e.id)))
         async with self._db.unit_of_work() as uow:
             await RelayRepo(uow.conn).mark_published([e.id for e in pending])
+            await RelayRepo(uow.conn).enqueue_webhooks([e.id for e in pending if e.department_id])
         if self.on_published is not None:
             self.on_published()
         return len(pending)
@@ -129,8 +142,9 @@ class OutboxRelay:
                         pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                         new_groups.append(stream)
                     pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
-                if e.topic in PUBSUB_TOPICS:
-                    pipe.publish(e.topic, json.dumps({"type": e.event_type, **e.payload}, default=str))
+                channel = pubsub_channel(e)
+                if channel is not None:
+                    pipe.publish(channel, json.dumps({"type": e.event_type, **e.payload}, default=str))
             results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, ResponseError):

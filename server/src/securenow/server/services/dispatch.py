@@ -1,0 +1,289 @@
+"""Alert assignment and the incident lifecycle: routing, escalation, accept, decline,
+incident updates. Every change writes its outbox events in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.enums import AgencyType, IncidentStatus, SosStatus
+from securenow.server.domain.errors import FailedPrecondition, NotFound, PermissionDenied
+from securenow.server.domain.paging import page_request
+from securenow.server.domain.sos import PoliceIncident, SosAlert, check_incident_step, raised_priority
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services import sos_events
+from securenow.server.services.routing import Router
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.postgres import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+def agency_of(principal: Principal) -> str:
+    """The agency a caller acts for (API key or dispatcher account)."""
+    if principal.agency_id is None:
+        raise PermissionDenied("this account does not belong to an agency", reason="NO_AGENCY")
+    return principal.agency_id
+
+
+class DispatchService:
+    def __init__(self, db: Database, router: Router, *, default_ack_timeout: timedelta) -> None:
+        self._db = db
+        self._router = router
+        self._default_timeout = default_ack_timeout
+
+    # Routing ----------------------------------------------------------------------
+
+    async def assign(
+        self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str
+    ) -> tuple[SosAlert, PoliceIncident | None]:
+        """Routes the alert (or re-routes it, skipping `passed` agencies). When every
+        candidate has passed, the round starts over. Emits alert_raised to the new
+        agency, and alert_escalated to the previous one when it changes hands."""
+        point = alert.location.point if alert.location else None
+        previous = alert.assigned_agency_id
+        route = await self._router.choose(uow, point, passed)
+        if route.agency is None and passed:
+            passed = []
+            route = await self._router.choose(uow, point, passed)
+        now = datetime.now(UTC)
+        incident = await uow.sos.incident_for_alert(alert.id, for_update=True)
+        if route.agency is None:
+            # Nobody to send it to (no agency registered at all): keep trying.
+            alert = await uow.sos.save_alert(
+                replace(
+                    alert,
+                    assigned_agency_id=None,
+                    outside_jurisdiction=True,
+                    passed_agencies=passed,
+                    escalate_at=now + self._default_timeout,
+                )
+            )
+            log.warning("no agency can take alert %s", alert.id)
+            return alert, incident
+        agency = route.agency
+        alert = await uow.sos.save_alert(
+            replace(
+                alert,
+                assigned_agency_id=agency.department_id,
+                outside_jurisdiction=route.outside_jurisdiction,
+                passed_agencies=passed,
+                escalate_at=now + timedelta(seconds=agency.ack_timeout_seconds),
+            )
+        )
+        if incident is None:
+            incident = await uow.sos.insert_incident(str(uuid.uuid4()), alert, agency.department_id)
+        elif incident.police_department_id != agency.department_id or incident.priority != alert.priority:
+            incident = await uow.sos.save_incident(
+                replace(
+                    incident,
+                    police_department_id=agency.department_id,
+                    priority=alert.priority,
+                    status=IncidentStatus.REPORTED,
+                    assigned_unit="",
+                    estimated_arrival_minutes=0,
+                )
+            )
+        if previous is not None and previous != agency.department_id:
+            await sos_events.alert_escalated(uow, alert, previous, f"reassigned: {reason}")
+        if previous == agency.department_id:
+            await sos_events.alert_escalated(uow, alert, previous, reason)
+        else:
+            await sos_events.alert_raised(uow, alert, incident)
+        return alert, incident
+
+    async def escalate_due(self, limit: int = 20) -> int:
+        """Escalates alerts whose acknowledgement deadline passed (any replica may run
+        this; rows being escalated elsewhere are skipped). Returns how many."""
+        async with self._db.unit_of_work() as uow:
+            ids = await uow.sos.lock_due_escalations(limit)
+            for alert_id in ids:
+                alert = await uow.sos.get_alert(alert_id)
+                assert alert is not None
+                await self._escalate(uow, alert)
+        return len(ids)
+
+    async def _escalate(self, uow: UnitOfWork, alert: SosAlert) -> None:
+        previous = alert.assigned_agency_id
+        passed = [*alert.passed_agencies, previous] if previous else list(alert.passed_agencies)
+        waited = int((datetime.now(UTC) - alert.create_time).total_seconds())
+        alert = replace(alert, priority=raised_priority(alert.priority), escalation_level=alert.escalation_level + 1)
+        reason = f"not accepted after {waited} s"
+        alert, _ = await self.assign(uow, alert, passed=passed, reason=reason)
+        await uow.audit.record(
+            None,
+            AuditEntry(
+                "sos.escalate",
+                "sos_alert",
+                alert.id,
+                details={"from": previous, "to": alert.assigned_agency_id, "priority": alert.priority},
+            ),
+        )
+        await sos_events.watch(uow, alert.id, "escalated")
+
+    # Agency commands ----------------------------------------------------------------
+
+    async def _alert_of_agency(self, uow: UnitOfWork, principal: Principal, alert_id: str) -> SosAlert:
+        agency = agency_of(principal)
+        alert = await uow.sos.get_alert(alert_id, for_update=True)
+        if alert is None or alert.assigned_agency_id != agency:
+            raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+        return alert
+
+    async def accept(self, principal: Principal, alert_id: str, unit: str, eta_minutes: int) -> PoliceIncident:
+        v = Validator()
+        aid = v.uuid("alert_id", alert_id)
+        unit = v.text("assigned_unit", unit, max_len=100)
+        v.int_range("eta_minutes", eta_minutes, 0, 24 * 60)
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            alert = await self._alert_of_agency(uow, principal, aid)
+            incident = await uow.sos.incident_for_alert(aid, for_update=True)
+            assert incident is not None
+            if alert.status is SosStatus.RESPONDING and incident.status is not IncidentStatus.REPORTED:
+                return incident  # accepted already (a retried command)
+            if alert.status is not SosStatus.ACTIVE:
+                raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_NOT_ACTIVE")
+            now = datetime.now(UTC)
+            choice = await uow.sos.agency_choice(agency_of(principal))
+            alert = await uow.sos.save_alert(
+                replace(
+                    alert,
+                    status=SosStatus.RESPONDING,
+                    response_time=now - alert.create_time,
+                    police_notified=alert.police_notified
+                    or (choice is not None and choice.agency_type is AgencyType.POLICE_DEPARTMENT),
+                    escalate_at=None,
+                )
+            )
+            incident = await uow.sos.save_incident(
+                replace(
+                    incident,
+                    status=IncidentStatus.DISPATCHED,
+                    assigned_unit=unit or incident.assigned_unit,
+                    estimated_arrival_minutes=eta_minutes,
+                )
+            )
+            await uow.audit.record(
+                principal, AuditEntry("sos.accept", "sos_alert", aid, details={"unit": unit, "eta": eta_minutes})
+            )
+            await sos_events.incident_updated(uow, incident)
+            await sos_events.watch(uow, aid, "accepted")
+        return incident
+
+    async def decline(self, principal: Principal, alert_id: str, reason: str) -> None:
+        v = Validator()
+        aid = v.uuid("alert_id", alert_id)
+        reason = v.text("reason", reason, max_len=500)
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            alert = await self._alert_of_agency(uow, principal, aid)
+            if alert.status is not SosStatus.ACTIVE:
+                raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_NOT_ACTIVE")
+            agency = agency_of(principal)
+            await uow.audit.record(principal, AuditEntry("sos.decline", "sos_alert", aid, details={"reason": reason}))
+            # If nobody else can take it, the round starts over and it comes back here.
+            await self.assign(
+                uow, alert, passed=[*alert.passed_agencies, agency], reason=f"declined: {reason or 'no reason'}"
+            )
+            await sos_events.watch(uow, aid, "declined")
+
+    async def update_incident(
+        self,
+        principal: Principal,
+        incident_id: str,
+        status: IncidentStatus | None,
+        *,
+        unit: str,
+        notes: str,
+        eta_minutes: int,
+    ) -> PoliceIncident:
+        v = Validator()
+        iid = v.uuid("incident_id", incident_id)
+        if status is None:
+            v.add("status", "is required")
+        unit = v.text("assigned_unit", unit, max_len=100)
+        notes = v.text("notes", notes, max_len=4000)
+        v.int_range("estimated_arrival_minutes", eta_minutes, 0, 24 * 60)
+        v.check()
+        assert status is not None
+        agency = agency_of(principal)
+        async with self._db.unit_of_work() as uow:
+            incident = await uow.sos.get_incident(iid, for_update=True)
+            if incident is None or incident.police_department_id != agency:
+                raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
+            alert = await uow.sos.get_alert(incident.sos_alert_id, for_update=True)
+            assert alert is not None
+            if not alert.is_open and status is not incident.status:
+                raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
+            changes = check_incident_step(incident.status, status)
+            now = datetime.now(UTC)
+            updated = replace(
+                incident,
+                status=status,
+                assigned_unit=unit or incident.assigned_unit,
+                estimated_arrival_minutes=eta_minutes or incident.estimated_arrival_minutes,
+                actual_arrival_time=now
+                if changes and status is IncidentStatus.ON_SCENE
+                else incident.actual_arrival_time,
+                resolution_notes=notes if status is IncidentStatus.RESOLVED and notes else incident.resolution_notes,
+            )
+            if updated == incident:
+                return incident
+            incident = await uow.sos.save_incident(updated)
+            event = "incident_updated"
+            if changes and status is IncidentStatus.DISPATCHED:
+                choice = await uow.sos.agency_choice(agency)
+                alert = replace(
+                    alert,
+                    status=SosStatus.RESPONDING,
+                    response_time=alert.response_time or now - alert.create_time,
+                    police_notified=alert.police_notified
+                    or (choice is not None and choice.agency_type is AgencyType.POLICE_DEPARTMENT),
+                    escalate_at=None,
+                )
+                await uow.sos.save_alert(alert)
+                event = "accepted"
+            elif changes and status is IncidentStatus.RESOLVED:
+                await uow.sos.save_alert(replace(alert, status=SosStatus.RESOLVED, resolve_time=now, escalate_at=None))
+                event = "resolved"
+            await uow.audit.record(
+                principal, AuditEntry("incident.update", "police_incident", iid, details={"status": status})
+            )
+            await sos_events.incident_updated(uow, incident)
+            await sos_events.watch(uow, incident.sos_alert_id, event)
+        return incident
+
+    async def get_incident(self, principal: Principal, incident_id: str) -> tuple[PoliceIncident, SosAlert]:
+        iid = parse_uuid("incident_id", incident_id)
+        async with self._db.unit_of_work() as uow:
+            incident = await uow.sos.get_incident(iid)
+            if incident is None or not (principal.is_admin or incident.police_department_id == principal.agency_id):
+                raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
+            alert = await uow.sos.get_alert(incident.sos_alert_id)
+            assert alert is not None
+            await uow.audit.record(principal, AuditEntry("incident.read", "police_incident", iid))
+        return incident, alert
+
+    async def list_incidents(
+        self,
+        principal: Principal,
+        *,
+        page_size: int,
+        page_token: str,
+        status: IncidentStatus | None,
+        department_id: str,
+    ) -> tuple[list[PoliceIncident], str]:
+        if principal.is_admin:
+            v = Validator()
+            department = v.uuid("department_id", department_id, required=False) or None
+            v.check()
+        else:
+            department = agency_of(principal)
+        page = page_request(page_size, page_token, filters=("incidents", department, status))
+        async with self._db.unit_of_work() as uow:
+            items, cursor = await uow.sos.list_incidents(page, department_id=department, status=status)
+        return items, page.next_token(cursor)

@@ -1,0 +1,189 @@
+"""SOS for the person in danger: raise, watch, cancel, read the trail."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.enums import IncidentStatus, SosStatus
+from securenow.server.domain.errors import FailedPrecondition, NotFound, Unavailable
+from securenow.server.domain.geo import LocationFix
+from securenow.server.domain.paging import page_request
+from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert, validate_raise
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services import sos_events
+from securenow.server.services.common import replayed_resource
+from securenow.server.services.dispatch import DispatchService
+from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.live_state import LiveState
+from securenow.server.storage.postgres import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+def can_read(principal: Principal, alert: SosAlert) -> bool:
+    return (
+        principal.is_admin
+        or alert.user_id == principal.user_id
+        or (principal.agency_id is not None and alert.assigned_agency_id == principal.agency_id)
+    )
+
+
+class SosService:
+    def __init__(
+        self, db: Database, live: LiveState, dispatch: DispatchService, *, unrouted_timeout: timedelta
+    ) -> None:
+        self._db = db
+        self._live = live
+        self._dispatch = dispatch
+        self._unrouted_timeout = unrouted_timeout
+
+    async def _readable(self, uow: UnitOfWork, principal: Principal, alert_id: str) -> SosAlert:
+        alert = await uow.sos.get_alert(alert_id)
+        if alert is None or not can_read(principal, alert):
+            raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+        return alert
+
+    async def raise_sos(self, caller: Principal, req: RaiseRequest, key: IdempotencyKey | None) -> SosAlert:
+        """Commits the alert and its dispatch event together; OK means it is durable."""
+        valid = validate_raise(req)
+        assert caller.user_id is not None
+        new_id = str(uuid.uuid4())
+        async with self._db.unit_of_work() as uow:
+            prior = await replayed_resource(uow, caller, "RaiseSos", key, new_id)
+            if prior is not None:
+                return await self._readable(uow, caller, prior)
+            alert = await uow.sos.insert_alert(
+                new_id,
+                caller.user_id,
+                location=valid.location,
+                description=valid.description,
+                priority=valid.priority,
+                incident_type=valid.incident_type,
+                metadata=valid.metadata,
+            )
+            if alert.location is not None:
+                alert, _ = await self._dispatch.assign(uow, alert, passed=[], reason="raised")
+            else:
+                # Routed when the first fix arrives (ShareLocation) or, failing that, by the
+                # escalation sweeper once the deadline passes.
+                alert = await uow.sos.save_alert(replace(alert, escalate_at=datetime.now(UTC) + self._unrouted_timeout))
+                await sos_events.alert_raised(uow, alert, None)
+            await uow.audit.record(
+                caller,
+                AuditEntry(
+                    "sos.raise",
+                    "sos_alert",
+                    alert.id,
+                    details={"agency": alert.assigned_agency_id, "has_fix": bool(alert.location)},
+                ),
+            )
+        await self._mark_active(alert)
+        return alert
+
+    async def _mark_active(self, alert: SosAlert) -> None:
+        try:
+            await self._live.set_active_alert(
+                alert.id, alert.user_id, alert.location.point if alert.location else None, time.time()
+            )
+        except Unavailable:
+            log.warning("could not set sos:active:%s (Redis unavailable); the alert is committed", alert.id)
+
+    async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
+        aid = parse_uuid("alert_id", alert_id)
+        async with self._db.unit_of_work() as uow:
+            alert = await self._readable(uow, principal, aid)
+            incident = await uow.sos.incident_for_alert(aid)
+            if principal.kind is PrincipalKind.API_KEY or principal.user_id != alert.user_id:
+                # Reading someone else's emergency is sensitive: audited.
+                await uow.audit.record(principal, AuditEntry("sos.read", "sos_alert", aid))
+        return alert, incident
+
+    async def list_alerts(
+        self, principal: Principal, *, page_size: int, page_token: str, status: SosStatus | None
+    ) -> tuple[list[SosAlert], str]:
+        if principal.is_admin:
+            user_id, agency_id = None, None
+        elif (principal.agency_id is not None and principal.kind is PrincipalKind.API_KEY) or (
+            principal.agency_id is not None and principal.user_id is not None
+        ):
+            user_id, agency_id = None, principal.agency_id
+        else:
+            user_id, agency_id = principal.user_id, None
+        page = page_request(page_size, page_token, filters=("alerts", user_id, agency_id, status))
+        async with self._db.unit_of_work() as uow:
+            alerts, cursor = await uow.sos.list_alerts(page, user_id=user_id, agency_id=agency_id, status=status)
+        return alerts, page.next_token(cursor)
+
+    async def cancel(self, principal: Principal, alert_id: str, reason: str) -> SosAlert:
+        v = Validator()
+        aid = v.uuid("alert_id", alert_id)
+        reason = v.text("reason", reason, max_len=500)
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            alert = await uow.sos.get_alert(aid, for_update=True)
+            if alert is None or alert.user_id != principal.user_id:
+                raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+            if alert.status is SosStatus.CANCELLED:
+                return alert
+            if not alert.is_open:
+                raise FailedPrecondition(f"the alert is already {alert.status.value}", reason="ALERT_CLOSED")
+            now = datetime.now(UTC)
+            alert = await uow.sos.save_alert(
+                replace(alert, status=SosStatus.CANCELLED, resolve_time=now, escalate_at=None, cancel_reason=reason)
+            )
+            incident = await uow.sos.incident_for_alert(aid, for_update=True)
+            if incident is not None and incident.status is not IncidentStatus.RESOLVED:
+                await uow.sos.save_incident(
+                    replace(
+                        incident,
+                        status=IncidentStatus.RESOLVED,
+                        resolution_notes=f"cancelled by the person: {reason}" if reason else "cancelled by the person",
+                    )
+                )
+            await uow.audit.record(principal, AuditEntry("sos.cancel", "sos_alert", aid, details={"reason": reason}))
+            await sos_events.alert_cancelled(uow, alert, reason)
+        try:
+            await self._live.clear_active_alert(aid)
+        except Unavailable:
+            log.warning("could not clear sos:active:%s (Redis unavailable)", aid)
+        return alert
+
+    async def check_sharing(self, principal: Principal, alert_id: str) -> str:
+        """ShareLocation: the caller must own the alert, and it must be open."""
+        aid = parse_uuid("alert_id", alert_id)
+        async with self._db.unit_of_work() as uow:
+            alert = await uow.sos.get_alert(aid)
+        if alert is None or alert.user_id != principal.user_id:
+            raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+        if not alert.is_open:
+            raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
+        return aid
+
+    async def watch_snapshot(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
+        async with self._db.unit_of_work() as uow:
+            alert = await self._readable(uow, principal, alert_id)
+            return alert, await uow.sos.incident_for_alert(alert_id)
+
+    async def list_locations(
+        self, principal: Principal, alert_id: str, page_size: int, page_token: str
+    ) -> tuple[list[LocationFix], str]:
+        aid = parse_uuid("alert_id", alert_id)
+        page = page_request(page_size, page_token, filters=("locations", aid), default=500, maximum=5000)
+        async with self._db.unit_of_work() as uow:
+            await self._readable(uow, principal, aid)
+            fixes, cursor = await uow.sos.list_locations(aid, page)
+        return fixes, page.next_token(cursor)
+
+    async def route_if_unassigned(self, alert_id: str) -> None:
+        """Called when an unrouted alert got its first location fix."""
+        async with self._db.unit_of_work() as uow:
+            alert = await uow.sos.get_alert(alert_id, for_update=True)
+            if alert is None or alert.assigned_agency_id is not None or alert.location is None or not alert.is_open:
+                return
+            await self._dispatch.assign(uow, alert, passed=[], reason="first location fix")

@@ -1,0 +1,391 @@
+"""Delivery of department dispatch streams (Redis Streams, consumer group "cad").
+
+One hub per process. A single reader connection does XREADGROUP over the streams of
+every department that has a subscriber in this process (consumer name = instance id)
+and fans entries out in memory: never one blocking Redis connection per client.
+
+Semantics (what a CAD sees):
+- Every connection of a department receives every event of that department; an ack
+  from any of them settles the event (XACK, and acked_at in Postgres for recovery).
+- On subscribe: everything after `resume_after_event_id` (when given) plus every
+  unacknowledged event, in order; then live events.
+- Unacknowledged events idle for `redeliver_after` are claimed (XAUTOCLAIM) and sent
+  again; this also takes over the pending events of a crashed process.
+- A subscription whose API key is revoked, or whose department is no longer
+  active, is closed within `key_check_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from securenow.server.storage.dispatch_keys import DISPATCH_GROUP, dispatch_stream, event_id, seq_of
+from securenow.server.storage.postgres import Database
+from securenow.server.storage.relay_repo import RelayRepo
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBERS = Gauge("securenow_dispatch_subscribers", "Open dispatch subscriptions in this process.")
+DELIVERED = Counter("securenow_dispatch_events_sent_total", "Dispatch events handed to subscribers.", ["kind"])
+MAX_QUEUE = 10_000
+
+
+@dataclass(frozen=True, order=True)
+class DispatchEvent:
+    seq: int
+    event_type: str = field(compare=False)
+    time: datetime = field(compare=False)
+    payload: dict[str, Any] = field(compare=False)
+    redelivery: bool = field(default=False, compare=False)
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.seq)
+
+
+def _parse(entry_id: str, fields: dict[str, str], *, redelivery: bool = False) -> DispatchEvent | None:
+    seq = seq_of(entry_id)
+    if seq is None or "type" not in fields:
+        return None
+    return DispatchEvent(
+        seq=seq,
+        event_type=fields["type"],
+        time=datetime.fromisoformat(fields["time"]),
+        payload=json.loads(fields["payload"]),
+        redelivery=redelivery,
+    )
+
+
+@dataclass
+class Outgoing:
+    """Something for the subscriber other than an event (a command result)."""
+
+    value: Any
+
+
+class Subscription:
+    def __init__(self, principal: Principal, department_id: str) -> None:
+        self.principal = principal
+        self.department_id = department_id
+        self.queue: asyncio.Queue[DispatchEvent | Outgoing | DomainError | None] = asyncio.Queue()
+        self.floor = 0  # live events at or below this seq were sent in the catch-up
+        self.closed: DomainError | None = None
+        self.last_client_activity = time.monotonic()
+        self._held: list[DispatchEvent] | None = []  # live events that arrive during the catch-up
+
+    def start(self, backlog: list[DispatchEvent]) -> None:
+        """Queues the catch-up, then whatever arrived live meanwhile (without repeats)."""
+        for event in backlog:
+            self.queue.put_nowait(event)
+        self.floor = backlog[-1].seq if backlog else 0
+        held, self._held = self._held or [], None
+        for event in held:
+            self.offer(event)
+
+    def offer(self, event: DispatchEvent) -> None:
+        if self.closed is not None:
+            return
+        if self._held is not None:
+            self._held.append(event)
+            return
+        if not event.redelivery and event.seq <= self.floor:
+            return
+        if self.queue.qsize() >= MAX_QUEUE:
+            self.close(ResourceExhausted("the stream is too far behind; reconnect to resume", retry_after_seconds=1))
+            return
+        self.queue.put_nowait(event)
+
+    def send(self, value: Any) -> None:
+        self.queue.put_nowait(Outgoing(value))
+
+    def close(self, error: DomainError | None = None) -> None:
+        """Ends the subscription; `error` becomes the stream's status (None: OK)."""
+        if self.closed is None:
+            self.closed = error or DomainError("closed")
+            self.queue.put_nowait(error)
+
+    def touch(self) -> None:
+        self.last_client_activity = time.monotonic()
+
+
+class DispatchHub:
+    def __init__(
+        self,
+        db: Database,
+        redis_url: str,
+        redis: aioredis.Redis,
+        instance_id: str,
+        *,
+        redeliver_after: float = 30.0,
+        claim_interval: float = 5.0,
+        key_check_interval: float = 2.0,
+    ) -> None:
+        self._db = db
+        # redis-py's annotations do not follow decode_responses; responses are str here.
+        self._redis: Any = redis
+        # The blocking reader has its own connection; socket timeout above the block time.
+        self._reader: Any = aioredis.Redis.from_url(
+            redis_url, decode_responses=True, single_connection_client=True, socket_timeout=30, socket_connect_timeout=2
+        )
+        self._consumer = instance_id
+        self._redeliver_after_ms = int(redeliver_after * 1000)
+        self._claim_interval = claim_interval
+        self._key_check_interval = key_check_interval
+        self._subs: dict[str, set[Subscription]] = {}
+        self._groups_ready: set[str] = set()
+        self._changed = asyncio.Event()
+        self._reader_id: int | None = None
+        self._acks: dict[str, set[int]] = {}
+
+    # Subscriptions ------------------------------------------------------------------
+
+    async def subscribe(self, principal: Principal, department_id: str, resume_after: str) -> Subscription:
+        resume_seq: int | None = None
+        if resume_after:
+            resume_seq = seq_of(resume_after)
+            if resume_seq is None:
+                raise InvalidArgument.field("subscribe.resume_after_event_id", "is not an event id from this stream")
+        sub = Subscription(principal, department_id)
+        try:
+            await self._ensure_group(department_id)
+            # Register before the catch-up read, so nothing arriving meanwhile is missed;
+            # duplicates are dropped by seq (floor).
+            self._subs.setdefault(department_id, set()).add(sub)
+            SUBSCRIBERS.inc()
+            await self._wake_reader()
+            backlog = await self._catch_up(department_id, resume_seq)
+        except (RedisError, OSError) as exc:
+            self.unsubscribe(sub)
+            raise Unavailable(f"dispatch streams unavailable: {type(exc).__name__}") from exc
+        sub.start(backlog)
+        if backlog:
+            DELIVERED.labels("catch_up").inc(len(backlog))
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.department_id)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            SUBSCRIBERS.dec()
+            if not subs:
+                del self._subs[sub.department_id]
+            self._changed.set()
+
+    def close_all(self) -> None:
+        for sub in list(self.subscriptions()):
+            sub.close(Unavailable("the server is shutting down; reconnect to resume", reason="SERVER_SHUTDOWN"))
+
+    def subscriptions(self) -> Iterable[Subscription]:
+        for subs in self._subs.values():
+            yield from subs
+
+    async def _ensure_group(self, department_id: str) -> None:
+        stream = dispatch_stream(department_id)
+        if stream in self._groups_ready:
+            return
+        try:
+            await self._redis.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(stream)
+
+    async def _catch_up(self, department_id: str, resume_seq: int | None) -> list[DispatchEvent]:
+        stream = dispatch_stream(department_id)
+        events: dict[int, DispatchEvent] = {}
+        if resume_seq is not None:
+            for entry_id, fields in await self._redis.xrange(stream, min=f"({event_id(resume_seq)}", max="+"):
+                ev = _parse(entry_id, fields)
+                if ev is not None:
+                    events[ev.seq] = ev
+        pending = await self._redis.xpending_range(stream, DISPATCH_GROUP, min="-", max="+", count=100_000)
+        ids = [p["message_id"] for p in pending if seq_of(p["message_id"]) not in events]
+        for start in range(0, len(ids), 1000):
+            claimed = await self._redis.xclaim(
+                stream, DISPATCH_GROUP, self._consumer, min_idle_time=0, message_ids=ids[start : start + 1000]
+            )
+            for entry_id, fields in claimed:
+                if fields:
+                    ev = _parse(entry_id, fields)
+                    if ev is not None:
+                        events.setdefault(ev.seq, ev)
+        return sorted(events.values())
+
+    # Acknowledgements ---------------------------------------------------------------
+
+    async def ack(self, department_id: str, event_id_text: str, *, field_name: str = "ack.event_id") -> None:
+        seq = seq_of(event_id_text)
+        if seq is None:
+            raise InvalidArgument.field(field_name, "is not an event id from this stream")
+        try:
+            await self._redis.xack(dispatch_stream(department_id), DISPATCH_GROUP, event_id(seq))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("dispatch streams unavailable") from exc
+        self._acks.setdefault(department_id, set()).add(seq)
+
+    async def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        if not acks:
+            return
+        try:
+            async with self._db.unit_of_work() as uow:
+                repo = RelayRepo(uow.conn)
+                for department_id, seqs in acks.items():
+                    await repo.mark_acked(department_id, sorted(seqs))
+        except Unavailable:
+            for department_id, seqs in acks.items():  # keep them for the next flush
+                self._acks.setdefault(department_id, set()).update(seqs)
+            raise
+
+    # Background loops -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self._read_loop(stop), name="dispatch-reader"),
+            asyncio.create_task(self._every(stop, self._claim_interval, self._claim_stale), name="dispatch-claim"),
+            asyncio.create_task(self._every(stop, self._key_check_interval, self._check_keys), name="dispatch-keys"),
+            asyncio.create_task(self._every(stop, 0.2, self._flush_acks), name="dispatch-acks"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            self.close_all()
+            self._changed.set()
+            await self._wake_reader()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await self._flush_acks()
+            except Unavailable:
+                log.warning("unflushed dispatch acks were lost; those events will be redelivered")
+            await self._reader.aclose()
+
+    async def _every(self, stop: asyncio.Event, interval: float, fn: Any) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+            try:
+                await fn()
+            except (Unavailable, RedisError, OSError) as exc:
+                log.warning("dispatch %s: %s", getattr(fn, "__name__", fn), type(exc).__name__)
+            except Exception:
+                log.exception("dispatch %s failed", getattr(fn, "__name__", fn))
+
+    async def _wake_reader(self) -> None:
+        self._changed.set()
+        if self._reader_id is not None:
+            try:
+                await self._redis.client_unblock(self._reader_id)
+            except (RedisError, OSError):
+                pass
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            if not self._subs:
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            self._changed.clear()
+            streams = {dispatch_stream(d): ">" for d in self._subs}
+            try:
+                if self._reader_id is None:
+                    self._reader_id = int(await self._reader.client_id())
+                response = await self._reader.xreadgroup(
+                    DISPATCH_GROUP,
+                    self._consumer,
+                    streams,
+                    count=500,
+                    block=5000,  # type: ignore[arg-type]
+                )
+                backoff = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis lost the group (restart without persistence): recreate them.
+                    self._groups_ready.clear()
+                    for department_id in list(self._subs):
+                        await self._ensure_group_quietly(department_id)
+                    continue
+                log.warning("dispatch reader: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("dispatch reader: Redis unavailable (%s); retrying", type(exc).__name__)
+                self._reader_id = None
+                self._groups_ready.clear()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for stream, entries in response or []:
+                department_id = stream.split(":", 1)[1]
+                self._fan_out(department_id, entries, redelivery=False)
+
+    async def _ensure_group_quietly(self, department_id: str) -> None:
+        try:
+            await self._ensure_group(department_id)
+        except (RedisError, OSError) as exc:
+            log.warning("dispatch: cannot create group for %s: %s", department_id, type(exc).__name__)
+
+    def _fan_out(self, department_id: str, entries: list[tuple[str, dict[str, str]]], *, redelivery: bool) -> None:
+        subs = self._subs.get(department_id)
+        for entry_id, fields in entries:
+            if not fields:
+                continue
+            ev = _parse(entry_id, fields, redelivery=redelivery)
+            if ev is None:
+                continue
+            for sub in list(subs or ()):
+                sub.offer(ev)
+            DELIVERED.labels("redelivery" if redelivery else "live").inc()
+
+    async def _claim_stale(self) -> None:
+        """XAUTOCLAIM events nobody acked for `redeliver_after` (including those of a
+        crashed process) and send them again to this process's subscribers."""
+        for department_id in list(self._subs):
+            stream = dispatch_stream(department_id)
+            start = "0-0"
+            while True:
+                result = await self._redis.xautoclaim(
+                    stream, DISPATCH_GROUP, self._consumer, self._redeliver_after_ms, start_id=start, count=200
+                )
+                start, entries = result[0], result[1]
+                self._fan_out(department_id, entries, redelivery=True)
+                if start == "0-0" or not entries:
+                    break
+
+    async def _check_keys(self) -> None:
+        """Closes subscriptions whose API key was revoked or whose department stopped."""
+        by_key: dict[str, list[Subscription]] = {}
+        for sub in self.subscriptions():
+            if sub.principal.kind is PrincipalKind.API_KEY:
+                by_key.setdefault(sub.principal.id, []).append(sub)
+        if not by_key:
+            return
+        async with self._db.unit_of_work() as uow:
+            dead = await uow.agency.unusable_api_keys(list(by_key))
+        for key_id in dead:
+            for sub in by_key[key_id]:
+                log.info("closing dispatch stream of revoked key %s", key_id)
+                sub.close(Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED"))

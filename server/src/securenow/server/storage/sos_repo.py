@@ -1,0 +1,398 @@
+"""SOS alerts, police incidents, location trails and jurisdiction routing (PostGIS)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
+from securenow.server.domain.geo import LocationFix, Point
+from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.sos import PoliceIncident, SosAlert
+from securenow.server.storage.rows import Conn, geog_point, must, sid
+
+ALERT_COLUMNS = """a.id, a.user_id, a.location_data, a.description, a.status, a.priority, a.assigned_agency,
+    a.response_time, a.police_notified, a.created_at, a.resolved_at, a.metadata, a.incident_type,
+    a.escalation_level, a.outside_jurisdiction, a.escalate_at, a.passed_agencies, a.cancel_reason, a.updated_at"""
+INCIDENT_COLUMNS = """i.id, i.sos_alert_id, i.police_department_id, i.incident_type, i.priority, i.status,
+    i.assigned_unit, i.estimated_arrival, i.actual_arrival, i.resolution_notes, i.created_at, i.updated_at"""
+
+
+def alert_from_row(r: asyncpg.Record) -> SosAlert:
+    return SosAlert(
+        id=str(r["id"]),
+        user_id=str(r["user_id"]),
+        location=LocationFix.from_json(r["location_data"]),
+        description=r["description"] or "",
+        status=SosStatus(r["status"]),
+        priority=AlertPriority(r["priority"]),
+        incident_type=IncidentType(r["incident_type"]),
+        assigned_agency_id=sid(r["assigned_agency"]),
+        response_time=timedelta(seconds=r["response_time"]) if r["response_time"] is not None else None,
+        police_notified=bool(r["police_notified"]),
+        create_time=r["created_at"],
+        resolve_time=r["resolved_at"],
+        metadata=dict(r["metadata"] or {}),
+        escalation_level=r["escalation_level"],
+        outside_jurisdiction=r["outside_jurisdiction"],
+        cancel_reason=r["cancel_reason"] or "",
+        update_time=r["updated_at"],
+        passed_agencies=[str(x) for x in r["passed_agencies"] or []],
+        escalate_at=r["escalate_at"],
+    )
+
+
+def incident_from_row(r: asyncpg.Record) -> PoliceIncident:
+    return PoliceIncident(
+        id=str(r["id"]),
+        sos_alert_id=str(r["sos_alert_id"]),
+        police_department_id=str(r["police_department_id"]),
+        incident_type=IncidentType(r["incident_type"]),
+        priority=AlertPriority(r["priority"]),
+        status=IncidentStatus(r["status"]),
+        assigned_unit=r["assigned_unit"] or "",
+        estimated_arrival_minutes=r["estimated_arrival"] or 0,
+        actual_arrival_time=r["actual_arrival"],
+        resolution_notes=r["resolution_notes"] or "",
+        create_time=r["created_at"],
+        update_time=r["updated_at"],
+    )
+
+
+@dataclass(frozen=True)
+class AgencyChoice:
+    department_id: str
+    agency_type: AgencyType
+    ack_timeout_seconds: int
+    webhook_url: str
+
+
+CHOICE_COLUMNS = "d.id, d.agency_type, d.ack_timeout_seconds, d.webhook_url"
+
+
+def _agency_choice(r: asyncpg.Record) -> AgencyChoice:
+    return AgencyChoice(str(r["id"]), AgencyType(r["agency_type"]), r["ack_timeout_seconds"], r["webhook_url"] or "")
+
+
+def _choice(r: asyncpg.Record | None) -> AgencyChoice | None:
+    return None if r is None else _agency_choice(r)
+
+
+class SosRepo:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    # Alerts -----------------------------------------------------------------------
+
+    async def insert_alert(
+        self,
+        alert_id: str,
+        user_id: str,
+        *,
+        location: LocationFix | None,
+        description: str,
+        priority: AlertPriority,
+        incident_type: IncidentType,
+        metadata: dict[str, str],
+    ) -> SosAlert:
+        lng, lat = (location.point.longitude, location.point.latitude) if location else (None, None)
+        row = await self.conn.fetchrow(
+            f"""INSERT INTO sos_alerts AS a (id, user_id, location_data, location, description, priority,
+                    incident_type, metadata)
+                VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
+                        $6, $7, $8, $9)
+                RETURNING {ALERT_COLUMNS}""",
+            alert_id,
+            user_id,
+            location.to_json() if location else {},
+            lng,
+            lat,
+            description or None,
+            priority.value,
+            incident_type.value,
+            metadata,
+        )
+        return alert_from_row(must(row))
+
+    async def get_alert(self, alert_id: str, *, for_update: bool = False) -> SosAlert | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(f"SELECT {ALERT_COLUMNS} FROM sos_alerts a WHERE a.id = $1{lock}", alert_id)
+        return alert_from_row(row) if row else None
+
+    async def save_alert(self, a: SosAlert) -> SosAlert:
+        """Writes every mutable column of the alert; returns it as stored."""
+        lng, lat = (a.location.point.longitude, a.location.point.latitude) if a.location else (None, None)
+        row = await self.conn.fetchrow(
+            f"""UPDATE sos_alerts a SET
+                    status = $2, priority = $3, assigned_agency = $4, response_time = $5, police_notified = $6,
+                    resolved_at = $7, escalation_level = $8, outside_jurisdiction = $9, escalate_at = $10,
+                    passed_agencies = $11::uuid[], cancel_reason = $12, location_data = $13,
+                    location = CASE WHEN $14::float8 IS NULL THEN NULL ELSE {geog_point("$14", "$15")} END,
+                    updated_at = now()
+                WHERE a.id = $1 RETURNING {ALERT_COLUMNS}""",
+            a.id,
+            a.status.value,
+            a.priority.value,
+            a.assigned_agency_id,
+            int(a.response_time.total_seconds()) if a.response_time is not None else None,
+            a.police_notified,
+            a.resolve_time,
+            a.escalation_level,
+            a.outside_jurisdiction,
+            a.escalate_at,
+            a.passed_agencies,
+            a.cancel_reason or None,
+            a.location.to_json() if a.location else {},
+            lng,
+            lat,
+        )
+        return alert_from_row(must(row))
+
+    async def list_alerts(
+        self, page: PageRequest, *, user_id: str | None, agency_id: str | None, status: SosStatus | None
+    ) -> tuple[list[SosAlert], list[Any] | None]:
+        where: list[str] = ["TRUE"]
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if user_id is not None:
+            where.append(f"a.user_id = {arg(user_id)}")
+        if agency_id is not None:
+            where.append(f"a.assigned_agency = {arg(agency_id)}")
+        if status is not None:
+            where.append(f"a.status = {arg(status.value)}")
+        if page.cursor:
+            where.append(
+                f"(a.created_at, a.id) < ({arg(datetime.fromisoformat(page.cursor[0]))}, {arg(page.cursor[1])}::uuid)"
+            )
+        rows = await self.conn.fetch(
+            f"""SELECT {ALERT_COLUMNS} FROM sos_alerts a WHERE {" AND ".join(where)}
+                ORDER BY a.created_at DESC, a.id DESC LIMIT {arg(page.size + 1)}""",
+            *args,
+        )
+        alerts = [alert_from_row(r) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return alerts, ([alerts[-1].create_time.isoformat(), alerts[-1].id] if more and alerts else None)
+
+    async def lock_due_escalations(self, limit: int) -> list[str]:
+        """Ids of open alerts whose acknowledgement deadline passed, locked for this
+        transaction; rows another replica is escalating are skipped."""
+        rows = await self.conn.fetch(
+            """SELECT id FROM sos_alerts WHERE escalate_at <= now() AND status = 'active'
+               ORDER BY escalate_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            limit,
+        )
+        return [str(r["id"]) for r in rows]
+
+    # Incidents --------------------------------------------------------------------
+
+    async def insert_incident(self, incident_id: str, alert: SosAlert, department_id: str) -> PoliceIncident:
+        row = await self.conn.fetchrow(
+            f"""INSERT INTO police_incidents AS i (id, sos_alert_id, police_department_id, incident_type, priority)
+                VALUES ($1, $2, $3, $4, $5) RETURNING {INCIDENT_COLUMNS}""",
+            incident_id,
+            alert.id,
+            department_id,
+            alert.incident_type.value,
+            alert.priority.value,
+        )
+        return incident_from_row(must(row))
+
+    async def get_incident(self, incident_id: str, *, for_update: bool = False) -> PoliceIncident | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(
+            f"SELECT {INCIDENT_COLUMNS} FROM police_incidents i WHERE i.id = $1{lock}", incident_id
+        )
+        return incident_from_row(row) if row else None
+
+    async def incident_for_alert(self, alert_id: str, *, for_update: bool = False) -> PoliceIncident | None:
+        lock = " FOR UPDATE" if for_update else ""
+        row = await self.conn.fetchrow(
+            f"SELECT {INCIDENT_COLUMNS} FROM police_incidents i WHERE i.sos_alert_id = $1{lock}", alert_id
+        )
+        return incident_from_row(row) if row else None
+
+    async def save_incident(self, i: PoliceIncident) -> PoliceIncident:
+        row = await self.conn.fetchrow(
+            f"""UPDATE police_incidents i SET police_department_id = $2, priority = $3, status = $4,
+                    assigned_unit = $5, estimated_arrival = $6, actual_arrival = $7, resolution_notes = $8,
+                    updated_at = now()
+                WHERE i.id = $1 RETURNING {INCIDENT_COLUMNS}""",
+            i.id,
+            i.police_department_id,
+            i.priority.value,
+            i.status.value,
+            i.assigned_unit or None,
+            i.estimated_arrival_minutes or None,
+            i.actual_arrival_time,
+            i.resolution_notes or None,
+        )
+        return incident_from_row(must(row))
+
+    async def list_incidents(
+        self, page: PageRequest, *, department_id: str | None, status: IncidentStatus | None
+    ) -> tuple[list[PoliceIncident], list[Any] | None]:
+        where: list[str] = ["TRUE"]
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if department_id is not None:
+            where.append(f"i.police_department_id = {arg(department_id)}")
+        if status is not None:
+            where.append(f"i.status = {arg(status.value)}")
+        if page.cursor:
+            where.append(
+                f"(i.created_at, i.id) < ({arg(datetime.fromisoformat(page.cursor[0]))}, {arg(page.cursor[1])}::uuid)"
+            )
+        rows = await self.conn.fetch(
+            f"""SELECT {INCIDENT_COLUMNS} FROM police_incidents i WHERE {" AND ".join(where)}
+                ORDER BY i.created_at DESC, i.id DESC LIMIT {arg(page.size + 1)}""",
+            *args,
+        )
+        items = [incident_from_row(r) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return items, ([items[-1].create_time.isoformat(), items[-1].id] if more and items else None)
+
+    # Location trail -----------------------------------------------------------------
+
+    async def add_locations(self, fixes: list[tuple[str, LocationFix]]) -> None:
+        await self.conn.copy_records_to_table(
+            "sos_alert_locations",
+            columns=[
+                "alert_id",
+                "recorded_at",
+                "latitude",
+                "longitude",
+                "accuracy_m",
+                "heading_deg",
+                "speed_mps",
+                "address",
+            ],
+            records=[
+                (
+                    uuid.UUID(alert_id),
+                    f.time,
+                    f.point.latitude,
+                    f.point.longitude,
+                    f.accuracy_m,
+                    f.heading_deg,
+                    f.speed_mps,
+                    f.address or None,
+                )
+                for alert_id, f in fixes
+            ],
+        )
+
+    async def set_latest_locations(self, latest: list[tuple[str, LocationFix]]) -> None:
+        """Updates each open alert's current location (only if the fix is newer)."""
+        await self.conn.executemany(
+            f"""UPDATE sos_alerts SET location_data = $2, location = {geog_point("$3", "$4")}, updated_at = now()
+                WHERE id = $1 AND status IN ('active', 'responding')
+                  AND (location_data->>'time' IS NULL OR (location_data->>'time')::timestamptz <= $5)""",
+            [(a, f.to_json(), f.point.longitude, f.point.latitude, f.time) for a, f in latest],
+        )
+
+    async def set_user_locations(self, latest: list[tuple[str, LocationFix]]) -> None:
+        await self.conn.executemany(
+            f"""UPDATE users SET location_data = $2, location = {geog_point("$3", "$4")} WHERE id = $1""",
+            [(u, f.to_json(), f.point.longitude, f.point.latitude) for u, f in latest],
+        )
+
+    async def list_locations(self, alert_id: str, page: PageRequest) -> tuple[list[LocationFix], list[Any] | None]:
+        after = int(page.cursor[0]) if page.cursor else 0
+        rows = await self.conn.fetch(
+            """SELECT id, recorded_at, latitude AS lat, longitude AS lng, accuracy_m, heading_deg, speed_mps, address
+               FROM sos_alert_locations WHERE alert_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
+            alert_id,
+            after,
+            page.size + 1,
+        )
+        fixes = [
+            LocationFix(
+                point=Point(r["lat"], r["lng"]),
+                time=r["recorded_at"],
+                accuracy_m=r["accuracy_m"] or 0.0,
+                heading_deg=r["heading_deg"] or 0.0,
+                speed_mps=r["speed_mps"] or 0.0,
+                address=r["address"] or "",
+            )
+            for r in rows[: page.size]
+        ]
+        more = len(rows) > page.size
+        return fixes, ([rows[page.size - 1]["id"]] if more else None)
+
+    async def owners(self, alert_ids: list[str]) -> dict[str, tuple[str, str | None, SosStatus]]:
+        """alert id -> (owner user id, assigned agency, status)."""
+        rows = await self.conn.fetch(
+            "SELECT id, user_id, assigned_agency, status FROM sos_alerts WHERE id = ANY($1::uuid[])", alert_ids
+        )
+        return {str(r["id"]): (str(r["user_id"]), sid(r["assigned_agency"]), SosStatus(r["status"])) for r in rows}
+
+    # Routing ------------------------------------------------------------------------
+
+    async def police_for_point(self, point: Point, passed: list[str]) -> AgencyChoice | None:
+        """The most specific active police jurisdiction containing the point."""
+        row = await self.conn.fetchrow(
+            f"""SELECT {CHOICE_COLUMNS} FROM police_departments d
+                WHERE d.status = 'active' AND d.agency_type = 'police_department'
+                  AND ST_Covers(d.jurisdiction_geom, ST_SetSRID(ST_MakePoint($1, $2), 4326))
+                  AND NOT (d.id = ANY($3::uuid[]))
+                ORDER BY ST_Area(d.jurisdiction_geom), d.created_at LIMIT 1""",
+            point.longitude,
+            point.latitude,
+            passed,
+        )
+        return _choice(row)
+
+    async def any_police_covers(self, point: Point) -> bool:
+        return bool(
+            await self.conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM police_departments d
+                   WHERE d.status = 'active' AND d.agency_type = 'police_department'
+                     AND ST_Covers(d.jurisdiction_geom, ST_SetSRID(ST_MakePoint($1, $2), 4326)))""",
+                point.longitude,
+                point.latitude,
+            )
+        )
+
+    async def agencies_of_providers(self, provider_ids: list[str], passed: list[str]) -> dict[str, AgencyChoice]:
+        rows = await self.conn.fetch(
+            f"""SELECT {CHOICE_COLUMNS}, d.provider_id FROM police_departments d
+                WHERE d.status = 'active' AND d.provider_id = ANY($1::uuid[]) AND NOT (d.id = ANY($2::uuid[]))""",
+            provider_ids,
+            passed,
+        )
+        return {str(r["provider_id"]): _agency_choice(r) for r in rows}
+
+    async def nearest_security_agency(self, point: Point | None, passed: list[str]) -> AgencyChoice | None:
+        """The active security agency whose service area is nearest the point (the oldest
+        one when there is no point)."""
+        args: list[Any]
+        if point is None:
+            order, args = "d.created_at", [passed]
+        else:
+            order = "ST_Distance(d.jurisdiction_geom::geography, ST_SetSRID(ST_MakePoint($2, $3), 4326)::geography)"
+            args = [passed, point.longitude, point.latitude]
+        row = await self.conn.fetchrow(
+            f"""SELECT {CHOICE_COLUMNS} FROM police_departments d
+                WHERE d.status = 'active' AND d.agency_type = 'security_agency' AND NOT (d.id = ANY($1::uuid[]))
+                ORDER BY {order}, d.id LIMIT 1""",
+            *args,
+        )
+        return _choice(row)
+
+    async def agency_choice(self, department_id: str) -> AgencyChoice | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {CHOICE_COLUMNS} FROM police_departments d WHERE d.id = $1", department_id
+        )
+        return _choice(row)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from securenow.server.domain.enums import SosStatus
+from securenow.server.domain.errors import InvalidArgument
+from securenow.server.domain.geo import validate_location
+from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services.locations import LocationIngestor
+from securenow.server.services.sos import SosService
+from securenow.server.storage.alert_watch import AlertWatchHub
+from securenow.server.transport import convert, convert_sos
+from securenow.server.transport.context import current_principal
+from securenow.v1 import sos_pb2, sos_pb2_grpc
+
+TERMINAL = (SosStatus.RESOLVED, SosStatus.CANCELLED)
+
+
+class SosServicer(sos_pb2_grpc.SosServiceServicer):
+    def __init__(self, sos: SosService, locations: LocationIngestor, watch_hub: AlertWatchHub) -> None:
+        self._sos = sos
+        self._locations = locations
+        self._watch = watch_hub
+
+    async def RaiseSos(
+        self, request: sos_pb2.RaiseSosRequest, context: grpc.aio.ServicerContext
+    ) -> sos_pb2.RaiseSosResponse:
+        key = convert.idempotency_key(request)
+        alert = await self._sos.raise_sos(current_principal(), convert_sos.raise_request(request), key)
+        return sos_pb2.RaiseSosResponse(alert=convert_sos.alert(alert))
+
+    async def GetSosAlert(
+        self, request: sos_pb2.GetSosAlertRequest, context: grpc.aio.ServicerContext
+    ) -> sos_pb2.GetSosAlertResponse:
+        alert, incident = await self._sos.get(current_principal(), request.alert_id)
+        return sos_pb2.GetSosAlertResponse(alert=convert_sos.alert(alert), incident=convert_sos.incident(incident))
+
+    async def ListSosAlerts(
+        self, request: sos_pb2.ListSosAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> sos_pb2.ListSosAlertsResponse:
+        alerts, token = await self._sos.list_alerts(
+            current_principal(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            status=convert.enum_from_pb(SosStatus, request.status, "status"),
+        )
+        return sos_pb2.ListSosAlertsResponse(alerts=[convert_sos.alert(a) for a in alerts], next_page_token=token)
+
+    async def CancelSos(
+        self, request: sos_pb2.CancelSosRequest, context: grpc.aio.ServicerContext
+    ) -> sos_pb2.CancelSosResponse:
+        alert = await self._sos.cancel(current_principal(), request.alert_id, request.reason)
+        return sos_pb2.CancelSosResponse(alert=convert_sos.alert(alert))
+
+    async def ShareLocation(
+        self, request_iterator: AsyncIterator[sos_pb2.ShareLocationRequest], context: grpc.aio.ServicerContext
+    ) -> sos_pb2.ShareLocationResponse:
+        principal = current_principal()
+        if principal.user_id is None:
+            raise InvalidArgument.field("alert_id", "location sharing needs a user account")
+        allowed: set[str] = set()
+        accepted = 0
+        last = 0
+        async for req in request_iterator:
+            alert_id = None
+            if req.alert_id:
+                alert_id = parse_uuid("alert_id", req.alert_id)
+                if alert_id not in allowed:
+                    allowed.add(await self._sos.check_sharing(principal, alert_id))
+            if not req.HasField("location"):
+                raise InvalidArgument.field("location", "is required")
+            v = Validator()
+            fix = validate_location(v, "location", convert.location_input(req.location))
+            v.check()
+            last = self._locations.submit(principal.user_id, alert_id, fix)
+            accepted += 1
+        if last:
+            await self._locations.sync(last)
+        return sos_pb2.ShareLocationResponse(accepted_count=accepted)
+
+    async def WatchSos(
+        self, request: sos_pb2.WatchSosRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sos_pb2.WatchSosResponse]:
+        principal = current_principal()
+        alert_id = parse_uuid("alert_id", request.alert_id)
+        queue = self._watch.watch(alert_id)  # before the snapshot: no change slips between
+        try:
+            alert, incident = await self._sos.watch_snapshot(principal, alert_id)
+            yield sos_pb2.WatchSosResponse(
+                alert=convert_sos.alert(alert), event="snapshot", incident=convert_sos.incident(incident)
+            )
+            while alert.status not in TERMINAL:
+                event = await queue.get()
+                alert, incident = await self._sos.watch_snapshot(principal, alert_id)
+                yield sos_pb2.WatchSosResponse(
+                    alert=convert_sos.alert(alert),
+                    event="snapshot" if event == "resync" else event,
+                    incident=convert_sos.incident(incident),
+                )
+        finally:
+            self._watch.unwatch(alert_id, queue)
+
+    async def ListAlertLocations(
+        self, request: sos_pb2.ListAlertLocationsRequest, context: grpc.aio.ServicerContext
+    ) -> sos_pb2.ListAlertLocationsResponse:
+        fixes, token = await self._sos.list_locations(
+            current_principal(), request.alert_id, request.page_size, request.page_token
+        )
+        return sos_pb2.ListAlertLocationsResponse(locations=[convert.location(f) for f in fixes], next_page_token=token)
