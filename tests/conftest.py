@@ -51,6 +51,10 @@ def test_settings(**overrides: object) -> Settings:
         "http_addr": "127.0.0.1:0",
         "db_pool_max_size": 10,
         "shutdown_grace_seconds": 2.0,
+        # Quick webhook retries so the dead-letter path is observable in a test.
+        "webhook_max_attempts": 3,
+        "webhook_base_delay_seconds": 0.2,
+        "webhook_timeout_seconds": 2.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -112,7 +116,14 @@ async def db_conn(database: str) -> AsyncIterator[asyncpg.Connection]:
 async def clean_state(db_conn: asyncpg.Connection, redis_client: aioredis.Redis, app: App) -> None:
     """Every test starts from empty tables and an empty Redis database.
     (tests/unit overrides this fixture: those tests need no stack.)"""
-    await db_conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    for attempt in range(10):
+        try:
+            # The server's workers keep querying; a deadlock with them just means "again".
+            await db_conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 9:
+                raise
     await redis_client.flushdb()
     app.authenticator.forget_api_keys()
 
@@ -120,3 +131,21 @@ async def clean_state(db_conn: asyncpg.Connection, redis_client: aioredis.Redis,
 @pytest.fixture
 async def api(channel: grpc.aio.Channel, app: App) -> Api:
     return Api(channel, app)
+
+
+@pytest.fixture
+async def replica(database: str) -> AsyncIterator[Runtime]:
+    """A second server replica on its own port, sharing Postgres and Redis, with fast
+    redelivery of unacknowledged dispatch events and no background workers."""
+    application = await App.create(
+        test_settings(
+            instance_id="replica-b",
+            run_workers=False,
+            dispatch_redeliver_after_seconds=1.0,
+            dispatch_claim_interval_seconds=0.3,
+        )
+    )
+    rt = Runtime(application)
+    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
+    yield rt
+    await rt.stop(grace=1)

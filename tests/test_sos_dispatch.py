@@ -30,3 +30,244 @@ async def test_raised_sos_reaches_the_department_whose_jurisdiction_contains_it(
         assert raised.incident.police_department_id == dept.id
     finally:
         await cad.close()
+
+
+async def test_departments_only_see_alerts_in_their_jurisdiction(api: Api) -> None:
+    admin = await api.admin()
+    sf = await register_department(api, admin, SF, name="SFPD")
+    la = await register_department(api, admin, LA, name="LAPD")
+    person = await api.sign_up()
+    cad_sf, cad_la = Cad(api.channel, sf.api_key), Cad(api.channel, la.api_key)
+    try:
+        in_sf = await raise_sos(api, person, SF)
+        in_la = await raise_sos(api, person, LA)  # committed after in_sf: a barrier for LA's stream
+        assert (await cad_sf.next_event("alert_raised")).alert_raised.alert.id == in_sf.id
+        # LA's first event is its own alert: SF's alert never entered LA's stream.
+        assert (await cad_la.next_event("alert_raised")).alert_raised.alert.id == in_la.id
+        sf_incident = (
+            await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=in_sf.id), metadata=sf.md)
+        ).incident
+
+        # LA can neither read nor act on SF's alert or incident.
+        await expect_error(
+            api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=in_sf.id), metadata=la.md),
+            grpc.StatusCode.NOT_FOUND,
+            "ALERT_NOT_FOUND",
+        )
+        await expect_error(
+            api.agency.GetIncident(agency_pb2.GetIncidentRequest(incident_id=sf_incident.id), metadata=la.md),
+            grpc.StatusCode.NOT_FOUND,
+            "INCIDENT_NOT_FOUND",
+        )
+        await expect_error(
+            api.agency.UpdateIncident(
+                agency_pb2.UpdateIncidentRequest(
+                    incident_id=sf_incident.id, status=common_pb2.INCIDENT_STATUS_DISPATCHED
+                ),
+                metadata=la.md,
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        result = await cad_la.command(accept=agency_pb2.AcceptAlert(alert_id=in_sf.id, assigned_unit="LA-1"))
+        assert result.code == grpc.StatusCode.NOT_FOUND.value[0]
+        listed = await api.agency.ListIncidents(agency_pb2.ListIncidentsRequest(), metadata=la.md)
+        assert [i.sos_alert_id for i in listed.incidents] == [in_la.id]
+    finally:
+        await cad_sf.close()
+        await cad_la.close()
+
+
+async def test_accept_and_incident_updates_reach_the_person_watching(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    alert = await raise_sos(api, person, SF)
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    try:
+        first = await watch.read()
+        assert first.event == "snapshot"
+        assert first.alert.status == common_pb2.SOS_STATUS_ACTIVE
+        assert first.incident.status == common_pb2.INCIDENT_STATUS_REPORTED
+        msg = await cad.next_event("alert_raised")
+        raised = msg.alert_raised
+        cad.ack(msg.event_id)
+
+        result = await cad.command(
+            accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="Unit 12", eta_minutes=4)
+        )
+        assert result.code == 0
+        assert result.incident_id == raised.incident.id
+        accepted = await watch.read()
+        assert accepted.event == "accepted"
+        assert accepted.alert.status == common_pb2.SOS_STATUS_RESPONDING
+        assert accepted.alert.police_notified
+        assert accepted.alert.HasField("response_time")
+        assert accepted.incident.status == common_pb2.INCIDENT_STATUS_DISPATCHED
+        assert accepted.incident.assigned_unit == "Unit 12"
+        assert accepted.incident.estimated_arrival_minutes == 4
+
+        result = await cad.command(
+            update=agency_pb2.IncidentUpdate(incident_id=raised.incident.id, status=common_pb2.INCIDENT_STATUS_ON_SCENE)
+        )
+        assert result.code == 0
+        on_scene = await watch.read()
+        assert on_scene.event == "incident_updated"
+        assert on_scene.incident.status == common_pb2.INCIDENT_STATUS_ON_SCENE
+        assert on_scene.incident.HasField("actual_arrival_time")
+
+        result = await cad.command(
+            update=agency_pb2.IncidentUpdate(
+                incident_id=raised.incident.id, status=common_pb2.INCIDENT_STATUS_RESOLVED, notes="person safe"
+            )
+        )
+        assert result.code == 0
+        resolved = await watch.read()
+        assert resolved.event == "resolved"
+        assert resolved.alert.status == common_pb2.SOS_STATUS_RESOLVED
+        assert resolved.incident.resolution_notes == "person safe"
+        assert await watch.read() == grpc.aio.EOF  # nothing more can change: the watch ends
+    finally:
+        watch.cancel()
+        await cad.close()
+
+
+async def test_invalid_incident_transition_is_a_command_error_and_the_stream_stays_open(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        alert = await raise_sos(api, person, SF)
+        incident = (await cad.next_event("alert_raised")).alert_raised.incident
+        skip = await cad.command(
+            update=agency_pb2.IncidentUpdate(incident_id=incident.id, status=common_pb2.INCIDENT_STATUS_ON_SCENE)
+        )
+        assert skip.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "reported" in skip.message
+        bad_id = await cad.command(accept=agency_pb2.AcceptAlert(alert_id="not-a-uuid"))
+        assert bad_id.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        ok = await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="U1"))
+        assert ok.code == 0
+        assert cad.error is None
+    finally:
+        await cad.close()
+
+
+async def test_cancel_reaches_the_cad_and_the_watcher_and_only_the_owner_can_cancel(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person, stranger = await api.sign_up(), await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    alert = await raise_sos(api, person, SF)
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    try:
+        assert (await watch.read()).event == "snapshot"
+        await cad.next_event("alert_raised")
+        await expect_error(
+            api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id), metadata=stranger.md),
+            grpc.StatusCode.NOT_FOUND,
+            "ALERT_NOT_FOUND",
+        )
+        await expect_error(
+            api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=stranger.md).read(),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        cancelled = await api.sos.CancelSos(
+            sos_pb2.CancelSosRequest(alert_id=alert.id, reason="false alarm"), metadata=person.md
+        )
+        assert cancelled.alert.status == common_pb2.SOS_STATUS_CANCELLED
+        msg = await cad.next_event("alert_cancelled")
+        assert msg.alert_cancelled.alert_id == alert.id
+        assert msg.alert_cancelled.reason == "false alarm"
+        seen = await watch.read()
+        assert seen.event == "cancelled"
+        assert seen.alert.cancel_reason == "false alarm"
+        assert await watch.read() == grpc.aio.EOF
+    finally:
+        watch.cancel()
+        await cad.close()
+
+
+async def test_retried_raise_with_the_same_request_id_creates_one_alert(api: Api, db_conn) -> None:  # type: ignore[no-untyped-def]
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        first = await raise_sos(api, person, SF, request_id="5c2f4d8e-8a5b-4c61-9d2b-6a0f2d6c1e01")
+        again = await raise_sos(api, person, SF, request_id="5c2f4d8e-8a5b-4c61-9d2b-6a0f2d6c1e01")
+        assert again.id == first.id
+        assert await db_conn.fetchval("SELECT count(*) FROM sos_alerts") == 1
+        await expect_error(
+            raise_sos(api, person, SF, request_id="5c2f4d8e-8a5b-4c61-9d2b-6a0f2d6c1e01", description="other"),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "REQUEST_ID_REUSED",
+        )
+        barrier = await raise_sos(api, person, SF)
+        seen = await cad.events_until(barrier.id)
+        raised = [m.alert_raised.alert.id for m in seen if m.WhichOneof("kind") == "alert_raised"]
+        assert raised == [first.id, barrier.id]
+    finally:
+        await cad.close()
+
+
+async def test_reconnect_redelivers_unacked_events_in_order_and_resume_replays(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    alerts = [await raise_sos(api, person, SF, description=f"#{i}") for i in range(3)]
+    received = [await cad.next_event("alert_raised") for _ in alerts]
+    assert [m.alert_raised.alert.id for m in received] == [a.id for a in alerts]
+    event_ids = [m.event_id for m in received]
+    cad.ack(event_ids[0])
+    cad.ack(event_ids[1])
+    # Commands are processed in order: once this result is back, both acks are settled.
+    await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alerts[0].id))
+    await cad.close()
+
+    later = [await raise_sos(api, person, SF, description=f"#{i}") for i in range(3, 5)]
+    cad2 = Cad(api.channel, dept.api_key)
+    try:
+        got = []
+        while len(got) < 3:
+            msg = await cad2.next()
+            if msg.WhichOneof("kind") == "alert_raised":
+                got.append(msg.alert_raised.alert.id)
+        # The unacked third alert first, then the two raised while disconnected, in order.
+        assert got == [alerts[2].id, later[0].id, later[1].id]
+    finally:
+        await cad2.close()
+
+    cad3 = Cad(api.channel, dept.api_key, resume_after=event_ids[0])
+    try:
+        replay = []
+        while len(replay) < 4:
+            msg = await cad3.next()
+            if msg.WhichOneof("kind") == "alert_raised":
+                replay.append(msg.alert_raised.alert.id)
+        assert replay == [alerts[1].id, alerts[2].id, later[0].id, later[1].id]
+    finally:
+        await cad3.close()
+
+
+async def test_revoked_api_key_closes_its_open_stream(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        await raise_sos(api, person, SF)
+        await cad.next_event("alert_raised")
+        await api.agency.RevokeApiKey(agency_pb2.RevokeApiKeyRequest(key_id=dept.key_id), metadata=admin.md)
+        error = await cad.wait_closed(within=10)
+        assert error is not None
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await cad.close()
+    await expect_error(
+        api.agency.ListIncidents(agency_pb2.ListIncidentsRequest(), metadata=dept.md),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "API_KEY_REVOKED",
+    )

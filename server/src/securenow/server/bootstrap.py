@@ -73,6 +73,9 @@ class App:
         ack_timeout = timedelta(seconds=settings.ack_timeout_seconds)
         dispatch = DispatchService(db, Router(live), default_ack_timeout=ack_timeout)
         sos = SosService(db, live, dispatch, unrouted_timeout=ack_timeout)
+        authenticator = Authenticator(
+            db, live, access_tokens, api_keys, session_cache_ttl=settings.session_cache_ttl_seconds
+        )
         return cls(
             settings=settings,
             db=db,
@@ -81,9 +84,7 @@ class App:
             encryptor=encryptor,
             access_tokens=access_tokens,
             api_keys=api_keys,
-            authenticator=Authenticator(
-                db, live, access_tokens, api_keys, session_cache_ttl=settings.session_cache_ttl_seconds
-            ),
+            authenticator=authenticator,
             auth=AuthService(
                 db,
                 live,
@@ -104,6 +105,7 @@ class App:
                 api_keys,
                 default_ack_timeout_seconds=settings.ack_timeout_seconds,
                 allow_http_webhooks=settings.allow_http_webhooks,
+                on_key_revoked=authenticator.forget_api_keys,
             ),
             locations=LocationIngestor(db, live, sos),
             dispatch_hub=DispatchHub(

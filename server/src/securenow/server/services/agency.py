@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from securenow.server.domain.accounts import Principal
@@ -33,12 +34,16 @@ class AgencyService:
         *,
         default_ack_timeout_seconds: int,
         allow_http_webhooks: bool,
+        on_key_revoked: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._enc = encryptor
         self._keys = api_keys
         self._default_timeout = default_ack_timeout_seconds
         self._allow_http = allow_http_webhooks
+        # Drops this replica's cache of validated keys; other replicas keep theirs for
+        # at most the cache lifetime (2 s), and open streams close within seconds.
+        self._on_key_revoked = on_key_revoked
 
     async def register(
         self,
@@ -145,6 +150,7 @@ class AgencyService:
             if info is None:
                 raise NotFound("API key not found", reason="API_KEY_NOT_FOUND")
             await uow.audit.record(caller, AuditEntry("agency.revoke_key", "api_key", kid))
+        self._on_key_revoked()
         return info
 
     async def list_keys(self, caller: Principal, department_id: str) -> list[ApiKeyInfo]:

@@ -35,6 +35,15 @@ DEFAULT_RADIUS_M = 10_000.0
 MAX_RADIUS_M = 100_000.0
 # A provider whose app has not reported a location for this long is taken off duty.
 DUTY_STALE_SECONDS = 15 * 60
+# The latitude range of Redis GEO sets (Web Mercator).
+GEO_MAX_LATITUDE = 85.05112878
+
+
+def _check_geo_latitude(v: Validator, name: str, latitude: float) -> None:
+    """Redis GEO indexes latitudes up to +-85.05112878 only; beyond that GEOADD and
+    GEOSEARCH fail, which would surface as UNAVAILABLE (retryable) instead of a bad point."""
+    if GEO_MAX_LATITUDE < abs(latitude) <= 90.0:
+        v.add(name, f"live locations are supported between -{GEO_MAX_LATITUDE} and {GEO_MAX_LATITUDE}")
 
 
 class ProviderService:
@@ -169,6 +178,7 @@ class ProviderService:
                 v.add("location", "is required to go on duty")
             else:
                 fix = validate_location(v, "location", location)
+                _check_geo_latitude(v, "location.point.latitude", location.latitude)
         v.check()
         async with self._db.unit_of_work() as uow:
             provider = await self._owned(uow, caller, pid)
@@ -205,6 +215,7 @@ class ProviderService:
             v.add("point", "is required")
         else:
             v.lat_lng("point", latitude, longitude)
+            _check_geo_latitude(v, "point.latitude", latitude)
         radius = radius_m or DEFAULT_RADIUS_M
         if not 0 < radius <= MAX_RADIUS_M:
             v.add("radius_m", f"must be between 0 and {MAX_RADIUS_M:.0f}")

@@ -73,7 +73,8 @@ class SosService:
                 # Routed when the first fix arrives (ShareLocation) or, failing that, by the
                 # escalation sweeper once the deadline passes.
                 alert = await uow.sos.save_alert(replace(alert, escalate_at=datetime.now(UTC) + self._unrouted_timeout))
-                await sos_events.alert_raised(uow, alert, None)
+            if alert.assigned_agency_id is None:
+                await sos_events.alert_raised(uow, alert, None)  # still announced on sos:emergency
             await uow.audit.record(
                 caller,
                 AuditEntry(

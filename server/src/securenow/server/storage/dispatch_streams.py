@@ -321,7 +321,7 @@ class DispatchHub:
                 )
                 backoff = 0.1
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc) or "no longer exists" in str(exc):
                     # Redis lost the group (restart without persistence): recreate them.
                     self._groups_ready.clear()
                     for department_id in list(self._subs):

@@ -79,7 +79,9 @@ def _assignments(p: ValidProvider, paths: tuple[str, ...]) -> list[tuple[str, st
         elif path == "base_location":
             loc = p.base_location.to_json() if p.base_location else None
             out.append(("location_data", "{p}", loc))
-            out.append(("location", _POINT_FROM_JSON, json.dumps(loc) if loc else None))
+            # A jsonb parameter: the pool's codec serialises the dict (a pre-serialised
+            # string would be stored as a JSON string and the point would come out NULL).
+            out.append(("location", _POINT_FROM_JSON, loc))
         elif path == "tags":
             out.append(("tags", "{p}", p.tags))
         elif path == "description":
