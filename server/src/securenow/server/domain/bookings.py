@@ -135,7 +135,3 @@ def check_payment_transition(booking: Booking, target: PaymentStatus) -> bool:
             reason="INVALID_PAYMENT_TRANSITION",
         )
     return True
-
-
-def new_rating(old_rating: float, old_count: int, stars: int) -> float:
-    return round((old_rating * old_count + stars) / (old_count + 1), 2)

@@ -12,7 +12,6 @@ from securenow.server.domain.bookings import (
     BookingRequest,
     check_payment_transition,
     check_transition,
-    new_rating,
     quote,
     validate_booking_request,
 )
@@ -199,11 +198,7 @@ class BookingService:
                 raise FailedPrecondition("only completed bookings can be reviewed", reason="BOOKING_NOT_COMPLETED")
             if booking.rating:
                 raise FailedPrecondition("the booking was already reviewed", reason="ALREADY_REVIEWED")
-            provider = await uow.providers.get(booking.provider_id, for_update=True)
-            assert provider is not None
-            await uow.providers.set_rating(
-                provider.id, new_rating(provider.rating, provider.total_reviews, rating), provider.total_reviews + 1
-            )
             after = await uow.bookings.set_review(booking, rating, text)
+            await uow.providers.refresh_rating(booking.provider_id)
             await uow.audit.record(caller, AuditEntry("booking.review", "booking", bid, details={"rating": rating}))
         return after

@@ -149,12 +149,15 @@ class ProvidersRepo:
         )
         return provider_from_row(must(row))
 
-    async def set_rating(self, provider_id: str, rating: float, total_reviews: int) -> None:
+    async def refresh_rating(self, provider_id: str) -> None:
+        """Recomputes rating and total_reviews from the reviewed bookings (the provider
+        row is locked by the update, so concurrent reviews serialise here)."""
         await self.conn.execute(
-            "UPDATE providers SET rating = $2, total_reviews = $3, updated_at = now() WHERE id = $1",
+            """UPDATE providers p SET rating = COALESCE(r.average, 0), total_reviews = r.reviews, updated_at = now()
+               FROM (SELECT round(avg(rating)::numeric, 2) AS average, count(*) AS reviews
+                     FROM bookings WHERE provider_id = $1 AND rating IS NOT NULL) r
+               WHERE p.id = $1""",
             provider_id,
-            Decimal(str(rating)),
-            total_reviews,
         )
 
     async def list_page(

@@ -170,7 +170,8 @@ class OutboxRelay:
             len(events),
         )
         self._known_groups.clear()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # MULTI per batch: a hub recreating a lost group cannot slip between DEL and CREATE.
+        async with self._redis.pipeline(transaction=True) as pipe:
             for department in departments:
                 stream = dispatch_stream(department)
                 pipe.delete(stream)

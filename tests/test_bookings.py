@@ -1,0 +1,558 @@
+"""BookingService: server-side pricing, no double booking (also across the yearly
+partitions), idempotent creation, the status and payment state machines, who may see
+and change a booking, reviews, the `booking:update` channel and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from google.protobuf import field_mask_pb2
+from redis.asyncio.client import PubSub
+
+from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
+from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error
+
+GUARD = providers_pb2.SERVICE_TYPE_SECURITY_GUARD
+DRONE = providers_pb2.SERVICE_TYPE_DRONE_PATROL
+PENDING = bookings_pb2.BOOKING_STATUS_PENDING
+CONFIRMED = bookings_pb2.BOOKING_STATUS_CONFIRMED
+IN_PROGRESS = bookings_pb2.BOOKING_STATUS_IN_PROGRESS
+COMPLETED = bookings_pb2.BOOKING_STATUS_COMPLETED
+CANCELLED = bookings_pb2.BOOKING_STATUS_CANCELLED
+PAY_PENDING = bookings_pb2.PAYMENT_STATUS_PENDING
+PAID = bookings_pb2.PAYMENT_STATUS_PAID
+REFUNDED = bookings_pb2.PAYMENT_STATUS_REFUNDED
+NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
+HERE = common_pb2.Location(point=common_pb2.LatLng(latitude=40.7580, longitude=-73.9855), address="1 Times Sq")
+
+
+# A whole hour two days ahead, fixed for the run (so that no test straddles an hour).
+BASE = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+
+
+def hour(n: int = 0) -> datetime:
+    """n hours after BASE: far enough ahead to book."""
+    return BASE + timedelta(hours=n)
+
+
+def booking_request(
+    provider_id: str, start: datetime | None, hours: int = 3, **kw: Any
+) -> bookings_pb2.CreateBookingRequest:
+    fields: dict[str, Any] = {
+        "provider_id": provider_id,
+        "service_type": GUARD,
+        "duration_hours": hours,
+        "location": HERE,
+    }
+    fields.update(kw)
+    req = bookings_pb2.CreateBookingRequest(**fields)
+    if start is not None:
+        req.start_time.FromDatetime(start)
+    return req
+
+
+async def book(
+    api: Api, customer: Account, provider_id: str, start: datetime, hours: int = 3, **kw: Any
+) -> bookings_pb2.Booking:
+    resp = await api.bookings.CreateBooking(booking_request(provider_id, start, hours, **kw), metadata=customer.md)
+    return resp.booking
+
+
+async def expect_invalid(call: Awaitable[Any], *fields: str) -> ErrorDetails:
+    """INVALID_ARGUMENT naming (at least) `fields` in its BadRequest details."""
+    err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(fields) <= set(err.fields), f"expected violations of {fields}, got {err.fields}"
+    return err
+
+
+async def setup(api: Api, **provider: Any) -> tuple[Account, Account, providers_pb2.Provider, Account]:
+    """(admin, provider owner, verified provider, customer)."""
+    admin = await api.admin()
+    owner, prov = await api.verified_provider(admin, **provider)
+    customer = await api.sign_up()
+    return admin, owner, prov, customer
+
+
+async def get(api: Api, caller: Account, booking_id: str) -> bookings_pb2.Booking:
+    return (
+        await api.bookings.GetBooking(bookings_pb2.GetBookingRequest(booking_id=booking_id), metadata=caller.md)
+    ).booking
+
+
+async def confirm(api: Api, caller: Account, booking_id: str) -> bookings_pb2.Booking:
+    req = bookings_pb2.ConfirmBookingRequest(booking_id=booking_id)
+    return (await api.bookings.ConfirmBooking(req, metadata=caller.md)).booking
+
+
+async def start(api: Api, caller: Account, booking_id: str) -> bookings_pb2.Booking:
+    req = bookings_pb2.StartBookingRequest(booking_id=booking_id)
+    return (await api.bookings.StartBooking(req, metadata=caller.md)).booking
+
+
+async def complete(api: Api, caller: Account, booking_id: str) -> bookings_pb2.Booking:
+    req = bookings_pb2.CompleteBookingRequest(booking_id=booking_id)
+    return (await api.bookings.CompleteBooking(req, metadata=caller.md)).booking
+
+
+async def cancel(api: Api, caller: Account, booking_id: str, reason: str = "") -> bookings_pb2.Booking:
+    req = bookings_pb2.CancelBookingRequest(booking_id=booking_id, reason=reason)
+    return (await api.bookings.CancelBooking(req, metadata=caller.md)).booking
+
+
+async def pay(api: Api, caller: Account, booking_id: str, status: int) -> bookings_pb2.Booking:
+    req = bookings_pb2.UpdateBookingPaymentStatusRequest(booking_id=booking_id, payment_status=status)
+    return (await api.bookings.UpdateBookingPaymentStatus(req, metadata=caller.md)).booking
+
+
+async def review(api: Api, caller: Account, booking_id: str, stars: int, text: str = "") -> bookings_pb2.Booking:
+    req = bookings_pb2.ReviewBookingRequest(booking_id=booking_id, rating=stars, review=text)
+    return (await api.bookings.ReviewBooking(req, metadata=caller.md)).booking
+
+
+async def delivered(api: Api, owner: Account, booking_id: str) -> bookings_pb2.Booking:
+    await confirm(api, owner, booking_id)
+    await start(api, owner, booking_id)
+    return await complete(api, owner, booking_id)
+
+
+async def get_provider(api: Api, caller: Account, provider_id: str) -> providers_pb2.Provider:
+    req = providers_pb2.GetProviderRequest(provider_id=provider_id)
+    return (await api.providers.GetProvider(req, metadata=caller.md)).provider
+
+
+async def list_bookings(api: Api, caller: Account, **kw: Any) -> list[bookings_pb2.Booking]:
+    resp = await api.bookings.ListBookings(bookings_pb2.ListBookingsRequest(**kw), metadata=caller.md)
+    return list(resp.bookings)
+
+
+async def audit_actions(db_conn: asyncpg.Connection, booking_id: str) -> list[str]:
+    rows = await db_conn.fetch(
+        "SELECT action FROM audit_log WHERE resource_type = 'booking' AND resource_id = $1 ORDER BY id", booking_id
+    )
+    return [r["action"] for r in rows]
+
+
+@asynccontextmanager
+async def subscribed(redis_client: aioredis.Redis, channel: str) -> AsyncIterator[PubSub]:
+    """A Pub/Sub subscription that Redis has confirmed before the block runs."""
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg and msg["type"] == "subscribe":
+                break
+            assert time.monotonic() < deadline, "no subscribe confirmation"
+        yield pubsub
+    finally:
+        await pubsub.unsubscribe(channel)
+        await pubsub.aclose()
+
+
+async def next_message(pubsub: PubSub, booking_id: str, within: float = 10.0) -> dict[str, Any]:
+    """The first message about `booking_id`; fails after `within` s."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
+        if msg is not None and (payload := json.loads(msg["data"])).get("booking_id") == booking_id:
+            return payload
+    raise AssertionError(f"no message about booking {booking_id} within {within} s")
+
+
+# Creating bookings -------------------------------------------------------------------
+
+
+async def test_create_booking_prices_on_the_server(api: Api) -> None:
+    _, owner, prov, customer = await setup(api)  # 45 USD per hour
+    when = hour(5)
+    booking = await book(api, customer, prov.id, when, 3, special_instructions="  Ring twice  ")
+    assert uuid.UUID(booking.id)
+    assert booking.user_id == customer.id
+    assert booking.provider_id == prov.id
+    assert booking.status == PENDING
+    assert booking.payment_status == PAY_PENDING
+    assert booking.total_price == common_pb2.Money(currency_code="USD", units=135, nanos=0)
+    assert booking.start_time.ToDatetime(tzinfo=UTC) == when
+    assert booking.end_time.ToDatetime(tzinfo=UTC) == when + timedelta(hours=3)
+    assert booking.duration_hours == 3
+    assert booking.special_instructions == "Ring twice"
+    assert booking.location.point == HERE.point
+    assert booking.location.address == "1 Times Sq"
+    assert await get(api, customer, booking.id) == booking
+    assert await get(api, owner, booking.id) == booking
+
+    # A new rate applies to new bookings only.
+    pricing = providers_pb2.Pricing(
+        rates=[
+            providers_pb2.ServiceRate(
+                service_type=GUARD, hourly_rate=common_pb2.Money(currency_code="USD", units=12, nanos=250_000_000)
+            )
+        ]
+    )
+    await api.providers.UpdateProvider(
+        providers_pb2.UpdateProviderRequest(
+            provider=providers_pb2.Provider(id=prov.id, pricing=pricing),
+            update_mask=field_mask_pb2.FieldMask(paths=["pricing"]),
+        ),
+        metadata=owner.md,
+    )
+    later = await book(api, customer, prov.id, hour(24), 3)
+    assert later.total_price == common_pb2.Money(currency_code="USD", units=36, nanos=750_000_000)
+    assert (await get(api, customer, booking.id)).total_price.units == 135
+
+
+async def test_overlapping_bookings_are_refused_adjacent_ones_are_fine(api: Api) -> None:
+    admin, _, prov, customer = await setup(api)
+    other = await api.sign_up()
+    first = await book(api, customer, prov.id, hour(0), 3)
+    for begin, hours in ((hour(1), 1), (hour(-1), 2), (hour(-2), 8), (hour(2), 3)):
+        await expect_error(
+            book(api, other, prov.id, begin, hours), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_OVERLAP"
+        )
+    after = await book(api, other, prov.id, hour(3), 2)  # starts exactly when the first ends
+    before = await book(api, other, prov.id, hour(-2), 2)  # ends exactly when the first starts
+    assert after.start_time == first.end_time
+    assert before.end_time == first.start_time
+    # Another provider is free at the same time.
+    _, second_provider = await api.verified_provider(admin, company="Other Guards")
+    await book(api, other, second_provider.id, hour(1), 1)
+
+
+async def test_concurrent_requests_for_one_slot_book_it_once(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, _, prov, _ = await setup(api)
+    customers = [await api.sign_up() for _ in range(6)]
+    outcomes = await asyncio.gather(
+        *(book(api, c, prov.id, hour(i % 2), 2) for i, c in enumerate(customers)), return_exceptions=True
+    )
+    booked = [o for o in outcomes if isinstance(o, bookings_pb2.Booking)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(booked) == 1, outcomes
+    assert len(refused) == 5
+    assert {error_details(e).reason for e in refused} == {"BOOKING_OVERLAP"}
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 1
+
+
+async def test_concurrent_retries_with_one_request_id_create_one_booking(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, _, prov, customer = await setup(api)
+    req = booking_request(prov.id, hour(0), request_id=str(uuid.uuid4()))
+    responses = await asyncio.gather(*(api.bookings.CreateBooking(req, metadata=customer.md) for _ in range(5)))
+    assert len({r.booking.id for r in responses}) == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 1
+
+
+async def test_cancelled_booking_frees_its_slot(api: Api) -> None:
+    _, _, prov, customer = await setup(api)
+    other = await api.sign_up()
+    first = await book(api, customer, prov.id, hour(0), 3)
+    await expect_error(book(api, other, prov.id, hour(1), 2), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_OVERLAP")
+    await cancel(api, customer, first.id, "plans changed")
+    second = await book(api, other, prov.id, hour(1), 2)
+    assert second.status == PENDING
+
+
+async def test_overlap_across_a_year_boundary_is_refused(api: Api, db_conn: asyncpg.Connection) -> None:
+    now = datetime.now(UTC)
+    boundary = datetime(now.year + 1, 1, 1, tzinfo=UTC)
+    if boundary - timedelta(hours=1) < now + timedelta(hours=2) or boundary + timedelta(hours=2) > now + timedelta(
+        days=364
+    ):
+        pytest.skip("the next year boundary is too close (or too far) to book around it")
+    _, _, prov, customer = await setup(api)
+    december = await book(api, customer, prov.id, boundary - timedelta(hours=1), 3)  # Dec 31 23:00 - Jan 1 02:00
+    await expect_error(
+        book(api, customer, prov.id, boundary + timedelta(hours=1), 2),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "BOOKING_OVERLAP",
+    )
+    january = await book(api, customer, prov.id, boundary + timedelta(hours=2), 2)
+    partitions = dict(await db_conn.fetch("SELECT id::text, tableoid::regclass::text FROM bookings"))
+    assert partitions == {december.id: f"bookings_{now.year}", january.id: f"bookings_{now.year + 1}"}
+
+
+async def test_provider_must_be_verified(api: Api) -> None:
+    admin = await api.admin()
+    owner = await api.sign_up(users_pb2.USER_ROLE_PROVIDER)
+    _, verified = await api.verified_provider(admin)
+    created = await api.providers.CreateProvider(
+        providers_pb2.CreateProviderRequest(
+            provider=providers_pb2.Provider(
+                company_name="New Co",
+                business_type=providers_pb2.PROVIDER_TYPE_SECURITY_GUARD,
+                pricing=providers_pb2.Pricing(
+                    rates=[
+                        providers_pb2.ServiceRate(
+                            service_type=GUARD, hourly_rate=common_pb2.Money(currency_code="USD", units=30)
+                        )
+                    ]
+                ),
+            )
+        ),
+        metadata=owner.md,
+    )
+    customer = await api.sign_up()
+    await expect_error(
+        book(api, customer, created.provider.id, hour(0)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVIDER_NOT_VERIFIED",
+    )
+    await expect_error(book(api, customer, NO_SUCH_ID, hour(0)), grpc.StatusCode.NOT_FOUND, "PROVIDER_NOT_FOUND")
+    # A provider account may book another (verified) provider, but not its own.
+    assert (await book(api, owner, verified.id, hour(0))).status == PENDING
+    await expect_error(
+        book(api, owner, created.provider.id, hour(10)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVIDER_NOT_VERIFIED",
+    )
+
+
+async def test_create_booking_validates_the_request(api: Api) -> None:
+    _, _, prov, customer = await setup(api, minimum_hours=2)
+    await expect_invalid(book(api, customer, prov.id, hour(0), service_type=DRONE), "service_type")
+    await expect_invalid(book(api, customer, prov.id, hour(0), 1), "duration_hours")
+    await expect_invalid(book(api, customer, prov.id, hour(0), 25), "duration_hours")
+    await expect_invalid(book(api, customer, prov.id, datetime.now(UTC) - timedelta(minutes=5)), "start_time")
+    await expect_invalid(book(api, customer, prov.id, hour(400 * 24)), "start_time")
+    await expect_invalid(api.bookings.CreateBooking(booking_request(prov.id, None), metadata=customer.md), "start_time")
+    no_location = booking_request(prov.id, hour(0))
+    no_location.ClearField("location")
+    await expect_invalid(api.bookings.CreateBooking(no_location, metadata=customer.md), "location")
+    bad_point = booking_request(prov.id, hour(0), location=common_pb2.Location(point=common_pb2.LatLng(latitude=99)))
+    await expect_invalid(api.bookings.CreateBooking(bad_point, metadata=customer.md), "location.point.latitude")
+    await expect_invalid(book(api, customer, "nope", hour(0)), "provider_id")
+    assert await list_bookings(api, customer) == []
+
+
+async def test_request_id_replay_creates_one_booking(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, _, prov, customer = await setup(api)
+    request_id = str(uuid.uuid4())
+    req = booking_request(prov.id, hour(0), request_id=request_id)
+    first = (await api.bookings.CreateBooking(req, metadata=customer.md)).booking
+    again = (await api.bookings.CreateBooking(req, metadata=customer.md)).booking
+    assert again == first
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 1
+
+    changed = booking_request(prov.id, hour(10), request_id=request_id)
+    await expect_error(
+        api.bookings.CreateBooking(changed, metadata=customer.md),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "REQUEST_ID_REUSED",
+    )
+    await expect_invalid(
+        api.bookings.CreateBooking(booking_request(prov.id, hour(10), request_id="123"), metadata=customer.md),
+        "request_id",
+    )
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 1
+
+
+# Status ------------------------------------------------------------------------------
+
+
+async def test_status_flow_by_the_provider(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, owner, prov, customer = await setup(api)
+    booking = await book(api, customer, prov.id, hour(0))
+    confirmed = await confirm(api, owner, booking.id)
+    assert confirmed.status == CONFIRMED
+    # Retrying a transition that already happened returns the booking unchanged.
+    assert await confirm(api, owner, booking.id) == confirmed
+    started = await start(api, owner, booking.id)
+    assert started.status == IN_PROGRESS
+    done = await complete(api, owner, booking.id)
+    assert done.status == COMPLETED
+    assert done.update_time.ToDatetime() >= started.update_time.ToDatetime()
+    assert await get(api, customer, booking.id) == done
+    assert await complete(api, owner, booking.id) == done
+    assert await audit_actions(db_conn, booking.id) == [
+        "booking.create",
+        "booking.confirm",
+        "booking.start",
+        "booking.complete",
+    ]
+
+
+async def test_only_the_provider_moves_a_booking_forward(api: Api) -> None:
+    admin, owner, prov, customer = await setup(api)
+    rival_owner, _ = await api.verified_provider(admin, company="Rival")
+    booking = await book(api, customer, prov.id, hour(0))
+    await expect_error(confirm(api, customer, booking.id), grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
+    await expect_error(confirm(api, rival_owner, booking.id), grpc.StatusCode.NOT_FOUND, "BOOKING_NOT_FOUND")
+    assert (await get(api, customer, booking.id)).status == PENDING
+    await expect_error(
+        complete(api, owner, booking.id), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_BOOKING_TRANSITION"
+    )
+    await expect_error(start(api, owner, booking.id), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_BOOKING_TRANSITION")
+    assert (await get(api, owner, booking.id)).status == PENDING
+
+
+async def test_cancel_rules(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, owner, prov, customer = await setup(api)
+    stranger = await api.sign_up()
+    by_customer = await book(api, customer, prov.id, hour(0), 1)
+    by_provider = await book(api, customer, prov.id, hour(2), 1)
+    running = await book(api, customer, prov.id, hour(4), 1)
+
+    await expect_error(cancel(api, stranger, by_customer.id), grpc.StatusCode.NOT_FOUND, "BOOKING_NOT_FOUND")
+    cancelled = await cancel(api, customer, by_customer.id, "plans changed")
+    assert cancelled.status == CANCELLED
+    assert cancelled.cancel_reason == "plans changed"
+    assert await cancel(api, customer, by_customer.id, "again") == cancelled  # already cancelled: unchanged
+
+    await confirm(api, owner, by_provider.id)
+    assert (await cancel(api, owner, by_provider.id, "no staff")).status == CANCELLED
+
+    await confirm(api, owner, running.id)
+    await start(api, owner, running.id)
+    await expect_error(
+        cancel(api, customer, running.id), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_BOOKING_TRANSITION"
+    )
+    await complete(api, owner, running.id)
+    await expect_error(
+        cancel(api, owner, running.id), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_BOOKING_TRANSITION"
+    )
+    assert (await get(api, customer, running.id)).status == COMPLETED
+    await expect_invalid(cancel(api, customer, running.id, "x" * 501), "reason")
+    assert await audit_actions(db_conn, by_provider.id) == ["booking.create", "booking.confirm", "booking.cancel"]
+
+
+# Payment -----------------------------------------------------------------------------
+
+
+async def test_payment_transitions_by_admin(api: Api, db_conn: asyncpg.Connection) -> None:
+    admin, owner, prov, customer = await setup(api)
+    booking = await book(api, customer, prov.id, hour(0))
+    await expect_error(pay(api, customer, booking.id, PAID), grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
+    await expect_error(pay(api, owner, booking.id, PAID), grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
+    await expect_error(
+        pay(api, admin, booking.id, REFUNDED), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PAYMENT_TRANSITION"
+    )
+    await expect_invalid(pay(api, admin, booking.id, bookings_pb2.PAYMENT_STATUS_UNSPECIFIED), "payment_status")
+    assert (await get(api, customer, booking.id)).payment_status == PAY_PENDING
+
+    paid = await pay(api, admin, booking.id, PAID)
+    assert paid.payment_status == PAID
+    assert paid.status == PENDING
+    assert await pay(api, admin, booking.id, PAID) == paid
+    refunded = await pay(api, admin, booking.id, REFUNDED)
+    assert refunded.payment_status == REFUNDED
+    await expect_error(
+        pay(api, admin, booking.id, PAID), grpc.StatusCode.FAILED_PRECONDITION, "INVALID_PAYMENT_TRANSITION"
+    )
+    assert await audit_actions(db_conn, booking.id) == ["booking.create", "booking.payment", "booking.payment"]
+
+
+async def test_cancelling_a_paid_booking_refunds_it(api: Api) -> None:
+    admin, owner, prov, customer = await setup(api)
+    booking = await book(api, customer, prov.id, hour(0))
+    await pay(api, admin, booking.id, PAID)
+    await confirm(api, owner, booking.id)
+    cancelled = await cancel(api, customer, booking.id, "found another")
+    assert cancelled.status == CANCELLED
+    assert cancelled.payment_status == REFUNDED
+    assert (await get(api, admin, booking.id)).payment_status == REFUNDED
+
+
+# Reading -----------------------------------------------------------------------------
+
+
+async def test_get_booking_is_for_the_parties_and_admins(api: Api) -> None:
+    admin, owner, prov, customer = await setup(api)
+    stranger = await api.sign_up()
+    booking = await book(api, customer, prov.id, hour(0))
+    for caller in (customer, owner, admin):
+        assert (await get(api, caller, booking.id)).id == booking.id
+    await expect_error(get(api, stranger, booking.id), grpc.StatusCode.NOT_FOUND, "BOOKING_NOT_FOUND")
+    await expect_error(get(api, customer, NO_SUCH_ID), grpc.StatusCode.NOT_FOUND, "BOOKING_NOT_FOUND")
+
+
+async def test_list_bookings_for_customer_and_provider(api: Api) -> None:
+    admin, owner, prov, customer = await setup(api)
+    rival_owner, rival = await api.verified_provider(admin, company="Rival")
+    other = await api.sign_up()
+    late = await book(api, customer, prov.id, hour(10), 1)
+    early = await book(api, customer, prov.id, hour(0), 1)
+    elsewhere = await book(api, customer, rival.id, hour(5), 1)
+    not_mine = await book(api, other, prov.id, hour(20), 1)
+    await cancel(api, customer, late.id)
+
+    mine = await list_bookings(api, customer)
+    assert [b.id for b in mine] == [early.id, elsewhere.id, late.id]  # soonest first
+    assert [b.id for b in await list_bookings(api, customer, status=CANCELLED)] == [late.id]
+    assert [b.id for b in await list_bookings(api, other)] == [not_mine.id]
+
+    for_provider = await list_bookings(api, owner, provider_id=prov.id)
+    assert [b.id for b in for_provider] == [early.id, late.id, not_mine.id]
+    assert [b.id for b in await list_bookings(api, admin, provider_id=rival.id)] == [elsewhere.id]
+    assert await list_bookings(api, owner) == []  # the owner booked nothing as a customer
+
+    first_page = await api.bookings.ListBookings(
+        bookings_pb2.ListBookingsRequest(provider_id=prov.id, page_size=2), metadata=owner.md
+    )
+    assert [b.id for b in first_page.bookings] == [early.id, late.id]
+    second_page = await api.bookings.ListBookings(
+        bookings_pb2.ListBookingsRequest(provider_id=prov.id, page_size=2, page_token=first_page.next_page_token),
+        metadata=owner.md,
+    )
+    assert [b.id for b in second_page.bookings] == [not_mine.id]
+    assert second_page.next_page_token == ""
+
+    for caller in (rival_owner, customer):
+        await expect_error(
+            list_bookings(api, caller, provider_id=prov.id), grpc.StatusCode.NOT_FOUND, "PROVIDER_NOT_FOUND"
+        )
+
+
+# Reviews -----------------------------------------------------------------------------
+
+
+async def test_review_updates_the_provider_rating_once(api: Api, db_conn: asyncpg.Connection) -> None:
+    _, owner, prov, customer = await setup(api)
+    first = await book(api, customer, prov.id, hour(0), 1)
+    second = await book(api, customer, prov.id, hour(2), 1)
+    await expect_error(review(api, customer, first.id, 5), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_NOT_COMPLETED")
+    await delivered(api, owner, first.id)
+    await expect_invalid(review(api, customer, first.id, 6), "rating")
+    await expect_invalid(review(api, customer, first.id, 0), "rating")
+    await expect_error(review(api, owner, first.id, 5), grpc.StatusCode.PERMISSION_DENIED, "NOT_CUSTOMER")
+
+    reviewed = await review(api, customer, first.id, 4, "On time")
+    assert (reviewed.rating, reviewed.review) == (4, "On time")
+    rated = await get_provider(api, customer, prov.id)
+    assert (rated.rating, rated.total_reviews) == (4.0, 1)
+    await expect_error(review(api, customer, first.id, 1), grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_REVIEWED")
+    assert (await get_provider(api, customer, prov.id)).total_reviews == 1
+
+    await delivered(api, owner, second.id)
+    await review(api, customer, second.id, 5)
+    rated = await get_provider(api, customer, prov.id)
+    assert (rated.rating, rated.total_reviews) == (4.5, 2)
+    assert (await audit_actions(db_conn, first.id))[-1] == "booking.review"
+
+
+# Events ------------------------------------------------------------------------------
+
+
+async def test_create_booking_publishes_booking_update(api: Api, redis_client: aioredis.Redis) -> None:
+    _, owner, prov, customer = await setup(api)
+    async with subscribed(redis_client, "booking:update") as pubsub:
+        booking = await book(api, customer, prov.id, hour(0), 2)
+        created = await next_message(pubsub, booking.id)
+        await confirm(api, owner, booking.id)
+        confirmed = await next_message(pubsub, booking.id)
+    assert created["type"] == "created"
+    assert created["status"] == "pending"
+    assert created["user_id"] == customer.id
+    assert created["provider_id"] == prov.id
+    assert created["duration_hours"] == 2
+    assert confirmed["type"] == "confirm"
+    assert confirmed["status"] == "confirmed"

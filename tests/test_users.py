@@ -1,0 +1,494 @@
+"""UserService: profiles, emergency contacts, KYC (encrypted at rest, audited reads) and
+user administration (listing, suspension, verification, roles, deletion)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import field_mask_pb2
+
+from securenow.v1 import auth_pb2, common_pb2, providers_pb2, users_pb2
+from tests.helpers import PASSWORD, Account, Api, ErrorDetails, expect_error, unique_phone
+
+NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
+KYC = users_pb2.KycData(
+    document_type="passport",
+    document_number="X12345678",
+    full_legal_name="Maya Lin",
+    date_of_birth="1990-04-01",
+    issuing_country="us",
+    address="1 Main St, Springfield",
+)
+
+
+def me() -> users_pb2.GetUserRequest:
+    return users_pb2.GetUserRequest(user_id="me")
+
+
+async def expect_invalid(call: Awaitable[Any], *fields: str) -> ErrorDetails:
+    """INVALID_ARGUMENT naming (at least) `fields` in its BadRequest details."""
+    err = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(fields) <= set(err.fields), f"expected violations of {fields}, got {err.fields}"
+    return err
+
+
+async def get_user(api: Api, caller: Account, user_id: str = "me") -> users_pb2.User:
+    return (await api.users.GetUser(users_pb2.GetUserRequest(user_id=user_id), metadata=caller.md)).user
+
+
+async def update_me(api: Api, caller: Account, user: users_pb2.User, *paths: str) -> users_pb2.User:
+    req = users_pb2.UpdateUserRequest(user=user, update_mask=field_mask_pb2.FieldMask(paths=list(paths)))
+    return (await api.users.UpdateUser(req, metadata=caller.md)).user
+
+
+async def submit_kyc(api: Api, caller: Account, kyc: users_pb2.KycData = KYC) -> users_pb2.User:
+    return (await api.users.SubmitKyc(users_pb2.SubmitKycRequest(kyc=kyc), metadata=caller.md)).user
+
+
+async def sign_in(api: Api, account: Account) -> auth_pb2.SignInResponse:
+    return await api.auth.SignIn(auth_pb2.SignInRequest(email=account.user.email, password=PASSWORD))
+
+
+async def audit_rows(db_conn: asyncpg.Connection, action: str, resource_id: str) -> list[asyncpg.Record]:
+    return await db_conn.fetch(
+        "SELECT actor_id, action, resource_id FROM audit_log WHERE action = $1 AND resource_id = $2 ORDER BY id",
+        action,
+        resource_id,
+    )
+
+
+async def list_all_users(api: Api, admin: Account, page_size: int, **filters: int) -> list[list[str]]:
+    """Walks every page; returns the ids per page."""
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        resp = await api.users.ListUsers(
+            users_pb2.ListUsersRequest(page_size=page_size, page_token=token, **filters), metadata=admin.md
+        )
+        pages.append([u.id for u in resp.users])
+        token = resp.next_page_token
+        if not token:
+            return pages
+        assert len(pages) < 50, "paging does not end"
+
+
+# Reading profiles -------------------------------------------------------------------
+
+
+async def test_get_user_me_and_by_id(api: Api) -> None:
+    account = await api.sign_up(first_name="Maya", last_name="Lin")
+    by_me = await get_user(api, account)
+    by_id = await get_user(api, account, account.id)
+    assert by_me == by_id
+    assert by_me.id == account.id
+    assert by_me.email == account.user.email
+    assert (by_me.first_name, by_me.last_name) == ("Maya", "Lin")
+    assert by_me.role == users_pb2.USER_ROLE_USER
+    assert by_me.status == users_pb2.USER_STATUS_ACTIVE
+    assert not by_me.kyc_submitted
+    assert by_me.create_time.seconds > 0
+
+
+async def test_another_users_profile_is_not_found(api: Api) -> None:
+    alice = await api.sign_up()
+    bob = await api.sign_up()
+    err = await expect_error(
+        api.users.GetUser(users_pb2.GetUserRequest(user_id=bob.id), metadata=alice.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    assert bob.user.email not in err.message
+    # Same answer as for an id that does not exist at all: existence is not revealed.
+    await expect_error(
+        api.users.GetUser(users_pb2.GetUserRequest(user_id=NO_SUCH_ID), metadata=alice.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    await expect_invalid(
+        api.users.GetUser(users_pb2.GetUserRequest(user_id="not-a-uuid"), metadata=alice.md), "user_id"
+    )
+
+
+async def test_admin_reads_anyone(api: Api) -> None:
+    admin = await api.admin()
+    user = await api.sign_up(first_name="Zed")
+    seen = await get_user(api, admin, user.id)
+    assert seen.id == user.id
+    assert seen.first_name == "Zed"
+    await expect_error(
+        api.users.GetUser(users_pb2.GetUserRequest(user_id=NO_SUCH_ID), metadata=admin.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+
+
+# Updating the own profile -----------------------------------------------------------
+
+
+async def test_update_user_applies_only_masked_fields(api: Api) -> None:
+    account = await api.sign_up(first_name="Old", last_name="Name")
+    new_phone = unique_phone()
+    updated = await update_me(
+        api,
+        account,
+        users_pb2.User(
+            first_name="  New ",
+            last_name="Ignored",  # not in the mask
+            phone=new_phone,
+            emergency_contacts=[
+                users_pb2.EmergencyContact(name="Sis", phone="+1 555 010 2000", relationship="sister"),
+                users_pb2.EmergencyContact(name="Dad", phone="+15550102001", email="Dad@Example.com"),
+            ],
+        ),
+        "first_name",
+        "phone",
+        "emergency_contacts",
+    )
+    assert updated.first_name == "New"
+    assert updated.last_name == "Name"
+    assert updated.phone == new_phone
+    assert [(c.name, c.phone, c.email, c.relationship) for c in updated.emergency_contacts] == [
+        ("Sis", "+15550102000", "", "sister"),
+        ("Dad", "+15550102001", "dad@example.com", ""),
+    ]
+    # The change is stored, not only echoed.
+    assert await get_user(api, account) == updated
+
+    renamed = await update_me(api, account, users_pb2.User(last_name="Lin"), "last_name")
+    assert (renamed.first_name, renamed.last_name) == ("New", "Lin")
+    assert len(renamed.emergency_contacts) == 2
+    cleared = await update_me(api, account, users_pb2.User(), "emergency_contacts")
+    assert list(cleared.emergency_contacts) == []
+
+
+async def test_update_user_rejects_unknown_mask_path(api: Api) -> None:
+    account = await api.sign_up()
+    for paths in (["email"], ["role"], ["first_name", "nonsense"], []):
+        err = await expect_invalid(
+            update_me(api, account, users_pb2.User(first_name="X", email="x@example.com"), *paths)
+        )
+        assert "update_mask" in err.fields, paths
+    assert (await get_user(api, account)).first_name == account.user.first_name
+
+
+async def test_update_user_names_the_bad_emergency_contact_field(api: Api) -> None:
+    account = await api.sign_up()
+    err = await expect_invalid(
+        update_me(
+            api,
+            account,
+            users_pb2.User(
+                emergency_contacts=[
+                    users_pb2.EmergencyContact(name="Sis", phone="12345"),
+                    users_pb2.EmergencyContact(name="", phone="+15550102001", email="nope"),
+                ]
+            ),
+            "emergency_contacts",
+        )
+    )
+    assert set(err.fields) == {
+        "user.emergency_contacts[0].phone",
+        "user.emergency_contacts[1].name",
+        "user.emergency_contacts[1].email",
+    }
+    assert list((await get_user(api, account)).emergency_contacts) == []
+
+
+async def test_update_user_rejects_bad_values_and_taken_phone(api: Api) -> None:
+    account = await api.sign_up()
+    other = await api.sign_up()
+    err = await expect_invalid(
+        update_me(api, account, users_pb2.User(first_name=" ", phone="555"), "first_name", "phone")
+    )
+    assert set(err.fields) == {"user.first_name", "user.phone"}
+    taken = await expect_error(
+        update_me(api, account, users_pb2.User(phone=other.user.phone), "phone"),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "ACCOUNT_EXISTS",
+    )
+    assert taken.metadata == {"field": "phone"}
+    # Nobody updates someone else's profile.
+    await expect_error(
+        update_me(api, account, users_pb2.User(id=other.id, first_name="Hacked"), "first_name"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
+    )
+    assert (await get_user(api, other)).first_name == other.user.first_name
+
+
+# KYC --------------------------------------------------------------------------------
+
+
+async def test_submit_kyc_names_every_missing_field(api: Api) -> None:
+    account = await api.sign_up()
+    err = await expect_invalid(
+        api.users.SubmitKyc(users_pb2.SubmitKycRequest(kyc=users_pb2.KycData(address="x")), metadata=account.md)
+    )
+    assert set(err.fields) == {
+        "kyc.document_type",
+        "kyc.document_number",
+        "kyc.full_legal_name",
+        "kyc.date_of_birth",
+        "kyc.issuing_country",
+    }
+    bad_values = users_pb2.KycData()
+    bad_values.CopyFrom(KYC)
+    bad_values.date_of_birth = "01/04/1990"
+    bad_values.issuing_country = "U1"
+    err = await expect_invalid(submit_kyc(api, account, bad_values))
+    assert set(err.fields) == {"kyc.date_of_birth", "kyc.issuing_country"}
+    assert not (await get_user(api, account)).kyc_submitted
+
+
+async def test_kyc_is_encrypted_at_rest(api: Api, db_conn: asyncpg.Connection) -> None:
+    account = await api.sign_up()
+    user = await submit_kyc(api, account)
+    assert user.kyc_submitted
+    assert user.verification_status == common_pb2.VERIFICATION_STATUS_PENDING
+
+    raw = await db_conn.fetchval("SELECT kyc_data::text FROM users WHERE id = $1", account.id)
+    assert raw is not None
+    assert KYC.document_number not in raw
+    assert KYC.full_legal_name not in raw
+    envelope = json.loads(raw)
+    assert set(envelope) == {"v", "kid", "nonce", "ct"}
+    assert envelope["ct"]
+    # Nor does the audit log of the submission hold the documents.
+    logged = await db_conn.fetchval(
+        "SELECT string_agg(details::text, ' ') FROM audit_log WHERE resource_id = $1", account.id
+    )
+    assert KYC.document_number not in (logged or "")
+
+
+async def test_get_kyc_for_owner_and_admin_and_every_read_is_audited(api: Api, db_conn: asyncpg.Connection) -> None:
+    account = await api.sign_up()
+    admin = await api.admin()
+    stranger = await api.sign_up()
+    await expect_error(
+        api.users.GetKyc(users_pb2.GetKycRequest(user_id="me"), metadata=account.md),
+        grpc.StatusCode.NOT_FOUND,
+        "KYC_NOT_FOUND",
+    )
+    await submit_kyc(api, account)
+
+    own = await api.users.GetKyc(users_pb2.GetKycRequest(user_id="me"), metadata=account.md)
+    expected = users_pb2.KycData()
+    expected.CopyFrom(KYC)
+    expected.issuing_country = "US"  # normalised
+    assert own.kyc == expected
+    assert own.submit_time.seconds > 0
+    by_admin = await api.users.GetKyc(users_pb2.GetKycRequest(user_id=account.id), metadata=admin.md)
+    assert by_admin.kyc == expected
+
+    await expect_error(
+        api.users.GetKyc(users_pb2.GetKycRequest(user_id=account.id), metadata=stranger.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    reads = await audit_rows(db_conn, "user.kyc_read", account.id)
+    assert [r["actor_id"] for r in reads] == [account.id, admin.id]
+
+
+async def test_verified_user_cannot_resubmit_kyc(api: Api) -> None:
+    account = await api.sign_up()
+    admin = await api.admin()
+    await submit_kyc(api, account)
+    await api.users.VerifyUser(
+        users_pb2.VerifyUserRequest(user_id=account.id, decision=common_pb2.VERIFICATION_STATUS_VERIFIED),
+        metadata=admin.md,
+    )
+    await expect_error(submit_kyc(api, account), grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_VERIFIED")
+
+
+# Administration ---------------------------------------------------------------------
+
+
+async def test_list_users_is_admin_only(api: Api) -> None:
+    account = await api.sign_up()
+    await expect_error(
+        api.users.ListUsers(users_pb2.ListUsersRequest(), metadata=account.md),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )
+
+
+async def test_list_users_pages_through_everyone_once(api: Api) -> None:
+    admin = await api.admin()
+    accounts = [await api.sign_up() for _ in range(4)]
+    provider = await api.sign_up(users_pb2.USER_ROLE_PROVIDER)
+    everyone = {admin.id, provider.id} | {a.id for a in accounts}
+
+    pages = await list_all_users(api, admin, page_size=2)
+    assert [len(p) for p in pages] == [2, 2, 2]
+    ids = [i for page in pages for i in page]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == everyone
+    assert ids[0] == provider.id  # newest first
+
+    users_only = await list_all_users(api, admin, page_size=2, role=users_pb2.USER_ROLE_USER)
+    assert {i for page in users_only for i in page} == {a.id for a in accounts}
+
+
+async def test_list_users_rejects_a_token_from_other_filters(api: Api) -> None:
+    admin = await api.admin()
+    for _ in range(3):
+        await api.sign_up()
+    first = await api.users.ListUsers(users_pb2.ListUsersRequest(page_size=2), metadata=admin.md)
+    assert first.next_page_token
+    err = await expect_invalid(
+        api.users.ListUsers(
+            users_pb2.ListUsersRequest(page_size=2, page_token=first.next_page_token, role=users_pb2.USER_ROLE_USER),
+            metadata=admin.md,
+        )
+    )
+    assert "page_token" in err.fields
+    await expect_invalid(
+        api.users.ListUsers(users_pb2.ListUsersRequest(page_token="garbage!"), metadata=admin.md), "page_token"
+    )
+
+
+async def test_suspension_ends_access_at_once_and_reinstatement_restores_sign_in(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    admin = await api.admin()
+    account = await api.sign_up()
+    await get_user(api, account)  # the session is now cached in Redis
+
+    suspended = await api.users.SuspendUser(
+        users_pb2.SuspendUserRequest(user_id=account.id, reason="abuse"), metadata=admin.md
+    )
+    assert suspended.user.status == users_pb2.USER_STATUS_SUSPENDED
+    await expect_error(api.users.GetUser(me(), metadata=account.md), grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+    await expect_error(sign_in(api, account), grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_SUSPENDED")
+    assert await audit_rows(db_conn, "user.suspend", account.id)
+    listed = await api.users.ListUsers(
+        users_pb2.ListUsersRequest(status=users_pb2.USER_STATUS_SUSPENDED), metadata=admin.md
+    )
+    assert [u.id for u in listed.users] == [account.id]
+
+    reinstated = await api.users.ReinstateUser(users_pb2.ReinstateUserRequest(user_id=account.id), metadata=admin.md)
+    assert reinstated.user.status == users_pb2.USER_STATUS_ACTIVE
+    fresh = await sign_in(api, account)
+    resp = await api.users.GetUser(me(), metadata=(("authorization", f"Bearer {fresh.access_token}"),))
+    assert resp.user.id == account.id
+    # A second reinstatement has nothing to lift.
+    await expect_error(
+        api.users.ReinstateUser(users_pb2.ReinstateUserRequest(user_id=account.id), metadata=admin.md),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NOT_SUSPENDED",
+    )
+
+
+async def test_suspend_needs_admin_and_an_existing_user(api: Api) -> None:
+    admin = await api.admin()
+    account = await api.sign_up()
+    other = await api.sign_up()
+    await expect_error(
+        api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=other.id), metadata=account.md),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )
+    await get_user(api, other)  # still fine
+    await expect_error(
+        api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=NO_SUCH_ID), metadata=admin.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+
+
+async def test_verify_user_needs_kyc_first(api: Api, db_conn: asyncpg.Connection) -> None:
+    admin = await api.admin()
+    account = await api.sign_up()
+    verify = users_pb2.VerifyUserRequest(
+        user_id=account.id, decision=common_pb2.VERIFICATION_STATUS_VERIFIED, note="docs ok"
+    )
+    await expect_error(
+        api.users.VerifyUser(verify, metadata=admin.md), grpc.StatusCode.FAILED_PRECONDITION, "KYC_NOT_SUBMITTED"
+    )
+    await submit_kyc(api, account)
+    err = await expect_invalid(
+        api.users.VerifyUser(
+            users_pb2.VerifyUserRequest(user_id=account.id, decision=common_pb2.VERIFICATION_STATUS_PENDING),
+            metadata=admin.md,
+        )
+    )
+    assert "decision" in err.fields
+    await expect_error(
+        api.users.VerifyUser(verify, metadata=account.md), grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED"
+    )
+
+    verified = await api.users.VerifyUser(verify, metadata=admin.md)
+    assert verified.user.verification_status == common_pb2.VERIFICATION_STATUS_VERIFIED
+    assert (await get_user(api, account)).verification_status == common_pb2.VERIFICATION_STATUS_VERIFIED
+    assert await audit_rows(db_conn, "user.verify", account.id)
+
+
+async def test_set_user_role(api: Api) -> None:
+    admin = await api.admin()
+    account = await api.sign_up()
+    err = await expect_invalid(
+        api.users.SetUserRole(
+            users_pb2.SetUserRoleRequest(user_id=account.id, role=users_pb2.USER_ROLE_POLICE), metadata=admin.md
+        )
+    )
+    assert "agency_id" in err.fields
+    await expect_error(
+        api.users.SetUserRole(
+            users_pb2.SetUserRoleRequest(
+                user_id=account.id,
+                role=users_pb2.USER_ROLE_POLICE,
+                agency_id=NO_SUCH_ID,
+            ),
+            metadata=admin.md,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "DEPARTMENT_NOT_FOUND",
+    )
+    assert (await get_user(api, account)).role == users_pb2.USER_ROLE_USER
+
+    duty = providers_pb2.UpdateProviderDutyRequest(provider_id=NO_SUCH_ID)
+    await expect_error(
+        api.providers.UpdateProviderDuty(duty, metadata=account.md),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )
+    changed = await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=account.id, role=users_pb2.USER_ROLE_PROVIDER), metadata=admin.md
+    )
+    assert changed.user.role == users_pb2.USER_ROLE_PROVIDER
+    assert (await get_user(api, account)).role == users_pb2.USER_ROLE_PROVIDER
+    # The existing token acts with the new role at once: the role check now passes.
+    await expect_error(
+        api.providers.UpdateProviderDuty(duty, metadata=account.md),
+        grpc.StatusCode.NOT_FOUND,
+        "PROVIDER_NOT_FOUND",
+    )
+
+
+async def test_delete_self_ends_the_tokens(api: Api) -> None:
+    account = await api.sign_up()
+    deleted = await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=account.md)
+    assert deleted.user.status == users_pb2.USER_STATUS_DELETED
+    await expect_error(api.users.GetUser(me(), metadata=account.md), grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+    await expect_error(sign_in(api, account), grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_DELETED")
+    admin = await api.admin()
+    await expect_error(
+        api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=account.id), metadata=admin.md),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_DELETED",
+    )
+
+
+async def test_users_cannot_delete_others(api: Api) -> None:
+    account = await api.sign_up()
+    other = await api.sign_up()
+    await expect_error(
+        api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id=other.id), metadata=account.md),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    assert (await get_user(api, other)).status == users_pb2.USER_STATUS_ACTIVE

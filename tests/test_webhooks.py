@@ -1,0 +1,93 @@
+"""Department webhooks: signed, retried with backoff, dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from securenow.v1 import agency_pb2
+from tests.dispatch_helpers import SF, raise_sos, register_department
+from tests.helpers import Api, wait_for
+
+
+class HookServer:
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+        self.status = 200
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.put_nowait((dict(request.headers), await request.read()))
+        return web.Response(status=self.status)
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookServer]:
+    server = HookServer()
+    app = web.Application()
+    app.router.add_post("/hook", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{port}/hook"
+    yield server
+    await runner.cleanup()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    parts = dict(p.split("=", 1) for p in headers["X-SecureNow-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts["v1"])
+
+
+async def test_status_changes_are_posted_signed_to_the_webhook(api: Api, hook: HookServer) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, webhook_url=hook.url)
+    assert dept.webhook_secret.startswith("whsec_")
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+    headers, body = await asyncio.wait_for(hook.received.get(), 10)
+    assert verify(dept.webhook_secret, headers, body)
+    assert not verify("whsec_wrong", headers, body)
+    event = json.loads(body)
+    assert headers["X-SecureNow-Event-Type"] == event["event_type"] == "alert_raised"
+    assert headers["X-SecureNow-Event-Id"] == event["event_id"]
+    assert event["department_id"] == dept.id
+    assert event["data"]["alert"]["id"] == alert.id
+
+    await api.agency.AcceptSosAlert(
+        agency_pb2.AcceptSosAlertRequest(alert_id=alert.id, assigned_unit="U7"), metadata=dept.md
+    )
+    headers, body = await asyncio.wait_for(hook.received.get(), 10)
+    event = json.loads(body)
+    assert event["event_type"] == "incident_updated"
+    assert event["data"]["incident"]["status"] == "dispatched"
+    assert verify(dept.webhook_secret, headers, body)
+
+
+async def test_failing_webhook_is_retried_then_dead_lettered(api: Api, hook: HookServer, db_conn) -> None:  # type: ignore[no-untyped-def]
+    hook.status = 500
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, webhook_url=hook.url)
+    person = await api.sign_up()
+    await raise_sos(api, person, SF)
+    max_attempts = api.app.settings.webhook_max_attempts
+
+    async def dead() -> dict | None:  # type: ignore[type-arg]
+        row = await db_conn.fetchrow(
+            "SELECT status, attempts, last_error FROM webhook_deliveries WHERE department_id = $1", dept.id
+        )
+        return dict(row) if row and row["status"] == "dead" else None
+
+    row = await wait_for(dead, within=20, what="dead-lettered webhook")
+    assert row["attempts"] == max_attempts
+    assert row["last_error"] == "HTTP 500"
+    assert hook.received.qsize() == max_attempts  # every attempt reached the endpoint, then no more
