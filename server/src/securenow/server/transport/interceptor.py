@@ -193,6 +193,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, DomainError):
             code, status = to_rpc_status(exc, call.service.rpartition(".")[2])
             call.code, call.reason = code.name, exc.reason
+            await self._audit_refusal(call)  # recorded before the caller hears the answer
             await context.abort_with_status(as_grpc_status(status))
         if isinstance(exc, (GeneratorExit, KeyboardInterrupt, SystemExit)):
             raise exc
@@ -201,7 +202,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
         call.code = "INTERNAL"
         log.error("unhandled error in %s", call.method, exc_info=exc, extra={"rpc": call.method})
+        await self._audit_refusal(call)
         await context.abort_with_status(as_grpc_status(internal_status()))
+
+    async def _audit_refusal(self, call: _Call) -> None:
+        """Mutating calls that failed are audited too (who tried what, and the outcome)."""
+        if call.rule is None or not call.rule.mutating or call.code in _NOT_AUDITED:
+            return
+        try:
+            await self._audit_failure(call.principal, call.method, call.code, call.reason)
+        except Exception:
+            log.warning("could not audit a failed call to %s", call.method, exc_info=True)
 
     async def _finish(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
         elapsed = time.perf_counter() - call.started
@@ -220,8 +231,3 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 "peer": context.peer(),
             },
         )
-        if call.rule is not None and call.rule.mutating and call.code not in _NOT_AUDITED:
-            try:
-                await self._audit_failure(principal, call.method, call.code, call.reason)
-            except Exception:
-                log.warning("could not audit a failed call to %s", call.method, exc_info=True)
