@@ -21,7 +21,7 @@ export SECURENOW_HTTP_ADDR=${SECURENOW_HTTP_ADDR:-127.0.0.1:8080}
 
 .venv/bin/python scripts/gen_protos.py
 .venv/bin/securenow migrate
-.venv/bin/securenow seed-demo | tee var/demo.txt
+.venv/bin/securenow seed-demo --api-key-file var/demo-cad.key | tee var/demo.txt
 
 cat <<BANNER
 

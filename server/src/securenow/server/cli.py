@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -88,7 +89,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     async def main() -> None:
         app = await App.create(settings)
         try:
-            summary = await seed_demo(app)
+            summary = await seed_demo(app, Path(args.api_key_file) if args.api_key_file else None)
         finally:
             await app.close()
         print(summary)
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_create_admin)
 
     p = sub.add_parser("seed-demo", help="create demo accounts, a provider and a police department")
+    p.add_argument("--api-key-file", help="keep a valid CAD API key for the demo department in this file")
     p.set_defaults(fn=cmd_seed_demo)
 
     p = sub.add_parser("maintain", help="create partitions ahead, apply retention, seal and verify the audit log")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from securenow.server.bootstrap import App
 from securenow.server.domain.accounts import Principal, PrincipalKind, User
-from securenow.server.domain.enums import ProviderType, Role, ServiceType, VerificationStatus
+from securenow.server.domain.agency import ContactInfo
+from securenow.server.domain.enums import AgencyType, ProviderType, Role, ServiceType, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists, FailedPrecondition
 from securenow.server.domain.geo import LocationInput, Point
 from securenow.server.domain.providers import ProviderDraft
@@ -14,6 +19,8 @@ DEMO_PASSWORD = "SecureNow-demo-1"
 ADMIN_EMAIL = "admin@securenow.local"
 USER_EMAIL = "alice@securenow.local"
 PROVIDER_EMAIL = "bob@securenow.local"
+DISPATCHER_EMAIL = "dispatch@securenow.local"
+DEPARTMENT_NAME = "San Francisco Police Department (demo)"
 # Downtown San Francisco.
 CENTER = Point(37.7793, -122.4193)
 
@@ -37,7 +44,48 @@ def _as(user: User) -> Principal:
     return Principal(PrincipalKind.USER, user.id, user.role, user.agency_id)
 
 
-async def seed_demo(app: App) -> str:
+def _sf_jurisdiction() -> str:
+    lat, lng, d = CENTER.latitude, CENTER.longitude, 0.12
+    ring = [[lng - d, lat - d], [lng + d, lat - d], [lng + d, lat + d], [lng - d, lat + d], [lng - d, lat - d]]
+    return json.dumps({"type": "Polygon", "coordinates": [ring]})
+
+
+async def _department(app: App, admin: User) -> str:
+    async with app.db.unit_of_work() as uow:
+        existing = await uow.conn.fetchval(
+            "SELECT id FROM police_departments WHERE department_name = $1", DEPARTMENT_NAME
+        )
+    if existing is not None:
+        return str(existing)
+    department, _ = await app.agency.register(
+        _as(admin),
+        department_name=DEPARTMENT_NAME,
+        jurisdiction_geojson=_sf_jurisdiction(),
+        contact_info=ContactInfo(contact_name="Dispatch desk", phone="+14155550100"),
+        webhook_url="",
+        agency_type=AgencyType.POLICE_DEPARTMENT,
+        provider_id="",
+        ack_timeout_seconds=None,
+        key=None,
+    )
+    return department.id
+
+
+async def _api_key_file(app: App, admin: User, department_id: str, path: Path) -> None:
+    """Keeps a usable API key for the CAD connector in `path` (mode 600)."""
+    if path.exists():
+        try:
+            await app.authenticator.authenticate(path.read_text().strip())
+            return
+        except Exception:
+            pass  # revoked or from another database: issue a new one
+    token, _ = await app.agency.issue_key(_as(admin), department_id, "demo CAD connector")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    os.chmod(path, 0o600)
+
+
+async def seed_demo(app: App, api_key_file: Path | None = None) -> str:
     if app.settings.env is Environment.PRODUCTION:
         raise FailedPrecondition("demo data is for development only", reason="PRODUCTION")
     admin = await _account(app, ADMIN_EMAIL, "+15550000001", "Ada", "Admin", Role.ADMIN)
@@ -65,11 +113,18 @@ async def seed_demo(app: App) -> str:
     await app.providers.update_duty(
         _as(bob), provider.id, True, LocationInput(latitude=CENTER.latitude + 0.002, longitude=CENTER.longitude)
     )
-    return "\n".join(
-        [
-            "demo data ready (password for every account: " + DEMO_PASSWORD + ")",
-            f"  admin     {ADMIN_EMAIL}",
-            f"  user      {alice.email}",
-            f"  provider  {bob.email}  -> {provider.company_name} ({provider.id}), verified, on duty",
-        ]
-    )
+    department_id = await _department(app, admin)
+    dispatcher = await _account(app, DISPATCHER_EMAIL, "+15550000004", "Dana", "Dispatcher", Role.USER)
+    if dispatcher.agency_id != department_id:
+        await app.users.set_role(_as(admin), dispatcher.id, Role.POLICE, department_id)
+    lines = [
+        "demo data ready (password for every account: " + DEMO_PASSWORD + ")",
+        f"  admin       {ADMIN_EMAIL}",
+        f"  user        {alice.email}   (raise an SOS in San Francisco: 37.7793, -122.4193)",
+        f"  provider    {bob.email}  -> {provider.company_name} ({provider.id}), verified, on duty",
+        f"  dispatcher  {DISPATCHER_EMAIL}  -> {DEPARTMENT_NAME} ({department_id})",
+    ]
+    if api_key_file is not None:
+        await _api_key_file(app, admin, department_id, api_key_file)
+        lines.append(f"  CAD API key for the department: {api_key_file}")
+    return "\n".join(lines)
