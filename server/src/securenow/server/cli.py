@@ -82,19 +82,27 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
     from securenow.server.bootstrap import App
-    from securenow.server.demo import seed_demo
+    from securenow.server.demo import DemoData, seed_demo
 
     settings = _settings()
+    key_file = Path(args.api_key_file) if args.api_key_file else None
+    existing = key_file.read_text().strip() if key_file is not None and key_file.exists() else None
+    result: list[DemoData] = []
 
     async def main() -> None:
         app = await App.create(settings)
         try:
-            summary = await seed_demo(app, Path(args.api_key_file) if args.api_key_file else None)
+            result.append(await seed_demo(app, existing))
         finally:
             await app.close()
-        print(summary)
 
     _run(main())
+    print(result[0].summary)
+    if key_file is not None:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(result[0].cad_api_key + "\n")
+        key_file.chmod(0o600)
+        print(f"  CAD API key for the department: {key_file}")
     return 0
 
 

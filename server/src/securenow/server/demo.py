@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+from dataclasses import dataclass
 
 from securenow.server.bootstrap import App
 from securenow.server.domain.accounts import Principal, PrincipalKind, User
 from securenow.server.domain.agency import ContactInfo
 from securenow.server.domain.enums import AgencyType, ProviderType, Role, ServiceType, VerificationStatus
-from securenow.server.domain.errors import AlreadyExists, FailedPrecondition
+from securenow.server.domain.errors import AlreadyExists, DomainError, FailedPrecondition
 from securenow.server.domain.geo import LocationInput, Point
 from securenow.server.domain.providers import ProviderDraft
 from securenow.server.settings import Environment
@@ -71,21 +70,25 @@ async def _department(app: App, admin: User) -> str:
     return department.id
 
 
-async def _api_key_file(app: App, admin: User, department_id: str, path: Path) -> None:
-    """Keeps a usable API key for the CAD connector in `path` (mode 600)."""
-    if path.exists():
+async def _usable_key(app: App, admin: User, department_id: str, existing: str | None) -> str:
+    """The existing CAD key if it still authenticates, else a new one."""
+    if existing:
         try:
-            await app.authenticator.authenticate(path.read_text().strip())
-            return
-        except Exception:
-            pass  # revoked or from another database: issue a new one
+            await app.authenticator.authenticate(existing)
+            return existing
+        except DomainError:
+            pass  # revoked, or from another database
     token, _ = await app.agency.issue_key(_as(admin), department_id, "demo CAD connector")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(token + "\n")
-    os.chmod(path, 0o600)
+    return token
 
 
-async def seed_demo(app: App, api_key_file: Path | None = None) -> str:
+@dataclass(frozen=True)
+class DemoData:
+    summary: str
+    cad_api_key: str
+
+
+async def seed_demo(app: App, existing_cad_key: str | None = None) -> DemoData:
     if app.settings.env is Environment.PRODUCTION:
         raise FailedPrecondition("demo data is for development only", reason="PRODUCTION")
     admin = await _account(app, ADMIN_EMAIL, "+15550000001", "Ada", "Admin", Role.ADMIN)
@@ -124,7 +127,4 @@ async def seed_demo(app: App, api_key_file: Path | None = None) -> str:
         f"  provider    {bob.email}  -> {provider.company_name} ({provider.id}), verified, on duty",
         f"  dispatcher  {DISPATCHER_EMAIL}  -> {DEPARTMENT_NAME} ({department_id})",
     ]
-    if api_key_file is not None:
-        await _api_key_file(app, admin, department_id, api_key_file)
-        lines.append(f"  CAD API key for the department: {api_key_file}")
-    return "\n".join(lines)
+    return DemoData("\n".join(lines), await _usable_key(app, admin, department_id, existing_cad_key))
