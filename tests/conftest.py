@@ -55,6 +55,7 @@ def make_settings(**overrides: object) -> Settings:
         "webhook_max_attempts": 3,
         "webhook_base_delay_seconds": 0.2,
         "webhook_timeout_seconds": 2.0,
+        "cors_origins": "http://console.example",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from securenow.server.bootstrap import App
 from securenow.server.settings import Settings
+from securenow.server.transport.grpc_web import GrpcWebGateway
 from securenow.server.transport.http import build_http_app
 from securenow.server.transport.interceptor import CallInterceptor
 from securenow.server.transport.servicers.agency import AgencyServicer
@@ -69,6 +70,7 @@ class Runtime:
         self.http_runner: web.AppRunner | None = None
         self.grpc_port = 0
         self.http_port = 0
+        self.grpc_web = GrpcWebGateway(app.settings.cors_origin_list)
         self._stop_workers = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -126,11 +128,16 @@ class Runtime:
             self.grpc_port = self.grpc_server.add_insecure_port(grpc_addr)
         else:
             self.grpc_port = self.grpc_server.add_secure_port(grpc_addr, credentials)
+        # The embedded gRPC-Web endpoint reaches the same server over loopback, in the clear.
+        loopback_port = self.grpc_server.add_insecure_port("127.0.0.1:0")
         await self.grpc_server.start()
+        self.grpc_web.connect(f"127.0.0.1:{loopback_port}")
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if http_addr is not None:
-            self.http_runner = web.AppRunner(build_http_app(), access_log=None)
+            self.http_runner = web.AppRunner(
+                build_http_app(self.grpc_web, self.app.settings.console_path), access_log=None
+            )
             await self.http_runner.setup()
             sock = socket.create_server(_split(http_addr), reuse_port=False)
             self.http_port = sock.getsockname()[1]
@@ -163,6 +170,7 @@ class Runtime:
             await stopping
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        await self.grpc_web.close()
         self._stop_workers.set()
         if self._workers:
             await asyncio.wait(self._workers, timeout=5)

@@ -10,6 +10,7 @@ import secrets
 import socket
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,12 @@ class Settings(BaseSettings):
     # Off only for replicas that should serve calls and nothing else.
     run_workers: bool = True
 
+    # Origins allowed to call the embedded gRPC-Web endpoint from other sites
+    # (comma-separated; the console served by this server is same-origin and needs none).
+    cors_origins: str = ""
+    # The built dispatcher console served at "/"; empty: clients/web/dist of this checkout.
+    console_dir: str = ""
+
     # Identifies this replica (Redis consumer names, logs); unique per process.
     instance_id: str = ""
 
@@ -120,6 +127,17 @@ class Settings(BaseSettings):
                 if k.strip()
             ]
         return keys
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def console_path(self) -> Path:
+        if self.console_dir:
+            return Path(self.console_dir)
+        # Source checkout: <repo>/server/src/securenow/server/settings.py -> <repo>/clients/web/dist
+        return Path(__file__).resolve().parents[4] / "clients" / "web" / "dist"
 
     @property
     def allow_http_webhooks(self) -> bool:

@@ -1,0 +1,149 @@
+"""The embedded gRPC-Web endpoint, spoken on the wire as a browser would."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import uuid
+from urllib.parse import unquote
+
+import aiohttp
+from google.rpc import error_details_pb2, status_pb2
+
+from securenow.server.runtime import Runtime
+from securenow.v1 import auth_pb2, common_pb2, sos_pb2, users_pb2
+from tests.helpers import PASSWORD, Api, unique_email, unique_phone
+
+GRPC_WEB = "application/grpc-web+proto"
+
+
+def encode(message: bytes) -> bytes:
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def decode(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    messages, trailers, offset = [], {}, 0
+    while offset < len(body):
+        flag, length = struct.unpack_from(">BI", body, offset)
+        payload = body[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    key, _, value = line.partition(":")
+                    trailers[key.strip()] = value.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+async def call(
+    runtime: Runtime, method: str, request: bytes, *, token: str = "", text: bool = False, origin: str = ""
+) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
+    headers = {"Content-Type": "application/grpc-web-text" if text else GRPC_WEB, "X-Grpc-Web": "1"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if origin:
+        headers["Origin"] = origin
+    body = encode(request)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{runtime.http_port}/{method}",
+            data=base64.b64encode(body) if text else body,
+            headers=headers,
+        ) as resp,
+    ):
+        raw = await resp.read()
+        if text:
+            raw = b"".join(base64.b64decode(raw[i : i + 4]) for i in range(0, len(raw), 4))
+        messages, trailers = decode(raw)
+        return resp.status, dict(resp.headers), messages, trailers
+
+
+async def test_unary_call_in_binary_and_text_mode(runtime: Runtime) -> None:
+    signup = auth_pb2.SignUpRequest(
+        email=unique_email(), phone=unique_phone(), first_name="Web", last_name="User", password=PASSWORD
+    )
+    status, headers, messages, trailers = await call(
+        runtime, "securenow.v1.AuthService/SignUp", signup.SerializeToString()
+    )
+    assert status == 200
+    assert headers["Content-Type"] == GRPC_WEB
+    assert trailers["grpc-status"] == "0"
+    created = auth_pb2.SignUpResponse.FromString(messages[0])
+    assert created.user.email == signup.email
+
+    _, headers, messages, trailers = await call(
+        runtime,
+        "securenow.v1.UserService/GetUser",
+        users_pb2.GetUserRequest(user_id="me").SerializeToString(),
+        token=created.access_token,
+        text=True,
+    )
+    assert headers["Content-Type"] == "application/grpc-web-text+proto"
+    assert trailers["grpc-status"] == "0"
+    assert users_pb2.GetUserResponse.FromString(messages[0]).user.id == created.user.id
+
+
+async def test_errors_carry_status_and_rich_details(runtime: Runtime) -> None:
+    bad = auth_pb2.SignUpRequest(email="nope", phone="1", first_name="", last_name="", password="x")
+    _, _, messages, trailers = await call(runtime, "securenow.v1.AuthService/SignUp", bad.SerializeToString())
+    assert messages == []
+    assert trailers["grpc-status"] == "3"  # INVALID_ARGUMENT
+    assert "email" in unquote(trailers["grpc-message"])
+    status = status_pb2.Status.FromString(base64.b64decode(trailers["grpc-status-details-bin"]))
+    violations = error_details_pb2.BadRequest()
+    assert any(d.Unpack(violations) for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    assert {v.field for v in violations.field_violations} >= {"email", "phone", "password"}
+
+    _, _, _, trailers = await call(
+        runtime, "securenow.v1.UserService/GetUser", users_pb2.GetUserRequest(user_id="me").SerializeToString()
+    )
+    assert trailers["grpc-status"] == "16"  # UNAUTHENTICATED: the same authentication as native gRPC
+
+    _, _, _, trailers = await call(runtime, "securenow.v1.SosService/ShareLocation", b"")
+    assert trailers["grpc-status"] == "12"  # UNIMPLEMENTED: browsers cannot stream from the client
+
+
+async def test_server_streaming_watch_over_grpc_web(runtime: Runtime, api: Api) -> None:
+    person = await api.sign_up()
+    raised = await api.sos.RaiseSos(
+        sos_pb2.RaiseSosRequest(
+            request_id=str(uuid.uuid4()),
+            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
+        ),
+        metadata=person.md,
+    )
+    headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}"}
+    body = encode(sos_pb2.WatchSosRequest(alert_id=raised.alert.id).SerializeToString())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.SosService/WatchSos", data=body, headers=headers
+        ) as resp,
+    ):
+        header = await resp.content.readexactly(5)
+        _, length = struct.unpack(">BI", header)
+        first = sos_pb2.WatchSosResponse.FromString(await resp.content.readexactly(length))
+        assert first.event == "snapshot"
+        await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=raised.alert.id), metadata=person.md)
+        messages, trailers = decode(await resp.content.read())
+    assert [sos_pb2.WatchSosResponse.FromString(m).event for m in messages] == ["cancelled"]
+    assert trailers["grpc-status"] == "0"
+
+
+async def test_cors_only_for_configured_origins(runtime: Runtime) -> None:
+    url = f"http://127.0.0.1:{runtime.http_port}/securenow.v1.AuthService/SignIn"
+    preflight = {"Origin": "http://console.example", "Access-Control-Request-Method": "POST"}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(url, headers=preflight) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "http://console.example"
+            assert "authorization" in resp.headers["Access-Control-Allow-Headers"]
+        async with http.options(url, headers={**preflight, "Origin": "http://evil.example"}) as resp:
+            assert resp.status == 403
+            assert "Access-Control-Allow-Origin" not in resp.headers
+    _, headers, _, _ = await call(runtime, "securenow.v1.AuthService/SignIn", b"", origin="http://console.example")
+    assert headers["Access-Control-Allow-Origin"] == "http://console.example"
+    assert "grpc-status" in headers["Access-Control-Expose-Headers"]
