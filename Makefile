@@ -1,7 +1,7 @@
 # SecureNow developer commands. The two that matter:
 #   make run    set up this machine and run everything (server, gRPC-Web, console)
 #   make test   every check and test (what CI runs)
-.PHONY: run test gen lint fmt bootstrap clean
+.PHONY: run test gen lint fmt bootstrap clean bench chaos
 
 run:
 	scripts/run.sh
@@ -11,6 +11,14 @@ test:
 
 bootstrap:
 	scripts/bootstrap.sh
+
+# Benchmarks (bench/README.md): prints a table, writes bench/results/*.json.
+bench: bootstrap
+	.venv/bin/python -m bench.run
+
+# Fault tests at full size: 1000-alert bursts across SIGKILL, Redis and PostgreSQL outages.
+chaos: bootstrap
+	SECURENOW_CHAOS_RAISES=1000 .venv/bin/pytest -s -q tests/test_faults.py
 
 gen: bootstrap
 	.venv/bin/python scripts/gen_protos.py

@@ -1,9 +1,15 @@
-"""Nothing that got OK is lost: server processes killed with SIGKILL, Redis killed and
-restarted empty. Real processes, their own database and their own Redis."""
+"""Chaos: nothing that got OK is lost. Server processes killed with SIGKILL, Redis
+killed and restarted empty, PostgreSQL cut off, a CAD connection cut mid-burst.
+Real processes, their own database, their own Redis, real TCP proxies.
+
+SECURENOW_CHAOS_RAISES sets the size of the bursts (200 in the regular suite;
+`make chaos` runs 1000). Each test prints what it counted."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
@@ -18,9 +24,11 @@ from tests.conftest import DATABASE_URL, recreate_database
 from tests.dispatch_helpers import SF, Cad, location, register_department
 from tests.helpers import PASSWORD, Account, Api, unique_email
 from tests.processes import VENV_BIN, RedisProcess, ServerProcess
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
+RAISES = int(os.environ.get("SECURENOW_CHAOS_RAISES", "200"))
 FAULTS_DB = urlunsplit(urlsplit(DATABASE_URL)._replace(path=urlsplit(DATABASE_URL).path + "_faults"))
 
 
@@ -69,13 +77,16 @@ async def accounts(server: ServerProcess, channel: grpc.aio.Channel) -> tuple[Ap
 
 async def raise_with_retries(
     sos: sos_pb2_grpc.SosServiceStub, person: Account, request_id: str, within: float = 60.0
-) -> sos_pb2.SosAlert:
-    """What the phone app does: retry with the same request_id until OK."""
+) -> tuple[sos_pb2.SosAlert, int]:
+    """What the phone app does: retry with the same request_id until OK. Returns the
+    alert and how many attempts it took."""
     deadline = asyncio.get_running_loop().time() + within
+    attempts = 0
     while True:
+        attempts += 1
         try:
             req = sos_pb2.RaiseSosRequest(request_id=request_id, location=location(SF), description=request_id[:8])
-            return (await sos.RaiseSos(req, metadata=person.md, timeout=5)).alert
+            return (await sos.RaiseSos(req, metadata=person.md, timeout=5)).alert, attempts
         except grpc.aio.AioRpcError as err:
             if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
@@ -94,7 +105,7 @@ async def test_sigkill_between_commit_and_publish_loses_nothing(
     async with grpc.aio.insecure_channel(api_only.address) as ch:
         api, admin, person = await accounts(api_only, ch)
         dept = await register_department(api, admin, SF)
-        alerts = [await raise_with_retries(api.sos, person, str(uuid.uuid4())) for _ in range(5)]
+        alerts = [(await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0] for _ in range(5)]
     conn = await asyncpg.connect(faults_db)
     try:
         unpublished = await conn.fetchval(
@@ -117,7 +128,7 @@ async def test_sigkill_between_commit_and_publish_loses_nothing(
             await cad.close()
 
 
-async def test_server_killed_mid_stream_loses_no_acknowledged_raise(
+async def test_server_killed_mid_burst_loses_no_acknowledged_raise(
     faults_db: str, redis_proc: RedisProcess, servers
 ) -> None:  # type: ignore[no-untyped-def]
     port = ServerProcess(faults_db, redis_proc.url).port
@@ -129,24 +140,30 @@ async def test_server_killed_mid_stream_loses_no_acknowledged_raise(
         dept = await register_department(api, admin, SF)
 
     ok: dict[str, str] = {}  # request_id -> alert id, for every raise that got OK
-    request_ids = [str(uuid.uuid4()) for _ in range(40)]
-    ten_done = asyncio.Event()
+    request_ids = [str(uuid.uuid4()) for _ in range(RAISES)]
+    retries = 0
+    a_third_done = asyncio.Event()
 
-    async def phone() -> None:
+    async def phone(ids: list[str]) -> None:
+        nonlocal retries
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             sos = sos_pb2_grpc.SosServiceStub(ch)
-            for rid in request_ids:
-                ok[rid] = (await raise_with_retries(sos, person, rid)).id
-                if len(ok) == 10:
-                    ten_done.set()
+            for rid in ids:
+                alert, attempts = await raise_with_retries(sos, person, rid)
+                ok[rid] = alert.id
+                retries += attempts - 1
+                if len(ok) >= RAISES // 3:
+                    a_third_done.set()
 
-    raising = asyncio.create_task(phone())
-    await asyncio.wait_for(ten_done.wait(), 60)
-    await first.kill()  # SIGKILL while the phone is raising
+    phones = 8
+    raising = asyncio.gather(*(phone(request_ids[i::phones]) for i in range(phones)))
+    await asyncio.wait_for(a_third_done.wait(), 120)
+    await first.kill()  # SIGKILL while the phones are raising
+    killed_at = len(ok)
     second = ServerProcess(faults_db, redis_proc.url, port=port)
     servers.append(second)
     await second.start()
-    await asyncio.wait_for(raising, 120)
+    await asyncio.wait_for(raising, 300)
     assert len(ok) == len(request_ids)
 
     async with grpc.aio.insecure_channel(second.address) as ch:
@@ -154,24 +171,32 @@ async def test_server_killed_mid_stream_loses_no_acknowledged_raise(
         try:
             delivered: list[str] = []
             seen_events: set[str] = set()
-            while set(delivered) != set(ok.values()):
-                msg = await cad.next_event("alert_raised", within=20)
+            duplicates = 0
+            while len(set(delivered)) < len(ok):
+                msg = await cad.next_event("alert_raised", within=30)
                 if msg.event_id in seen_events:
-                    continue  # a CAD deduplicates by event id
+                    duplicates += 1  # a redelivery: the CAD deduplicates by event id
+                    continue
                 seen_events.add(msg.event_id)
                 delivered.append(msg.alert_raised.alert.id)
-            assert len(delivered) == len(set(delivered))  # one alert per request id: no duplicates
-            assert delivered == [ok[rid] for rid in request_ids]  # in the order they were raised
+                cad.ack(msg.event_id)
         finally:
             await cad.close()
     conn = await asyncpg.connect(faults_db)
     try:
-        count = await conn.fetchval(
+        stored = await conn.fetchval(
             "SELECT count(*) FROM sos_alerts WHERE id = ANY($1::uuid[])", [uuid.UUID(a) for a in ok.values()]
         )
-        assert count == len(request_ids)
+        total = await conn.fetchval("SELECT count(*) FROM sos_alerts")
     finally:
         await conn.close()
+    print(
+        f"\nkill -9 mid-burst: {len(ok)} raises OK ({killed_at} before the kill, {retries} client retries), "
+        f"{stored} in Postgres, {total} alerts in total, {len(delivered)} delivered once after dedup "
+        f"({duplicates} redeliveries dropped by event id)"
+    )
+    assert stored == total == len(request_ids)  # every OK alert stored, none twice
+    assert len(delivered) == len(set(delivered)) == len(request_ids)  # each delivered, once after dedup
 
 
 async def test_redis_outage_keeps_raise_working_and_delivery_resumes(
@@ -185,7 +210,7 @@ async def test_redis_outage_keeps_raise_working_and_delivery_resumes(
         dept = await register_department(api, admin, SF)
         cad = Cad(ch, dept.api_key)
         try:
-            before = await raise_with_retries(api.sos, person, str(uuid.uuid4()))
+            before, _ = await raise_with_retries(api.sos, person, str(uuid.uuid4()))
             assert (await cad.next_event("alert_raised")).alert_raised.alert.id == before.id
 
             redis_proc.kill()
@@ -205,3 +230,111 @@ async def test_redis_outage_keeps_raise_working_and_delivery_resumes(
                     seen.add(msg.alert_raised.alert.id)
         finally:
             await cad.close()
+
+
+async def test_postgres_outage_answers_unavailable_and_recovers(
+    faults_db: str, redis_proc: RedisProcess, servers
+) -> None:  # type: ignore[no-untyped-def]
+    host, port = urlsplit(faults_db).hostname or "127.0.0.1", urlsplit(faults_db).port or 5432
+    proxy = await TcpProxy(host, port).start()
+    through_proxy = urlunsplit(urlsplit(faults_db)._replace(netloc=f"securenow:securenow@127.0.0.1:{proxy.port}"))
+    server = ServerProcess(through_proxy, redis_proc.url, SECURENOW_DB_ACQUIRE_TIMEOUT_SECONDS="2")
+    servers.append(server)
+    try:
+        await server.start()
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            api, _, person = await accounts(server, ch)
+            ok: list[str] = []
+            outcomes: dict[str, int] = {}
+
+            async def attempt() -> None:
+                req = sos_pb2.RaiseSosRequest(request_id=str(uuid.uuid4()), location=location(SF))
+                try:
+                    ok.append((await api.sos.RaiseSos(req, metadata=person.md, timeout=5)).alert.id)
+                    outcomes["OK"] = outcomes.get("OK", 0) + 1
+                except grpc.aio.AioRpcError as err:
+                    outcomes[err.code().name] = outcomes.get(err.code().name, 0) + 1
+
+            await attempt()
+            assert outcomes == {"OK": 1}
+            await proxy.cut()  # PostgreSQL is gone for the server
+            outcomes.clear()
+            for _ in range(20):
+                await attempt()
+            during = dict(outcomes)
+            assert "OK" not in during  # never OK without a commit
+            assert set(during) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+            await proxy.restore()
+            restored = time.monotonic()
+            outcomes.clear()
+            while "OK" not in outcomes:
+                await attempt()
+                assert time.monotonic() - restored < 10, f"not recovered within 10 s: {outcomes}"
+            recovery = time.monotonic() - restored
+        conn = await asyncpg.connect(faults_db)
+        try:
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM sos_alerts WHERE id = ANY($1::uuid[])", [uuid.UUID(a) for a in ok]
+            )
+        finally:
+            await conn.close()
+        print(
+            f"\npostgres outage: during it {during}; first OK {recovery:.2f} s after it returned; "
+            f"{stored}/{len(ok)} OK alerts stored"
+        )
+        assert stored == len(ok)
+    finally:
+        await proxy.close()
+
+
+async def test_cad_connection_cut_mid_burst_resumes_everything_in_order(
+    faults_db: str, redis_proc: RedisProcess, servers
+) -> None:  # type: ignore[no-untyped-def]
+    server = ServerProcess(faults_db, redis_proc.url)
+    servers.append(server)
+    await server.start()
+    proxy = await TcpProxy("127.0.0.1", server.port).start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            api, admin, person = await accounts(server, ch)
+            dept = await register_department(api, admin, SF)
+            raised: list[str] = []
+
+            async def burst() -> None:
+                for _ in range(RAISES):
+                    raised.append((await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id)
+
+            raising = asyncio.create_task(burst())
+            received: list[str] = []
+            seen: set[str] = set()
+            last_acked = ""
+            cuts = 0
+            while len(received) < RAISES:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as cad_ch:
+                    cad = Cad(cad_ch, dept.api_key, resume_after=last_acked)
+                    try:
+                        while len(received) < RAISES:
+                            if cuts == 0 and len(received) >= RAISES // 3:
+                                cuts += 1
+                                await proxy.cut()  # the CAD's network drops mid-burst
+                                await proxy.restore()
+                            try:
+                                msg = await cad.next_event("alert_raised", within=5)
+                            except AssertionError:
+                                if cad.ended.is_set():
+                                    break  # disconnected: reconnect with the cursor
+                                raise
+                            if msg.event_id not in seen:
+                                seen.add(msg.event_id)
+                                received.append(msg.alert_raised.alert.id)
+                            cad.ack(msg.event_id)
+                            last_acked = msg.event_id
+                    finally:
+                        await cad.close()
+            await raising
+        print(f"\nCAD cut mid-burst: {len(raised)} raised, {len(received)} received after {cuts} cut(s), in order")
+        assert cuts == 1
+        assert received == raised  # everything, in the order raised, nothing twice
+    finally:
+        await proxy.close()

@@ -1,0 +1,353 @@
+"""SecureNow benchmarks: `make bench` (or `.venv/bin/python -m bench.run`).
+
+Starts the server as its own process on a fresh database, drives it from separate
+load-generator processes, measures each figure next to its raw limit (an empty
+grpc.aio handler, a bare insert+commit loop, redis-benchmark), prints a table and
+writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+
+from bench import loadgen, raw_limits, stack
+from securenow.v1 import common_pb2, sos_pb2, sos_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CTX = multiprocessing.get_context("spawn")
+TARGETS = {
+    "delivery_p50_ms_at_200": 5.0,
+    "delivery_p99_ms_at_200": 20.0,
+    "location_updates_per_s": 20_000.0,
+    "open_streams": 10_000.0,
+    "open_streams_memory_gib": 2.0,
+    "nearby_p99_ms": 5.0,
+    "unary_read_ratio": 0.70,
+}
+
+
+def spawn(fn: Any, *args: Any) -> tuple[multiprocessing.Process, Any]:
+    queue = CTX.Queue()
+    proc = CTX.Process(target=loadgen.run, args=(fn, queue, *args), daemon=True)
+    proc.start()
+    return proc, queue
+
+
+def collect(procs: list[tuple[multiprocessing.Process, Any]], timeout: float = 900) -> list[dict[str, Any]]:
+    results = []
+    for proc, queue in procs:
+        result = queue.get(timeout=timeout)
+        proc.join(timeout=30)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        results.append(result)
+    return results
+
+
+def cells() -> list[tuple[float, float]]:
+    return [stack.cell_center(i) for i in range(100)]
+
+
+# Scenarios ---------------------------------------------------------------------------------
+
+
+def grpc_empty_limit(seconds: float, clients: int, concurrency: int) -> dict[str, Any]:
+    port = stack.free_port()
+    start = time.time() + 3
+    end = start + seconds
+    server = spawn(loadgen.empty_server, port, end + 2)
+    time.sleep(1)
+    load = [spawn(loadgen.empty_client, f"127.0.0.1:{port}", concurrency, start, end) for _ in range(clients)]
+    calls = sum(r["calls"] for r in collect(load))
+    collect([server])
+    return {"qps": calls / seconds}
+
+
+def delivery_latency(server: stack.Server, fx: stack.Fixtures, rate: float, seconds: float) -> dict[str, Any]:
+    start = time.time() + 6  # streams connect first
+    end = start + seconds
+    cad = spawn(loadgen.cad_consumers, server.address, fx.departments, start, end, start)
+    raisers = [
+        spawn(loadgen.raise_open_loop, server.address, fx.people, cells(), stack.GRID_STEP / 2, rate / 2, start, end)
+        for _ in range(2)
+    ]
+    sent = collect(raisers)
+    (delivered,) = collect([cad])
+    return {
+        "rate_per_s": rate,
+        "cad_streams": delivered["streams"],
+        "raised_ok": sum(r["ok"] for r in sent),
+        "raise_failed": sum(r["failed"] for r in sent),
+        "delivered": delivered["delivered"],
+        "p50_ms": delivered["p50_ms"],
+        "p99_ms": delivered["p99_ms"],
+        "max_ms": delivered["max_ms"],
+    }
+
+
+def raise_throughput(server: stack.Server, fx: stack.Fixtures, seconds: float, concurrency: int) -> dict[str, Any]:
+    start = time.time() + 2
+    end = start + seconds
+    procs = [
+        spawn(
+            loadgen.raise_closed_loop, server.address, fx.people, cells(), stack.GRID_STEP / 2, concurrency, start, end
+        )
+        for _ in range(2)
+    ]
+    out = collect(procs)
+    ok = sum(r["ok"] for r in out)
+    return {
+        "alerts_per_s": ok / seconds,
+        "failed": sum(r["failed"] for r in out),
+        "concurrency": 2 * concurrency,
+        "p50_ms": max(r["p50_ms"] for r in out),
+        "p99_ms": max(r["p99_ms"] for r in out),
+    }
+
+
+async def raise_alerts(server: stack.Server, tokens: list[str], per_person: int) -> list[list[str]]:
+    """Open alerts per person (for ShareLocation, WatchSos and GetSosAlert)."""
+    out: list[list[str]] = []
+    async with grpc.aio.insecure_channel(server.address) as ch:
+        sos = sos_pb2_grpc.SosServiceStub(ch)
+        for token in tokens:
+            ids = []
+            for _ in range(per_person):
+                lat, lng = random.choice(cells())
+                resp = await sos.RaiseSos(
+                    sos_pb2.RaiseSosRequest(
+                        request_id=str(uuid.uuid4()),
+                        location=common_pb2.Location(point=common_pb2.LatLng(latitude=lat, longitude=lng)),
+                    ),
+                    metadata=loadgen.md(token),
+                )
+                ids.append(resp.alert.id)
+            out.append(ids)
+    return out
+
+
+def location_ingest(server: stack.Server, tokens: list[str], alerts: list[str], seconds: float) -> dict[str, Any]:
+    start = time.time() + 2
+    end = start + seconds
+    half = len(tokens) // 2
+    procs = [
+        spawn(loadgen.share_location, server.address, tokens[:half], alerts[:half], 50, start, end),
+        spawn(loadgen.share_location, server.address, tokens[half:], alerts[half:], 50, start, end),
+    ]
+    accepted = sum(r["accepted"] for r in collect(procs))
+    return {"updates_per_s": accepted / seconds, "streams": len(tokens)}
+
+
+def unary_reads(
+    server: stack.Server, token: str, kind: str, ids: list[str], seconds: float, concurrency: int
+) -> dict[str, Any]:
+    start = time.time() + 2
+    end = start + seconds
+    procs = [spawn(loadgen.unary_reads, server.address, token, kind, ids, concurrency, start, end) for _ in range(2)]
+    out = collect(procs)
+    return {"qps": sum(r["calls"] for r in out) / seconds, "errors": sum(r["errors"] for r in out)}
+
+
+async def populate_providers(n: int) -> list[str]:
+    """n verified providers in Postgres, all on duty in Redis (bench data, inserted directly)."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    conn = await asyncpg.connect(stack.DATABASE_URL)
+    try:
+        pricing = json.dumps(
+            {"rates": {"security_guard": {"currency_code": "USD", "amount": "40"}}, "minimum_hours": 1}
+        )
+        await conn.copy_records_to_table(
+            "providers",
+            columns=["id", "company_name", "business_type", "verification_status", "pricing_info"],
+            records=[(i, f"Bench Guards {k}", "security_guard", "verified", pricing) for k, i in enumerate(ids)],
+        )
+    finally:
+        await conn.close()
+    r = aioredis.Redis.from_url(stack.REDIS_URL)
+    now = time.time()
+    for chunk in range(0, n, 10_000):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in ids[chunk : chunk + 10_000]:
+                pipe.geoadd(
+                    "providers:locations", (random.uniform(-122.45, -121.55), random.uniform(37.05, 37.95), str(i))
+                )
+                pipe.zadd("providers:last_seen", {str(i): now})
+            await pipe.execute()
+    await r.aclose()
+    return [str(i) for i in ids]
+
+
+def open_streams(server: stack.Server, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    before = server.rss_bytes()
+    report = CTX.Queue()
+    hold_until = time.time() + 900
+    proc = spawn(loadgen.hold_watch_streams, server.address, pairs, 20, hold_until, report)
+    opened = report.get(timeout=900)
+    time.sleep(2)  # let the server settle before reading its memory
+    after = server.rss_bytes()
+    proc[0].terminate()
+    return {
+        "streams": opened["opened"],
+        "failed": opened["failed"],
+        "rss_before_mib": before / 2**20,
+        "rss_after_mib": after / 2**20,
+        "kib_per_stream": (after - before) / max(opened["opened"], 1) / 1024,
+    }
+
+
+# Orchestration -------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    seconds = args.seconds
+    out: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"seconds_per_measurement": seconds, "servers": 1},
+    }
+    await stack.fresh_database()
+    print("raw limits ...", flush=True)
+    out["raw"] = {
+        "grpc_empty_handler": grpc_empty_limit(seconds, clients=2, concurrency=64),
+        "postgres_insert_commit_1_conn": await raw_limits.postgres_insert_commit(
+            stack.DATABASE_URL, connections=1, seconds=seconds
+        ),
+        "postgres_insert_commit_32_conn": await raw_limits.postgres_insert_commit(
+            stack.DATABASE_URL, connections=32, seconds=seconds
+        ),
+    }
+    server = await stack.start_server()
+    try:
+        print("fixtures ...", flush=True)
+        fx = await stack.create_fixtures(server, departments=100, people=60)
+        out["delivery"] = []
+        for rate in args.rates:
+            print(f"SOS delivery at {rate}/s ...", flush=True)
+            out["delivery"].append(delivery_latency(server, fx, rate, seconds))
+        print("RaiseSos throughput ...", flush=True)
+        out["raise_throughput"] = raise_throughput(server, fx, seconds, concurrency=32)
+        alerts = await raise_alerts(server, fx.people, per_person=1)
+        print("location ingestion ...", flush=True)
+        out["location_ingest"] = location_ingest(server, fx.people, [a[0] for a in alerts], seconds)
+        print("unary reads ...", flush=True)
+        own = await raise_alerts(server, fx.people[:1], per_person=50)
+        out["unary_get_sos_alert"] = unary_reads(server, fx.people[0], "GetSosAlert", own[0], seconds, 64)
+        print(f"nearby search with {args.providers} on-duty providers ...", flush=True)
+        provider_ids = await populate_providers(args.providers)
+        out["unary_get_provider"] = unary_reads(server, fx.people[0], "GetProvider", provider_ids[:1000], seconds, 64)
+        (nearby,) = collect([spawn(loadgen.nearby_latency, server.address, fx.people[0], 2000)])
+        out["nearby"] = {"providers": args.providers, **nearby}
+        print(f"{args.streams} open streams ...", flush=True)
+        pairs = [(fx.people[i % len(fx.people)], alerts[i % len(fx.people)][0]) for i in range(args.streams)]
+        out["open_streams"] = open_streams(server, pairs)
+        out["redis_benchmark_rps"] = raw_limits.redis_benchmark(stack.REDIS_URL)
+    finally:
+        server.stop()
+    out["finished"] = datetime.now(UTC).isoformat()
+    out["vs_targets"] = versus_targets(out)
+    return out
+
+
+def versus_targets(r: dict[str, Any]) -> dict[str, Any]:
+    at200 = next((d for d in r["delivery"] if d["rate_per_s"] == 200), None)
+    empty = r["raw"]["grpc_empty_handler"]["qps"]
+    read_qps = min(r["unary_get_sos_alert"]["qps"], r["unary_get_provider"]["qps"])
+    streams = r["open_streams"]
+    memory_gib = streams["rss_after_mib"] / 1024
+    rows = {
+        "delivery_p50_ms_at_200": (at200["p50_ms"] if at200 else None, "<="),
+        "delivery_p99_ms_at_200": (at200["p99_ms"] if at200 else None, "<="),
+        "location_updates_per_s": (r["location_ingest"]["updates_per_s"], ">="),
+        "open_streams": (streams["streams"], ">="),
+        "open_streams_memory_gib": (memory_gib, "<="),
+        "nearby_p99_ms": (r["nearby"]["p99_ms"], "<="),
+        "unary_read_ratio": (read_qps / empty if empty else None, ">="),
+    }
+    out = {}
+    for name, (value, sense) in rows.items():
+        target = TARGETS[name]
+        met = value is not None and (value <= target if sense == "<=" else value >= target)
+        out[name] = {
+            "value": value,
+            "target": target,
+            "met": met,
+            "ratio_to_target": (value / target) if value is not None else None,
+        }
+    return out
+
+
+def print_table(r: dict[str, Any]) -> None:
+    raw = r["raw"]
+    print()
+    print(f"{'measurement':58} {'value':>14}   raw limit / target")
+    print("-" * 100)
+    for d in r["delivery"]:
+        print(
+            f"SOS raise->CAD delivery at {d['rate_per_s']:.0f}/s, {d['cad_streams']} CAD streams (p50/p99/max ms)"
+            f"{'':2} {d['p50_ms']:6.1f}/{d['p99_ms']:.1f}/{d['max_ms']:.0f}"
+            f"   delivered {d['delivered']}/{d['raised_ok']}"
+        )
+    t = r["raise_throughput"]
+    pg1, pg32 = raw["postgres_insert_commit_1_conn"], raw["postgres_insert_commit_32_conn"]
+    print(
+        f"{'RaiseSos sustained throughput (alerts/s, durable)':58} {t['alerts_per_s']:14.0f}   "
+        f"insert+commit: {pg1['rows_per_s']:.0f}/s (1 conn), {pg32['rows_per_s']:.0f}/s (32 conns)"
+    )
+    print(f"{'ShareLocation updates ingested (/s)':58} {r['location_ingest']['updates_per_s']:14.0f}   target 20000")
+    s = r["open_streams"]
+    print(
+        f"{'open WatchSos streams in one process':58} {s['streams']:14d}   "
+        f"RSS {s['rss_after_mib']:.0f} MiB, {s['kib_per_stream']:.1f} KiB/stream (target 10000 < 2 GiB)"
+    )
+    n = r["nearby"]
+    print(
+        f"{'nearest providers, ' + str(n['providers']) + ' on duty (p50/p99 ms)':58} "
+        f"{n['p50_ms']:7.2f}/{n['p99_ms']:.2f}   redis GEOSEARCH {r['redis_benchmark_rps'].get('GEOSEARCH', 0):.0f}/s"
+    )
+    empty = raw["grpc_empty_handler"]["qps"]
+    for key, label in (("unary_get_sos_alert", "GetSosAlert"), ("unary_get_provider", "GetProvider")):
+        q = r[key]["qps"]
+        print(f"{'unary ' + label + ' QPS':58} {q:14.0f}   empty handler {empty:.0f} ({q / empty:.0%})")
+    print(
+        f"{'redis-benchmark (requests/s)':58} {'':14}   "
+        + ", ".join(f"{k} {v:.0f}" for k, v in r["redis_benchmark_rps"].items())
+    )
+    print()
+    for name, v in r["vs_targets"].items():
+        value = "n/a" if v["value"] is None else f"{v['value']:.3g}"
+        print(f"  target {name:28} {value:>10} vs {v['target']:<8g} {'met' if v['met'] else 'MISSED'}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0, 500.0])
+    parser.add_argument("--providers", type=int, default=100_000)
+    parser.add_argument("--streams", type=int, default=10_000)
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    print_table(result)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"bench-{stamp}.json", "latest.json"):
+        (RESULTS / name).write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwritten: bench/results/bench-{stamp}.json")
+
+
+if __name__ == "__main__":
+    cli()
