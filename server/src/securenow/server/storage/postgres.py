@@ -55,6 +55,12 @@ def translate_unavailable(exc: BaseException) -> Unavailable | None:
     return None
 
 
+async def _keep_session(conn: Conn) -> None:
+    """Connection release without the default RESET ALL / UNLISTEN / advisory unlock
+    round trip: pooled connections never carry session state here (no LISTEN, no session
+    advisory locks, no session SETs), and asyncpg still rolls back an open transaction."""
+
+
 async def _init_connection(conn: Conn) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -73,6 +79,7 @@ class Database:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 command_timeout=30,
                 max_inactive_connection_lifetime=300,
             )
