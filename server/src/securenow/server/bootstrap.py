@@ -72,7 +72,7 @@ class App:
         api_keys = OpaqueSecretCodec(API_KEY_PREFIX, settings.derived_key("api-key"))
         ack_timeout = timedelta(seconds=settings.ack_timeout_seconds)
         dispatch = DispatchService(db, Router(live), default_ack_timeout=ack_timeout)
-        sos = SosService(db, live, dispatch, unrouted_timeout=ack_timeout)
+        sos = SosService(db, live, dispatch)
         authenticator = Authenticator(
             db, live, access_tokens, api_keys, session_cache_ttl=settings.session_cache_ttl_seconds
         )

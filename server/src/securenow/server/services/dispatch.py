@@ -12,10 +12,10 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, IncidentStatus, SosStatus
 from securenow.server.domain.errors import FailedPrecondition, NotFound, PermissionDenied
 from securenow.server.domain.paging import page_request
-from securenow.server.domain.sos import PoliceIncident, SosAlert, check_incident_step, raised_priority
+from securenow.server.domain.sos import PoliceIncident, SosAlert, ValidRaise, check_incident_step, raised_priority
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services import sos_events
-from securenow.server.services.routing import Router
+from securenow.server.services.routing import Route, Router
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.postgres import Database, UnitOfWork
 
@@ -36,6 +36,35 @@ class DispatchService:
         self._default_timeout = default_ack_timeout
 
     # Routing ----------------------------------------------------------------------
+
+    async def open_alert(
+        self, uow: UnitOfWork, alert_id: str, user_id: str, raise_: ValidRaise
+    ) -> tuple[SosAlert, PoliceIncident | None]:
+        """Stores a new alert already routed: one write for the alert, one for its
+        incident, one event. Without a location fix it waits unassigned; the first shared
+        fix routes it (or the sweeper, once the deadline passes)."""
+        route = Route(None, False)
+        if raise_.location is not None:
+            route = await self._router.choose(uow, raise_.location.point, [])
+            if route.agency is None:
+                log.warning("no agency can take the alert raised at %s", raise_.location.point)
+        agency = route.agency
+        timeout = timedelta(seconds=agency.ack_timeout_seconds) if agency else self._default_timeout
+        alert = await uow.sos.insert_alert(
+            alert_id,
+            user_id,
+            location=raise_.location,
+            description=raise_.description,
+            priority=raise_.priority,
+            incident_type=raise_.incident_type,
+            metadata=raise_.metadata,
+            assigned_agency_id=agency.department_id if agency else None,
+            outside_jurisdiction=route.outside_jurisdiction if raise_.location is not None else False,
+            escalate_at=datetime.now(UTC) + timeout,
+        )
+        incident = await uow.sos.insert_incident(str(uuid.uuid4()), alert, agency.department_id) if agency else None
+        await sos_events.alert_raised(uow, alert, incident)
+        return alert, incident
 
     async def assign(
         self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str

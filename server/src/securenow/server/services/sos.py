@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.enums import IncidentStatus, SosStatus
@@ -35,13 +35,10 @@ def can_read(principal: Principal, alert: SosAlert) -> bool:
 
 
 class SosService:
-    def __init__(
-        self, db: Database, live: LiveState, dispatch: DispatchService, *, unrouted_timeout: timedelta
-    ) -> None:
+    def __init__(self, db: Database, live: LiveState, dispatch: DispatchService) -> None:
         self._db = db
         self._live = live
         self._dispatch = dispatch
-        self._unrouted_timeout = unrouted_timeout
 
     async def _readable(self, uow: UnitOfWork, principal: Principal, alert_id: str) -> SosAlert:
         alert = await uow.sos.get_alert(alert_id)
@@ -58,23 +55,7 @@ class SosService:
             prior = await replayed_resource(uow, caller, "RaiseSos", key, new_id)
             if prior is not None:
                 return await self._readable(uow, caller, prior)
-            alert = await uow.sos.insert_alert(
-                new_id,
-                caller.user_id,
-                location=valid.location,
-                description=valid.description,
-                priority=valid.priority,
-                incident_type=valid.incident_type,
-                metadata=valid.metadata,
-            )
-            if alert.location is not None:
-                alert, _ = await self._dispatch.assign(uow, alert, passed=[], reason="raised")
-            else:
-                # Routed when the first fix arrives (ShareLocation) or, failing that, by the
-                # escalation sweeper once the deadline passes.
-                alert = await uow.sos.save_alert(replace(alert, escalate_at=datetime.now(UTC) + self._unrouted_timeout))
-            if alert.assigned_agency_id is None:
-                await sos_events.alert_raised(uow, alert, None)  # still announced on sos:emergency
+            alert, _ = await self._dispatch.open_alert(uow, new_id, caller.user_id, valid)
             await uow.audit.record(
                 caller,
                 AuditEntry(

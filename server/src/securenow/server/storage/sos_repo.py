@@ -98,13 +98,16 @@ class SosRepo:
         priority: AlertPriority,
         incident_type: IncidentType,
         metadata: dict[str, str],
+        assigned_agency_id: str | None,
+        outside_jurisdiction: bool,
+        escalate_at: datetime,
     ) -> SosAlert:
         lng, lat = (location.point.longitude, location.point.latitude) if location else (None, None)
         row = await self.conn.fetchrow(
             f"""INSERT INTO sos_alerts AS a (id, user_id, location_data, location, description, priority,
-                    incident_type, metadata)
+                    incident_type, metadata, assigned_agency, outside_jurisdiction, escalate_at)
                 VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
-                        $6, $7, $8, $9)
+                        $6, $7, $8, $9, $10, $11, $12)
                 RETURNING {ALERT_COLUMNS}""",
             alert_id,
             user_id,
@@ -115,6 +118,9 @@ class SosRepo:
             priority.value,
             incident_type.value,
             metadata,
+            assigned_agency_id,
+            outside_jurisdiction,
+            escalate_at,
         )
         return alert_from_row(must(row))
 
