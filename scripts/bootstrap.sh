@@ -3,7 +3,8 @@
 # PostgreSQL and Redis, the development database role, the Python virtualenv and the
 # npm tools. Idempotent: every step checks first and only does what is missing.
 #
-#   scripts/bootstrap.sh            everything needed to run and test the server
+#   scripts/bootstrap.sh            everything needed to run and test the server and
+#                                   build the dispatcher console (clients/web)
 #   scripts/bootstrap.sh --browser  also Chromium (for the browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,4 +80,12 @@ if [ ! -x node_modules/.bin/buf ] || [ package-lock.json -nt node_modules/.stamp
   say "installing npm tools (buf)"
   npm ci --silent --no-audit --no-fund
   touch node_modules/.stamp
+fi
+
+# 6. Dispatcher console npm dependencies (clients/web: connect-web, protobuf-es,
+#    protoc-gen-es, buf, esbuild, typescript), reinstalled when its lock file changes.
+if [ ! -x clients/web/node_modules/.bin/esbuild ] || [ clients/web/package-lock.json -nt clients/web/node_modules/.stamp ]; then
+  say "installing the console's npm dependencies (clients/web)"
+  (cd clients/web && npm ci --silent --no-audit --no-fund)
+  touch clients/web/node_modules/.stamp
 fi

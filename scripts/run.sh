@@ -20,13 +20,18 @@ export SECURENOW_GRPC_ADDR=${SECURENOW_GRPC_ADDR:-127.0.0.1:50051}
 export SECURENOW_HTTP_ADDR=${SECURENOW_HTTP_ADDR:-127.0.0.1:8080}
 
 .venv/bin/python scripts/gen_protos.py
+# The dispatcher console (clients/web/dist), served by the HTTP listener at "/".
+(cd clients/web && npm run --silent build)
 .venv/bin/securenow migrate
 .venv/bin/securenow seed-demo --api-key-file var/demo-cad.key | tee var/demo.txt
 
 cat <<BANNER
 
   SecureNow is starting.
+    console       http://${SECURENOW_HTTP_ADDR}/   (dispatcher: dispatch@securenow.local, admin: admin@securenow.local,
+                  password SecureNow-demo-1)
     gRPC          ${SECURENOW_GRPC_ADDR}   (reflection on: grpcurl -plaintext ${SECURENOW_GRPC_ADDR} list)
+    gRPC-Web      http://${SECURENOW_HTTP_ADDR}/<package>.<Service>/<Method>
     HTTP          http://${SECURENOW_HTTP_ADDR}/metrics   /healthz
     demo accounts var/demo.txt
   Ctrl-C stops the server (in-flight calls finish first).

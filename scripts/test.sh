@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's second command (make test), also what CI runs (.ci/run): sets up the
 # machine, checks contracts, generated code, lint and types, then runs every test
-# against real PostgreSQL and Redis.
+# against real PostgreSQL and Redis, including the dispatcher console's browser tests
+# (tests/browser: Playwright driving Debian's Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --browser
 export PATH="$PWD/node_modules/.bin:$PATH"
 step() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
 
@@ -23,5 +24,7 @@ step "ruff"
 .venv/bin/ruff format --check .
 step "mypy"
 .venv/bin/mypy
+step "console build (clients/web: generate, tsc --noEmit, esbuild)"
+(cd clients/web && npm run --silent build)
 step "pytest"
 .venv/bin/pytest "$@"

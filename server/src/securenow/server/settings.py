@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     session_cache_ttl_seconds: int = Field(default=3600, gt=0)
     sign_in_attempts_per_minute: int = Field(default=10, gt=0)
 
-    db_pool_min_size: int = Field(default=2, ge=1)
+    db_pool_min_size: int = Field(default=5, ge=1)
     db_pool_max_size: int = Field(default=20, ge=1)
     # How long a request waits for a database connection before UNAVAILABLE.
     db_acquire_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -61,9 +61,34 @@ async def _keep_session(conn: Conn) -> None:
     advisory locks, no session SETs), and asyncpg still rolls back an open transaction."""
 
 
+# Every custom type the queries use. Preparing one statement that mentions them all makes
+# asyncpg introspect them in a single query when the connection opens, instead of one
+# introspection per statement (and per connection) on the hot paths.
+_APP_TYPES = (
+    "user_role",
+    "user_status",
+    "verification_status",
+    "provider_type",
+    "sos_status",
+    "alert_priority",
+    "service_type",
+    "booking_status",
+    "payment_status",
+    "incident_type",
+    "incident_priority",
+    "incident_status",
+    "department_status",
+    "agency_type",
+    "uuid[]",
+    "tstzrange",
+)
+
+
 async def _init_connection(conn: Conn) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    columns = ", ".join(f"NULL::{t}" for t in _APP_TYPES)
+    await conn.prepare(f"SELECT {columns}")
 
 
 class Database:

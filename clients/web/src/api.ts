@@ -1,0 +1,44 @@
+// The gRPC-Web transport and typed clients. The console is served by the same HTTP
+// listener as the embedded gRPC-Web endpoint, so calls go to window.location.origin.
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { AgencyService } from "./gen/securenow/v1/agency_pb";
+import { AuthService } from "./gen/securenow/v1/auth_pb";
+import { ProviderService } from "./gen/securenow/v1/providers_pb";
+import { SosService } from "./gen/securenow/v1/sos_pb";
+import { UserService } from "./gen/securenow/v1/users_pb";
+
+/** Supplies a valid access token (refreshing it first when it is about to expire). */
+type TokenProvider = () => Promise<string | undefined>;
+
+let tokenProvider: TokenProvider = async () => undefined;
+
+export function setTokenProvider(provider: TokenProvider): void {
+  tokenProvider = provider;
+}
+
+// Calls that authenticate by their body, not by a bearer token.
+const PUBLIC_METHODS = new Set(["SignIn", "SignUp", "RefreshToken"]);
+
+const authorize: Interceptor = (next) => async (req) => {
+  if (!PUBLIC_METHODS.has(req.method.name)) {
+    const token = await tokenProvider();
+    if (token) req.header.set("authorization", `Bearer ${token}`);
+  }
+  return next(req);
+};
+
+const transport = createGrpcWebTransport({
+  baseUrl: window.location.origin,
+  useBinaryFormat: true,
+  interceptors: [authorize],
+});
+
+export const auth = createClient(AuthService, transport);
+export const users = createClient(UserService, transport);
+export const agency = createClient(AgencyService, transport);
+export const sos = createClient(SosService, transport);
+export const providers = createClient(ProviderService, transport);
+
+/** Default deadline for unary calls (ms); streams have none. */
+export const UNARY_TIMEOUT_MS = 15_000;

@@ -1,0 +1,321 @@
+"""The dispatcher console in a real browser: a dispatcher works an SOS from the live
+board while the person watches, an admin verifies a provider, errors read well, and
+a lost dispatch stream shows a banner and resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import redis.asyncio as aioredis
+from playwright.async_api import Page, expect
+
+from securenow.server.runtime import Runtime
+from securenow.v1 import common_pb2, providers_pb2, sos_pb2, users_pb2
+from tests.browser.conftest import Console
+from tests.dispatch_helpers import SF, Department, location, raise_sos, register_department
+from tests.helpers import PASSWORD, Account, Api, unique_email, wait_for
+
+TIMEOUT_MS = 15_000  # generous for a loaded CI machine; passing steps take milliseconds
+
+
+async def sign_in(page: Page, email: str, password: str) -> None:
+    await page.get_by_test_id("email").fill(email)
+    await page.get_by_test_id("password").fill(password)
+    await page.get_by_test_id("sign-in-button").click()
+
+
+async def dispatcher_of(api: Api, admin: Account, dept: Department) -> Account:
+    """A user made a police dispatcher of `dept` by an admin (UserService.SetUserRole)."""
+    user = await api.sign_up(email=unique_email("dispatch"), first_name="Dana", last_name="Dispatcher")
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=user.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
+        metadata=admin.md,
+    )
+    return user
+
+
+async def all_events_acked(redis_client: aioredis.Redis, dept: Department) -> bool:
+    """True when the department's dispatch stream has no unacknowledged event."""
+    info = await redis_client.xpending(f"dispatch:{dept.id}", "cad")
+    return int(info["pending"]) == 0
+
+
+async def collect(watch: grpc.aio.UnaryStreamCall, into: list[sos_pb2.WatchSosResponse]) -> None:
+    async for msg in watch:
+        into.append(msg)
+
+
+async def share_locations(api: Api, person: Account, alert_id: str, points: list[tuple[float, float]]) -> None:
+    async def fixes() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+        for point in points:
+            yield sos_pb2.ShareLocationRequest(alert_id=alert_id, location=location(point))
+
+    await api.sos.ShareLocation(fixes(), metadata=person.md)
+
+
+async def test_dispatcher_works_an_sos_live_while_the_person_watches(
+    api: Api, runtime: Runtime, console: Console, redis_client: aioredis.Redis
+) -> None:
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up(first_name="Alice")
+
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("place")).to_have_text("Bay City PD", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("board-empty")).to_be_visible()
+    await expect(page.get_by_test_id("connection-banner")).to_be_hidden()
+    await console.shot("01-dispatcher-signed-in")
+
+    # Raised from Python; it must reach the open page over WatchDispatch, without a reload.
+    await page.evaluate("window.__sameDocument = true")
+    alert = await raise_sos(api, person, SF, description="Someone is following me")
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    seen: list[sos_pb2.WatchSosResponse] = []
+    collector = asyncio.create_task(collect(watch, seen))
+    try:
+        await wait_for(lambda: _first(seen), what="the person's WatchSos snapshot")
+        row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
+        await expect(row).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(row.get_by_test_id("alert-description")).to_have_text("Someone is following me")
+        await expect(row.get_by_test_id("alert-priority")).to_have_text("High")
+        await expect(row.get_by_test_id("alert-type")).to_have_text("Other")
+        await expect(row.get_by_test_id("alert-status")).to_have_text("Active")
+        await expect(row.get_by_test_id("incident-status")).to_have_text("Reported")
+        assert await page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        # Processed events are acknowledged (AckDispatchEvent) and the cursor is kept.
+        await wait_for(lambda: all_events_acked(redis_client, dept), what="the alert_raised event to be acked")
+        cursor = await page.evaluate(f"localStorage.getItem('securenow.dispatch-cursor.{dept.id}')")
+        assert isinstance(cursor, str)
+        assert re.fullmatch(r"\d+-0", cursor), cursor
+        await console.shot("02-alert-on-board")
+
+        await row.click()
+        detail = page.get_by_test_id("alert-detail")
+        await expect(detail).to_be_visible()
+        await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Active")
+        await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Reported")
+        await expect(detail.get_by_test_id("detail-description")).to_have_text("Someone is following me")
+        await expect(detail.get_by_test_id("trail")).to_have_attribute("data-points", "1", timeout=TIMEOUT_MS)
+        await expect(detail.get_by_test_id("accept-button")).to_be_enabled()
+        await expect(detail.get_by_test_id("decline-button")).to_be_enabled()
+        await expect(detail.get_by_test_id("on-scene-button")).to_be_disabled()
+        await expect(detail.get_by_test_id("resolve-button")).to_be_disabled()
+
+        # The person moves; alert_location events extend the trail live.
+        await share_locations(api, person, alert.id, [(SF[0] + 0.001, SF[1] + 0.0005), (SF[0] + 0.002, SF[1] + 0.001)])
+        await expect(detail.get_by_test_id("trail")).to_have_attribute(
+            "data-points", re.compile(r"^([2-9]|\d{2,})$"), timeout=TIMEOUT_MS
+        )
+        assert await detail.locator("[data-testid=trail] polyline").count() == 1
+
+        # A bad ETA is refused by the server; the console lists the field violation.
+        await detail.get_by_test_id("accept-unit").fill("Unit-12")
+        await detail.get_by_test_id("accept-eta").fill("5000")
+        await detail.get_by_test_id("accept-button").click()
+        error = detail.get_by_test_id("detail-error")
+        await expect(error).to_be_visible(timeout=TIMEOUT_MS)
+        await expect(error).to_contain_text("INVALID_ARGUMENT")
+        await expect(detail.get_by_test_id("detail-error-fields")).to_contain_text("eta_minutes")
+        await console.shot("03-invalid-eta")
+
+        await detail.get_by_test_id("accept-eta").fill("4")
+        await detail.get_by_test_id("accept-button").click()
+        await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Dispatched", timeout=TIMEOUT_MS)
+        await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Responding")
+        await expect(detail.get_by_test_id("detail-unit")).to_have_text("Unit-12")
+        await expect(detail.get_by_test_id("detail-eta")).to_have_text("4 min")
+        await expect(detail.get_by_test_id("accept-button")).to_be_disabled()
+        await expect(detail.get_by_test_id("decline-button")).to_be_disabled()
+        await expect(detail.get_by_test_id("resolve-button")).to_be_disabled()
+        await expect(row.get_by_test_id("alert-status")).to_have_text("Responding")
+        await console.shot("04-accepted")
+
+        await detail.get_by_test_id("on-scene-button").click()
+        await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("On scene", timeout=TIMEOUT_MS)
+        await expect(detail.get_by_test_id("on-scene-button")).to_be_disabled()
+        await expect(detail.get_by_test_id("resolve-button")).to_be_enabled()
+
+        await detail.get_by_test_id("resolve-notes").fill("Person safe, escorted home")
+        await detail.get_by_test_id("resolve-button").click()
+        await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Resolved", timeout=TIMEOUT_MS)
+        await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Resolved")
+        await expect(detail.get_by_test_id("detail-resolution")).to_have_text("Person safe, escorted home")
+        for button in ("accept-button", "decline-button", "on-scene-button", "resolve-button"):
+            await expect(detail.get_by_test_id(button)).to_be_disabled()
+        await expect(row.get_by_test_id("alert-status")).to_have_text("Resolved")
+        await console.shot("05-resolved")
+
+        # The person saw each step, in order; their watch ends with the resolution.
+        await asyncio.wait_for(collector, 10)
+    finally:
+        collector.cancel()
+        watch.cancel()
+    steps = [(m.event, m.incident.status) for m in seen if m.event not in ("snapshot", "location")]
+    assert steps == [
+        ("accepted", common_pb2.INCIDENT_STATUS_DISPATCHED),
+        ("incident_updated", common_pb2.INCIDENT_STATUS_ON_SCENE),
+        ("resolved", common_pb2.INCIDENT_STATUS_RESOLVED),
+    ], steps
+    final = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+    assert final.alert.status == common_pb2.SOS_STATUS_RESOLVED
+    assert final.incident.assigned_unit == "Unit-12"
+    assert final.incident.resolution_notes == "Person safe, escorted home"
+
+    # A reload rebuilds the board from ListIncidents + GetSosAlert.
+    await page.reload()
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
+    await expect(row.get_by_test_id("alert-status")).to_have_text("Resolved", timeout=TIMEOUT_MS)
+    await expect(row.get_by_test_id("incident-status")).to_have_text("Resolved")
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    assert console.log.page_errors == []
+
+
+async def test_admin_verifies_a_pending_provider(api: Api, console: Console) -> None:
+    page = console.page
+    admin = await api.admin()
+    owner = await api.sign_up(users_pb2.USER_ROLE_PROVIDER)
+    created = await api.providers.CreateProvider(
+        providers_pb2.CreateProviderRequest(
+            request_id=str(uuid.uuid4()),
+            provider=providers_pb2.Provider(
+                company_name="Night Owl Patrols",
+                business_type=providers_pb2.PROVIDER_TYPE_SECURITY_GUARD,
+                license_number="CA-PPO-777",
+                pricing=providers_pb2.Pricing(
+                    rates=[
+                        providers_pb2.ServiceRate(
+                            service_type=providers_pb2.SERVICE_TYPE_SECURITY_GUARD,
+                            hourly_rate=common_pb2.Money(currency_code="USD", units=40),
+                        )
+                    ]
+                ),
+            ),
+        ),
+        metadata=owner.md,
+    )
+    provider_id = created.provider.id
+    assert created.provider.verification_status == common_pb2.VERIFICATION_STATUS_PENDING
+
+    await page.goto(console.url)
+    await sign_in(page, admin.user.email, PASSWORD)
+    row = page.locator(f'[data-testid="provider-row"][data-provider-id="{provider_id}"]')
+    await expect(row).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(row.get_by_test_id("provider-company")).to_have_text("Night Owl Patrols")
+    await expect(row.get_by_test_id("provider-status")).to_have_text("Pending")
+    await console.shot("06-admin-pending-providers")
+
+    await row.get_by_test_id("provider-note").fill("License and insurance checked")
+    await row.get_by_test_id("verify-button").click()
+    await expect(row.get_by_test_id("provider-status")).to_have_text("Verified", timeout=TIMEOUT_MS)
+    await expect(row.get_by_test_id("verify-button")).to_be_disabled()
+    await console.shot("07-admin-provider-verified")
+
+    got = await api.providers.GetProvider(providers_pb2.GetProviderRequest(provider_id=provider_id), metadata=admin.md)
+    assert got.provider.verification_status == common_pb2.VERIFICATION_STATUS_VERIFIED
+
+    # Refreshed, the pending list no longer has it.
+    await page.get_by_test_id("providers-refresh").click()
+    await expect(row).to_have_count(0, timeout=TIMEOUT_MS)
+    assert console.log.page_errors == []
+
+
+async def test_bad_sign_in_shows_a_readable_error(api: Api, console: Console) -> None:
+    page = console.page
+    user = await api.sign_up()
+    await page.goto(console.url)
+    await sign_in(page, user.user.email, "not-the-password-1")
+    error = page.get_by_test_id("sign-in-error")
+    await expect(error).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(error).to_contain_text("Sign-in failed")
+    await expect(error).to_contain_text("UNAUTHENTICATED")
+    await expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+    await console.shot("08-bad-sign-in")
+
+    # The right password for an account without a console role says so.
+    await sign_in(page, user.user.email, PASSWORD)
+    await expect(page.get_by_test_id("no-console")).to_be_visible(timeout=TIMEOUT_MS)
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("sign-in-notice")).to_have_text("You are signed out.", timeout=TIMEOUT_MS)
+    assert console.log.page_errors == []
+
+
+async def test_lost_dispatch_stream_shows_a_banner_and_resumes_from_the_cursor(
+    api: Api, runtime: Runtime, console: Console
+) -> None:
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    status, banner = page.get_by_test_id("connection-status"), page.get_by_test_id("connection-banner")
+    await expect(status).to_have_text("Live", timeout=TIMEOUT_MS)
+    first = await raise_sos(api, person, SF, description="first")
+    await expect(page.locator(f'[data-alert-id="{first.id}"]')).to_be_visible(timeout=TIMEOUT_MS)
+
+    # The network to the stream goes away, then the server ends the open stream.
+    await page.route("**/securenow.v1.AgencyService/WatchDispatch", lambda route: route.abort())
+    runtime.app.dispatch_hub.close_all()
+    await expect(banner).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(banner).to_contain_text("Connection lost — reconnecting…")
+    await expect(status).to_have_text("Reconnecting…")
+    await console.shot("09-connection-lost")
+
+    # Raised while the console is away: delivered when it resumes from its cursor.
+    during = await raise_sos(api, person, SF, description="raised during the outage")
+    await page.unroute("**/securenow.v1.AgencyService/WatchDispatch")
+    await expect(banner).to_be_hidden(timeout=20_000)
+    await expect(status).to_have_text("Live")
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{during.id}"]')
+    await expect(row.get_by_test_id("alert-description")).to_have_text("raised during the outage", timeout=TIMEOUT_MS)
+    await expect(page.locator('[data-testid="alert-row"]')).to_have_count(2)
+    await console.shot("10-reconnected")
+    assert console.log.page_errors == []
+
+
+async def _first(items: list[sos_pb2.WatchSosResponse]) -> sos_pb2.WatchSosResponse | None:
+    return items[0] if items else None
+
+
+async def test_access_token_is_refreshed_before_it_expires(api: Api, console: Console) -> None:
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    before = await page.evaluate("JSON.parse(sessionStorage.getItem('securenow.session'))")
+    assert before["accessToken"]
+    assert before["refreshToken"]
+
+    # Pretend the access token expires in 20 s: the reloaded console refreshes it first.
+    await page.evaluate(
+        "(() => { const s = JSON.parse(sessionStorage.getItem('securenow.session'));"
+        " s.expiresAt = Date.now() + 20000; sessionStorage.setItem('securenow.session', JSON.stringify(s)); })()"
+    )
+    await page.reload()
+    await page.wait_for_function(
+        "old => JSON.parse(sessionStorage.getItem('securenow.session') || '{}').refreshToken !== old",
+        arg=before["refreshToken"],
+        timeout=TIMEOUT_MS,
+    )
+    after = await page.evaluate("JSON.parse(sessionStorage.getItem('securenow.session'))")
+    assert after["accessToken"] != before["accessToken"]
+    assert after["expiresAt"] >= before["expiresAt"]  # a full lifetime again
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    me = await api.users.GetUser(
+        users_pb2.GetUserRequest(user_id="me"), metadata=(("authorization", f"Bearer {after['accessToken']}"),)
+    )
+    assert me.user.id == dispatcher.id
+    assert console.log.page_errors == []
