@@ -3,9 +3,11 @@ stream's delivery promise, commands, and what the person sees."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
-from securenow.v1 import agency_pb2, common_pb2, sos_pb2
+from securenow.v1 import agency_pb2, common_pb2, sos_pb2, users_pb2
 from tests.dispatch_helpers import LA, SF, Cad, raise_sos, register_department
 from tests.helpers import Api, expect_error
 
@@ -271,3 +273,56 @@ async def test_revoked_api_key_closes_its_open_stream(api: Api) -> None:
         grpc.StatusCode.UNAUTHENTICATED,
         "API_KEY_REVOKED",
     )
+
+
+async def test_browser_ack_settles_every_event_up_to_the_cursor(api: Api, redis_client) -> None:  # type: ignore[no-untyped-def]
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    dispatcher = await api.sign_up()
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
+        metadata=admin.md,
+    )
+    person = await api.sign_up()
+    board = api.agency.WatchDispatch(agency_pb2.WatchDispatchRequest(), metadata=dispatcher.md)
+    try:
+        alerts = [await raise_sos(api, person, SF) for _ in range(3)]
+        events = []
+        while len(events) < 3:
+            msg = (await board.read()).event
+            if msg.WhichOneof("kind") == "alert_raised":
+                events.append(msg)
+        assert [e.alert_raised.alert.id for e in events] == [a.id for a in alerts]
+        await api.agency.AckDispatchEvent(
+            agency_pb2.AckDispatchEventRequest(event_id=events[1].event_id), metadata=dispatcher.md
+        )
+        pending = await redis_client.xpending_range(f"dispatch:{dept.id}", "cad", min="-", max="+", count=10)
+        assert [p["message_id"] for p in pending] == [events[2].event_id]  # the first two are settled
+    finally:
+        board.cancel()
+
+
+async def test_dispatcher_stream_closes_when_the_dispatcher_is_suspended(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    dispatcher = await api.sign_up()
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
+        metadata=admin.md,
+    )
+    person = await api.sign_up()
+    board = api.agency.WatchDispatch(agency_pb2.WatchDispatchRequest(), metadata=dispatcher.md)
+    await raise_sos(api, person, SF)
+    while (await board.read()).event.WhichOneof("kind") != "alert_raised":
+        pass
+    await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=dispatcher.id), metadata=admin.md)
+
+    async def closed_with() -> grpc.StatusCode | None:
+        try:
+            while True:
+                await board.read()
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+
+    code = await asyncio.wait_for(closed_with(), 10)  # closed within the key-check interval
+    assert code == grpc.StatusCode.UNAUTHENTICATED

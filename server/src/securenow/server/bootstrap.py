@@ -129,6 +129,9 @@ class App:
             maintenance=Maintenance(db, live),
         )
 
+    def __post_init__(self) -> None:
+        self.dispatch_hub.session_check = self.authenticator.dispatcher_problem
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.db.close()

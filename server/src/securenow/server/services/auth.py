@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from securenow.server.domain.accounts import SYSTEM, Principal, PrincipalKind, User, validate_sign_up
 from securenow.server.domain.enums import Role, UserStatus
 from securenow.server.domain.errors import (
+    DomainError,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
@@ -256,11 +257,17 @@ class Authenticator:
         self._api_key_cache[credential] = (now + self._api_key_cache_seconds, principal)
         return principal
 
-    async def is_key_valid(self, key_id: str) -> bool:
-        """For open streams: is this API key still usable?"""
-        async with self._db.unit_of_work() as uow:
-            key = await uow.agency.get_api_key_secret(key_id)
-        return key is not None and not key.revoked and key.department_active
+    async def dispatcher_problem(self, principal: Principal, department_id: str) -> DomainError | None:
+        """For an open dispatcher stream: None while the session is live and the user is
+        still an active member of the agency; otherwise the error that ends the stream."""
+        if principal.session_id is None:
+            return None
+        state = await self.session_state(principal.session_id)
+        if state is None or not state.live or state.user_status is not UserStatus.ACTIVE:
+            return Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+        if state.agency_id != department_id or state.role not in (Role.POLICE, Role.SECURITY_AGENCY):
+            return PermissionDenied("no longer a dispatcher of this agency", reason="NOT_AN_AGENCY_MEMBER")
+        return None
 
     def forget_api_keys(self) -> None:
         self._api_key_cache.clear()

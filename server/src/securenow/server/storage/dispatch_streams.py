@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -151,6 +151,8 @@ class DispatchHub:
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
         self._acks: dict[str, set[int]] = {}
+        # Set by the composition root: is this dispatcher still allowed on this stream?
+        self.session_check: Callable[[Principal, str], Awaitable[DomainError | None]] | None = None
 
     # Subscriptions ------------------------------------------------------------------
 
@@ -237,6 +239,23 @@ class DispatchHub:
         except (RedisError, OSError) as exc:
             raise Unavailable("dispatch streams unavailable") from exc
         self._acks.setdefault(department_id, set()).add(seq)
+
+    async def ack_through(self, department_id: str, event_id_text: str, *, field_name: str = "event_id") -> None:
+        """Acknowledges every pending event up to and including `event_id_text` (the
+        browser console acknowledges by cursor)."""
+        seq = seq_of(event_id_text)
+        if seq is None:
+            raise InvalidArgument.field(field_name, "is not an event id from this stream")
+        stream = dispatch_stream(department_id)
+        try:
+            pending = await self._redis.xpending_range(stream, DISPATCH_GROUP, min="-", max=event_id(seq), count=10_000)
+            ids = [p["message_id"] for p in pending]
+            if ids:
+                await self._redis.xack(stream, DISPATCH_GROUP, *ids)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("dispatch streams unavailable") from exc
+        async with self._db.unit_of_work() as uow:
+            await RelayRepo(uow.conn).mark_acked_through(department_id, seq)
 
     async def _flush_acks(self) -> None:
         acks, self._acks = self._acks, {}
@@ -376,16 +395,27 @@ class DispatchHub:
                     break
 
     async def _check_keys(self) -> None:
-        """Closes subscriptions whose API key was revoked or whose department stopped."""
+        """Closes subscriptions whose credentials stopped being good: a revoked API key or
+        stopped department; a dispatcher who signed out, was suspended, or no longer
+        belongs to the agency."""
         by_key: dict[str, list[Subscription]] = {}
+        by_session: dict[str, list[Subscription]] = {}
         for sub in self.subscriptions():
             if sub.principal.kind is PrincipalKind.API_KEY:
                 by_key.setdefault(sub.principal.id, []).append(sub)
-        if not by_key:
-            return
-        async with self._db.unit_of_work() as uow:
-            dead = await uow.agency.unusable_api_keys(list(by_key))
-        for key_id in dead:
-            for sub in by_key[key_id]:
-                log.info("closing dispatch stream of revoked key %s", key_id)
-                sub.close(Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED"))
+            elif sub.principal.session_id is not None:
+                by_session.setdefault(sub.principal.session_id, []).append(sub)
+        if by_key:
+            async with self._db.unit_of_work() as uow:
+                dead = await uow.agency.unusable_api_keys(list(by_key))
+            for key_id in dead:
+                for sub in by_key[key_id]:
+                    log.info("closing dispatch stream of revoked key %s", key_id)
+                    sub.close(Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED"))
+        if by_session and self.session_check is not None:
+            for session_id, subs in by_session.items():
+                for sub in subs:
+                    problem = await self.session_check(sub.principal, sub.department_id)
+                    if problem is not None:
+                        log.info("closing dispatch stream of session %s: %s", session_id, problem.reason)
+                        sub.close(problem)

@@ -125,17 +125,13 @@ class GrpcWebGateway:
         text_mode = content_type.startswith("application/grpc-web-text")
         service, method = request.match_info["service"], request.match_info["method"]
         path = f"/{service}/{method}"
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "application/grpc-web-text+proto" if text_mode else "application/grpc-web+proto",
-                "Cache-Control": "no-store",
-                **self._cors(request),
-            },
-        )
-        await response.prepare(request)
+        content = "application/grpc-web-text+proto" if text_mode else "application/grpc-web+proto"
+        headers = {"Content-Type": content, "Cache-Control": "no-store", **self._cors(request)}
+        response = web.StreamResponse(status=200, headers=headers)
 
         async def send(chunk: bytes) -> None:
+            if not response.prepared:
+                await response.prepare(request)
             await response.write(base64.b64encode(chunk) if text_mode else chunk)
 
         code, message, trailers = grpc.StatusCode.OK, "", ()
@@ -160,6 +156,9 @@ class GrpcWebGateway:
             timeout = parse_timeout(request.headers.get("grpc-timeout"))
             assert self._channel is not None, "gateway not connected"
             if kind[1]:
+                # Streams answer with headers at once: a quiet stream (no event yet) is
+                # still a live connection for the browser.
+                await response.prepare(request)
                 call = self._channel.unary_stream(path, _identity, _identity)(
                     payload, metadata=metadata, timeout=timeout
                 )
@@ -179,7 +178,16 @@ class GrpcWebGateway:
             code, message, trailers = err.code(), err.details() or "", tuple(err.trailing_metadata() or ())
         except _LocalStatus as status:
             code, message = status.code, status.message
-        await send(frame(0x80, trailer_block(code, message, trailers)))
+        block = trailer_block(code, message, trailers)
+        if not response.prepared:
+            # Nothing was sent: a trailers-only response carries the status in its headers.
+            for line in block.decode().split("\r\n"):
+                if line:
+                    key, _, value = line.partition(": ")
+                    response.headers[key] = value
+            await response.prepare(request)
+        else:
+            await send(frame(0x80, block))
         await response.write_eof()
         return response
 

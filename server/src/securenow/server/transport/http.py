@@ -10,6 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from securenow.server.transport.grpc_web import GrpcWebGateway
 
+# The console loads only its own scripts and styles and talks only to this origin.
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
 
 async def metrics(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -19,18 +26,37 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_http_app(gateway: GrpcWebGateway, console_dir: Path | None) -> web.Application:
+class Console:
+    """Serves the built console; a console built after the server started is picked up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def index(self, _: web.Request) -> web.StreamResponse:
+        index = self.directory / "index.html"
+        if not index.is_file():
+            return web.Response(
+                status=404, text="The console is not built: run `npm run build` in clients/web (make run does).\n"
+            )
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache", **CONSOLE_HEADERS})
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = self.directory / "assets" / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise web.HTTPNotFound()
+        # Asset names carry a content hash: they never change.
+        return web.FileResponse(
+            path, headers={"Cache-Control": "public, max-age=31536000, immutable", **CONSOLE_HEADERS}
+        )
+
+
+def build_http_app(gateway: GrpcWebGateway, console_dir: Path) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024 + 1024)
+    console = Console(console_dir)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", console.index)
+    app.router.add_get("/assets/{name}", console.asset)
     app.router.add_routes(gateway.routes())
-    if console_dir is not None and (console_dir / "index.html").is_file():
-        index = console_dir / "index.html"
-
-        async def console(_: web.Request) -> web.FileResponse:
-            return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
-
-        app.router.add_get("/", console)
-        if (console_dir / "assets").is_dir():
-            app.router.add_static("/assets", console_dir / "assets")
     return app

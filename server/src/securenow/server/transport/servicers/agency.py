@@ -215,7 +215,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self, request: agency_pb2.AckDispatchEventRequest, context: grpc.aio.ServicerContext
     ) -> agency_pb2.AckDispatchEventResponse:
         principal = current_principal()
-        await self._hub.ack(agency_of(principal), request.event_id, field_name="event_id")
+        await self._hub.ack_through(agency_of(principal), request.event_id)
         return agency_pb2.AckDispatchEventResponse()
 
     async def AcceptSosAlert(
