@@ -253,7 +253,11 @@ async def test_raising_sos_updates_live_redis_state(api: Api, redis_client) -> N
     await pubsub.subscribe("sos:emergency")
     try:
         alert = await raise_sos(api, person, SF)
-        active = await redis_client.get(f"sos:active:{alert.id}")
+
+        async def marker() -> str | None:
+            return await redis_client.get(f"sos:active:{alert.id}")  # type: ignore[no-any-return]
+
+        active = await wait_for(marker, what="sos:active key")  # kept by the outbox relay
         assert active.startswith(f"{person.id},{SF[0]},{SF[1]},")
 
         async def emergency() -> dict | None:  # type: ignore[type-arg]
@@ -264,6 +268,10 @@ async def test_raising_sos_updates_live_redis_state(api: Api, redis_client) -> N
         assert published["type"] == "alert_raised"
         assert published["alert"]["id"] == alert.id
         await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id), metadata=person.md)
-        assert await redis_client.get(f"sos:active:{alert.id}") is None
+
+        async def cleared() -> bool:
+            return await marker() is None
+
+        await wait_for(cleared, what="sos:active key removed")
     finally:
         await pubsub.aclose()

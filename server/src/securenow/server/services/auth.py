@@ -19,7 +19,13 @@ from securenow.server.domain.errors import (
 )
 from securenow.server.domain.validation import Validator
 from securenow.server.security.passwords import hash_password, verify_password
-from securenow.server.security.tokens import API_KEY_PREFIX, AccessTokenCodec, InvalidToken, OpaqueSecretCodec
+from securenow.server.security.tokens import (
+    API_KEY_PREFIX,
+    AccessClaims,
+    AccessTokenCodec,
+    InvalidToken,
+    OpaqueSecretCodec,
+)
 from securenow.server.services.common import forget_sessions
 from securenow.server.storage.accounts_repo import SessionState
 from securenow.server.storage.audit_repo import AuditEntry
@@ -200,14 +206,24 @@ class Authenticator:
         self._session_cache_ttl = session_cache_ttl
         self._api_key_cache_seconds = api_key_cache_seconds
         self._api_key_cache: dict[str, tuple[float, Principal]] = {}
+        # Verified access-token claims, so each token's signature is checked once.
+        self._claims_cache: dict[str, AccessClaims] = {}
 
     async def authenticate(self, credential: str) -> Principal:
         if credential.startswith(API_KEY_PREFIX + "_"):
             return await self._api_key(credential)
-        try:
-            claims = self._access.decode(credential)
-        except InvalidToken:
-            raise Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN") from None
+        claims = self._claims_cache.get(credential)
+        if claims is None:
+            try:
+                claims = self._access.decode(credential)
+            except InvalidToken:
+                raise Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN") from None
+            if len(self._claims_cache) > 50_000:
+                self._claims_cache.clear()
+            self._claims_cache[credential] = claims
+        elif claims.expire_time <= datetime.now(UTC):
+            del self._claims_cache[credential]
+            raise Unauthenticated("invalid or expired access token", reason="INVALID_TOKEN")
         state = await self.session_state(claims.session_id)
         if state is None or not state.live or state.user_id != claims.user_id:
             raise Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.enums import IncidentStatus, SosStatus
-from securenow.server.domain.errors import FailedPrecondition, NotFound, Unavailable
+from securenow.server.domain.errors import FailedPrecondition, NotFound
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert, validate_raise
@@ -65,16 +64,7 @@ class SosService:
                     details={"agency": alert.assigned_agency_id, "has_fix": bool(alert.location)},
                 ),
             )
-        await self._mark_active(alert)
         return alert
-
-    async def _mark_active(self, alert: SosAlert) -> None:
-        try:
-            await self._live.set_active_alert(
-                alert.id, alert.user_id, alert.location.point if alert.location else None, time.time()
-            )
-        except Unavailable:
-            log.warning("could not set sos:active:%s (Redis unavailable); the alert is committed", alert.id)
 
     async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
         aid = parse_uuid("alert_id", alert_id)
@@ -130,10 +120,6 @@ class SosService:
                 )
             await uow.audit.record(principal, AuditEntry("sos.cancel", "sos_alert", aid, details={"reason": reason}))
             await sos_events.alert_cancelled(uow, alert, reason)
-        try:
-            await self._live.clear_active_alert(aid)
-        except Unavailable:
-            log.warning("could not clear sos:active:%s (Redis unavailable)", aid)
         return alert
 
     async def check_sharing(self, principal: Principal, alert_id: str) -> str:

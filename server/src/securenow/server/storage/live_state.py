@@ -5,7 +5,7 @@
     providers:locations             GEO set of on-duty providers
     providers:last_seen             ZSET provider_id -> unix time of the last location
     user:location:{user_id}         "{lat},{lng},{timestamp}"
-    sos:active:{alert_id}           "{user_id},{lat},{lng},{timestamp}"
+    sos:active:{alert_id}           "{user_id},{lat},{lng},{timestamp}" (kept by the outbox relay)
     channels: sos:emergency, booking:update, provider:status
 
 Redis failures surface as `Unavailable`; callers decide whether that is fatal.
@@ -70,13 +70,30 @@ class NearbyHit:
 
 
 class LiveState:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, local_session_seconds: float = 1.0) -> None:
         self.redis = client
+        # A one-second copy of session:{id} in this process spares a Redis round trip on
+        # most calls. Revocations drop it here at once (drop_sessions); other processes
+        # and replicas see them within that second.
+        self._local_session_seconds = local_session_seconds
+        self._local_sessions: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # Sessions -------------------------------------------------------------------
 
-    @redis_call
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        cached = self._local_sessions.get(session_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        data = await self._get_session(session_id)
+        if data is not None:
+            if len(self._local_sessions) > 50_000:
+                self._local_sessions.clear()
+            self._local_sessions[session_id] = (now + self._local_session_seconds, data)
+        return data
+
+    @redis_call
+    async def _get_session(self, session_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(f"session:{session_id}")
         return json.loads(raw) if raw else None
 
@@ -84,8 +101,13 @@ class LiveState:
     async def put_session(self, session_id: str, data: dict[str, Any], ttl_seconds: int) -> None:
         await self.redis.set(f"session:{session_id}", json.dumps(data), ex=ttl_seconds)
 
-    @redis_call
     async def drop_sessions(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            self._local_sessions.pop(session_id, None)
+        await self._drop_sessions(session_ids)
+
+    @redis_call
+    async def _drop_sessions(self, session_ids: list[str]) -> None:
         if session_ids:
             await self.redis.delete(*(f"session:{s}" for s in session_ids))
 
@@ -181,15 +203,6 @@ class LiveState:
             return None
         lat, lng, ts = str(raw).split(",")
         return Point(float(lat), float(lng)), float(ts)
-
-    @redis_call
-    async def set_active_alert(self, alert_id: str, user_id: str, point: Point | None, timestamp: float) -> None:
-        lat, lng = (point.latitude, point.longitude) if point else ("", "")
-        await self.redis.set(f"sos:active:{alert_id}", f"{user_id},{lat},{lng},{timestamp}")
-
-    @redis_call
-    async def clear_active_alert(self, alert_id: str) -> None:
-        await self.redis.delete(f"sos:active:{alert_id}")
 
     @redis_call
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:

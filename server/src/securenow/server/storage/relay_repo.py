@@ -123,6 +123,18 @@ class RelayRepo:
         )
         return [_event(r) for r in rows]
 
+    async def open_alert_markers(self) -> list[tuple[str, str]]:
+        """`sos:active:{id}` keys and values of every open alert (to restore Redis)."""
+        rows = await self.conn.fetch(
+            """SELECT id, user_id, location_data->>'lat' AS lat, location_data->>'lng' AS lng,
+                      extract(epoch FROM created_at) AS created
+               FROM sos_alerts WHERE status IN ('active', 'responding')"""
+        )
+        return [
+            (f"sos:active:{r['id']}", f"{r['user_id']},{r['lat'] or ''},{r['lng'] or ''},{float(r['created'])}")
+            for r in rows
+        ]
+
     async def mark_acked(self, department_id: str, seqs: list[int]) -> None:
         await self.conn.execute(
             """UPDATE outbox SET acked_at = now()

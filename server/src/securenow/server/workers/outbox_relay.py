@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,20 @@ log = logging.getLogger(__name__)
 PUBSUB_TOPICS = frozenset({"sos:emergency", "booking:update", "provider:status"})
 # Topic of WatchSos events: published on sos:alert:{alert_id}.
 WATCH_TOPIC = "sos:alert"
+
+
+def active_alert_marker(e: OutboxEvent) -> tuple[str, str | None] | None:
+    """The seed's `sos:active:{alert_id}` key: set when an alert is raised (value
+    "{user_id},{lat},{lng},{timestamp}"), removed when it is cancelled or resolved.
+    Returns (key, value) to set, (key, None) to delete, or None."""
+    if e.topic == "sos:emergency" and e.event_type == "alert_raised":
+        alert = e.payload["alert"]
+        loc = alert.get("location") or {}
+        created = datetime.fromisoformat(alert["create_time"]).timestamp()
+        return f"sos:active:{alert['id']}", f"{alert['user_id']},{loc.get('lat', '')},{loc.get('lng', '')},{created}"
+    if e.topic == WATCH_TOPIC and e.event_type in ("cancelled", "resolved") and e.aggregate_id:
+        return f"sos:active:{e.aggregate_id}", None
+    return None
 
 
 def pubsub_channel(e: OutboxEvent) -> str | None:
@@ -163,6 +178,13 @@ class OutboxRelay:
                         pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                         new_groups.append(stream)
                     pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
+                marker = active_alert_marker(e)
+                if marker is not None:
+                    key, value = marker
+                    if value is None:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, value)
                 channel = pubsub_channel(e)
                 if channel is not None:
                     pipe.publish(channel, json.dumps({"type": e.event_type, **e.payload}, default=str))
@@ -184,11 +206,14 @@ class OutboxRelay:
         from Postgres, in order, with the same ids, then mark the epoch."""
         async with self._db.unit_of_work() as uow:
             events = await RelayRepo(uow.conn).unacked_dispatch()
+            markers = await RelayRepo(uow.conn).open_alert_markers()
         departments = sorted({e.department_id for e in events if e.department_id})
         log.warning(
-            "outbox relay: Redis has no dispatch epoch; rebuilding %d streams with %d unacknowledged events",
+            "outbox relay: Redis has no dispatch epoch; rebuilding %d streams with %d unacknowledged events"
+            " and %d open-alert markers",
             len(departments),
             len(events),
+            len(markers),
         )
         self._known_groups.clear()
         # MULTI per batch: a hub recreating a lost group cannot slip between DEL and CREATE.
@@ -202,6 +227,8 @@ class OutboxRelay:
                 assert e.department_id is not None
                 assert e.dept_seq is not None
                 pipe.xadd(dispatch_stream(e.department_id), stream_fields(e), id=event_id(e.dept_seq))
+            for marker in markers:
+                pipe.set(*marker)
             pipe.set(DISPATCH_EPOCH_KEY, "1")
             await pipe.execute()
         if events:
