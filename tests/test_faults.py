@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,8 +24,8 @@ from securenow.server import migrations
 from securenow.v1 import auth_pb2, sos_pb2, sos_pb2_grpc
 from tests.conftest import DATABASE_URL, recreate_database
 from tests.dispatch_helpers import SF, Cad, location, register_department
-from tests.helpers import PASSWORD, Account, Api, unique_email
-from tests.processes import VENV_BIN, RedisProcess, ServerProcess
+from tests.helpers import PASSWORD, Account, Api, unique_email, wait_for
+from tests.processes import VENV_BIN, RedisProcess, ServerProcess, free_port
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -338,3 +340,39 @@ async def test_cad_connection_cut_mid_burst_resumes_everything_in_order(
         assert received == raised  # everything, in the order raised, nothing twice
     finally:
         await proxy.close()
+
+
+def child_pids(parent: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+async def test_several_server_processes_share_the_port_and_a_dead_one_is_replaced(
+    faults_db: str, redis_proc: RedisProcess, servers
+) -> None:  # type: ignore[no-untyped-def]
+    server = ServerProcess(
+        faults_db, redis_proc.url, SECURENOW_PROCESSES="2", SECURENOW_HTTP_ADDR=f"127.0.0.1:{free_port()}"
+    )
+    servers.append(server)
+    await server.start()
+    assert server.proc is not None
+
+    async def two_children() -> set[int] | None:
+        pids = child_pids(server.proc.pid)  # type: ignore[union-attr]
+        return pids if len(pids) == 2 else None
+
+    first = await wait_for(two_children, what="two server processes")
+    os.kill(next(iter(first)), signal.SIGKILL)
+
+    async def replaced() -> set[int] | None:
+        pids = await two_children()
+        return pids if pids and pids != first else None
+
+    await wait_for(replaced, within=20, what="the killed process replaced")
+    async with grpc.aio.insecure_channel(server.address) as ch:
+        api, _, person = await accounts(server, ch)
+        for _ in range(10):  # calls land on both processes
+            await raise_with_retries(api.sos, person, str(uuid.uuid4()))
+    code = await server.kill(signal.SIGTERM)
+    assert code == 0
+    assert child_pids(server.proc.pid) == set()

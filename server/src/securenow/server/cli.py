@@ -49,10 +49,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from securenow.server.runtime import serve
-
     settings = _settings()
     logs.configure(settings.log_level)
+    if settings.processes > 1:
+        from securenow.server.supervisor import supervise
+
+        if settings.grpc_addr.endswith(":0") or settings.http_addr.endswith(":0"):
+            sys.exit("securenow serve: several processes need fixed ports (not :0)")
+        return supervise(settings.processes)
+    from securenow.server.runtime import serve
+
     _run(serve(settings))
     return 0
 

@@ -76,9 +76,11 @@ class Runtime:
 
     def _build_grpc_server(self) -> grpc.aio.Server:
         app = self.app
+        options = [o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"]
+        options.append(("grpc.so_reuseport", 1 if app.settings.reuse_port else 0))
         server = grpc.aio.server(
             interceptors=[CallInterceptor(app.authenticator.authenticate, app.audit.record_failure)],
-            options=SERVER_OPTIONS,
+            options=options,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app.auth), server)
         users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app.users), server)
@@ -139,7 +141,7 @@ class Runtime:
                 build_http_app(self.grpc_web, self.app.settings.console_path), access_log=None
             )
             await self.http_runner.setup()
-            sock = socket.create_server(_split(http_addr), reuse_port=False)
+            sock = socket.create_server(_split(http_addr), reuse_port=self.app.settings.reuse_port)
             self.http_port = sock.getsockname()[1]
             await web.SockSite(self.http_runner, sock).start()
         app, stop = self.app, self._stop_workers

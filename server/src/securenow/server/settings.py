@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # The built dispatcher console served at "/"; empty: clients/web/dist of this checkout.
     console_dir: str = ""
 
+    # Server processes on this machine (SO_REUSEPORT on the gRPC and HTTP ports); 1 runs
+    # a single process without a supervisor.
+    processes: int = Field(default=1, ge=1, le=64)
+    # Set by the supervisor for its processes: bind ports that other processes share.
+    reuse_port: bool = False
+
     # Identifies this replica (Redis consumer names, logs); unique per process.
     instance_id: str = ""
 

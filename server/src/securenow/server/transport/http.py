@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from securenow.server.supervisor import metrics_dir
 from securenow.server.transport.grpc_web import GrpcWebGateway
 
 # The console loads only its own scripts and styles and talks only to this origin.
@@ -19,7 +21,14 @@ CONSOLE_HEADERS = {
 
 
 async def metrics(_: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if metrics_dir() is not None:
+        # Several server processes: add up what all of them recorded.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(_: web.Request) -> web.Response:
