@@ -24,7 +24,9 @@ from securenow.v1 import (
     sos_pb2_grpc,
 )
 
-CHANNEL_OPTIONS = [("grpc.max_concurrent_streams", 100_000)]
+# Each channel its own TCP connection (by default gRPC shares one connection between
+# channels to the same target, which piles thousands of streams onto it).
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def run(fn: Callable[..., Awaitable[dict[str, Any]]], out: Queue, *args: Any) -> None:  # type: ignore[type-arg]
@@ -236,48 +238,51 @@ async def share_location(
 
 
 async def hold_watch_streams(
-    address: str, tokens_and_alerts: list[tuple[str, str]], channels: int, hold_until: float, report: Queue
+    address: str, tokens_and_alerts: list[tuple[str, str]], channels: int, rate: float, hold_until: float, report: Queue
 ) -> dict[str, Any]:  # type: ignore[type-arg]
-    """Opens one WatchSos per (token, alert) and holds them open until `hold_until`;
-    reports on `report` once every stream has its snapshot."""
+    """Opens one WatchSos per (token, alert) at `rate` per second, like phones coming
+    online, re-opening a stream that fails (as the SDK does), and holds them open until
+    `hold_until`. Reports on `report` once every stream has its snapshot."""
     chans = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(channels)]
     opened = 0
-    failed = 0
+    retries = 0
     ready = asyncio.Event()
 
     async def watch(i: int, token: str, alert_id: str) -> None:
-        nonlocal opened, failed
-        call = sos_pb2_grpc.SosServiceStub(chans[i % channels]).WatchSos(
-            sos_pb2.WatchSosRequest(alert_id=alert_id), metadata=md(token)
-        )
-        try:
-            await call.read()
+        nonlocal opened, retries
+        await asyncio.sleep(i / rate)
+        backoff = 0.2
+        while True:
+            call = sos_pb2_grpc.SosServiceStub(chans[i % channels]).WatchSos(
+                sos_pb2.WatchSosRequest(alert_id=alert_id), metadata=md(token)
+            )
+            try:
+                await call.read()
+            except grpc.aio.AioRpcError:
+                retries += 1
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 5.0)
+                continue
             opened += 1
-            if opened + failed == len(tokens_and_alerts):
+            if opened == len(tokens_and_alerts):
                 ready.set()
-            await call.read()  # held open: nothing changes
-        except grpc.aio.AioRpcError:
-            failed += 1
-            if opened + failed == len(tokens_and_alerts):
-                ready.set()
+            try:
+                await call.read()  # held open: nothing changes
+            except grpc.aio.AioRpcError:
+                opened -= 1
+            return
 
-    sem = asyncio.Semaphore(200)  # open gradually, as phones would
-
-    async def paced(i: int, token: str, alert_id: str) -> None:
-        async with sem:
-            task = asyncio.create_task(watch(i, token, alert_id))
-            await asyncio.sleep(0.002)
-        await task
-
-    tasks = [asyncio.create_task(paced(i, t, a)) for i, (t, a) in enumerate(tokens_and_alerts)]
-    await asyncio.wait_for(ready.wait(), 600)
-    report.put({"opened": opened, "failed": failed})
+    tasks = [asyncio.create_task(watch(i, t, a)) for i, (t, a) in enumerate(tokens_and_alerts)]
+    try:
+        await asyncio.wait_for(ready.wait(), 600)
+    finally:
+        report.put({"opened": opened, "retries": retries})
     await wait_until(hold_until)
     for t in tasks:
         t.cancel()
     for ch in chans:
         await ch.close()
-    return {"opened": opened, "failed": failed}
+    return {"opened": opened, "retries": retries}
 
 
 # Reads and nearby search ----------------------------------------------------------------------

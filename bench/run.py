@@ -192,21 +192,31 @@ async def populate_providers(n: int) -> list[str]:
     return [str(i) for i in ids]
 
 
-def open_streams(server: stack.Server, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def open_streams(
+    server: stack.Server, pairs: list[tuple[str, str]], clients: int = 2, rate: float = 250.0
+) -> dict[str, Any]:
+    """Streams held by ONE server process (this server must run a single process),
+    opened from `clients` processes at `rate` per second each."""
     before = server.rss_bytes()
-    report = CTX.Queue()
     hold_until = time.time() + 900
-    proc = spawn(loadgen.hold_watch_streams, server.address, pairs, 20, hold_until, report)
-    opened = report.get(timeout=900)
+    procs = []
+    reports = []
+    for k in range(clients):
+        report = CTX.Queue()
+        reports.append(report)
+        procs.append(spawn(loadgen.hold_watch_streams, server.address, pairs[k::clients], 25, rate, hold_until, report))
+    opened = [r.get(timeout=900) for r in reports]
     time.sleep(2)  # let the server settle before reading its memory
     after = server.rss_bytes()
-    proc[0].terminate()
+    for proc, _ in procs:
+        proc.terminate()
+    held = sum(o["opened"] for o in opened)
     return {
-        "streams": opened["opened"],
-        "failed": opened["failed"],
+        "streams": held,
+        "reopened_after_failure": sum(o["retries"] for o in opened),
         "rss_before_mib": before / 2**20,
         "rss_after_mib": after / 2**20,
-        "kib_per_stream": (after - before) / max(opened["opened"], 1) / 1024,
+        "kib_per_stream": (after - before) / max(held, 1) / 1024,
     }
 
 
@@ -218,7 +228,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"seconds_per_measurement": seconds, "servers": 1},
+        "settings": {"seconds_per_measurement": seconds, "server_processes": args.processes},
     }
     await stack.fresh_database()
     print("raw limits ...", flush=True)
@@ -252,12 +262,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out["unary_get_provider"] = unary_reads(server, fx.people[0], "GetProvider", provider_ids[:1000], seconds, 64)
         (nearby,) = collect([spawn(loadgen.nearby_latency, server.address, fx.people[0], 2000)])
         out["nearby"] = {"providers": args.providers, **nearby}
-        print(f"{args.streams} open streams ...", flush=True)
-        pairs = [(fx.people[i % len(fx.people)], alerts[i % len(fx.people)][0]) for i in range(args.streams)]
-        out["open_streams"] = open_streams(server, pairs)
         out["redis_benchmark_rps"] = raw_limits.redis_benchmark(stack.REDIS_URL)
     finally:
         server.stop()
+    print(f"{args.streams} open streams in one process ...", flush=True)
+    single = await stack.start_server()
+    try:
+        pairs = [(fx.people[i % len(fx.people)], alerts[i % len(fx.people)][0]) for i in range(args.streams)]
+        out["open_streams"] = open_streams(single, pairs)
+    finally:
+        single.stop()
     out["finished"] = datetime.now(UTC).isoformat()
     out["vs_targets"] = versus_targets(out)
     return out
@@ -339,6 +353,7 @@ def cli() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0, 500.0])
     parser.add_argument("--providers", type=int, default=100_000)
     parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2, help="server processes (SO_REUSEPORT)")
     args = parser.parse_args()
     result = asyncio.run(main(args))
     print_table(result)

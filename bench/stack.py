@@ -49,7 +49,7 @@ def server_env(**overrides: str) -> dict[str, str]:
         "SECURENOW_SECRET_KEY": SECRET_KEY,
         "SECURENOW_DATA_KEY": DATA_KEY,
         "SECURENOW_LOG_LEVEL": "WARNING",
-        "SECURENOW_DB_POOL_MAX_SIZE": "40",
+        "SECURENOW_DB_POOL_MAX_SIZE": "30",
         "SECURENOW_ACK_TIMEOUT_SECONDS": "600",  # no escalations during measurements
         **overrides,
     }
@@ -85,10 +85,17 @@ class Server:
         return self.proc.pid
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """Resident memory of the server process (or of all its processes)."""
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -240,7 +240,7 @@ class Authenticator:
             cached = None  # Redis down: Postgres decides
         if cached is not None:
             return SessionState.from_json(cached)
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             state = await uow.accounts.session_state(session_id)
         if state is not None:
             try:
@@ -258,7 +258,7 @@ class Authenticator:
             key_id, secret = self._api_keys.parse(credential)
         except InvalidToken:
             raise Unauthenticated("invalid API key", reason="INVALID_API_KEY") from None
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             key = await uow.agency.get_api_key_secret(key_id)
         if key is None or not self._api_keys.matches(secret, key.secret_hash):
             raise Unauthenticated("invalid API key", reason="INVALID_API_KEY")

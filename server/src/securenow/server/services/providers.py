@@ -89,7 +89,7 @@ class ProviderService:
 
     async def get(self, caller: Principal, provider_id: str) -> Provider:
         pid = parse_uuid("provider_id", provider_id)
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             provider = await self._visible(uow, caller, pid)
         return (await self._with_duty([provider]))[0]
 
@@ -132,7 +132,7 @@ class ProviderService:
             page_token,
             filters=("providers", caller.id, business_type, verification, service_type, min_rating),
         )
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             providers, cursor = await uow.providers.list_page(
                 page,
                 viewer_id=caller.user_id,
@@ -229,7 +229,7 @@ class ProviderService:
         )
         if not hits:
             return []
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             providers = await uow.providers.get_many([h.provider_id for h in hits])
         out = []
         for hit in hits:

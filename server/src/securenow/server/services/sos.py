@@ -68,9 +68,11 @@ class SosService:
 
     async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
         aid = parse_uuid("alert_id", alert_id)
-        async with self._db.unit_of_work() as uow:
-            alert = await self._readable(uow, principal, aid)
-            incident = await uow.sos.incident_for_alert(aid)
+        async with self._db.reader() as uow:
+            found = await uow.sos.get_alert_with_incident(aid)
+            if found is None or not can_read(principal, found[0]):
+                raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+            alert, incident = found
             if principal.kind is PrincipalKind.API_KEY or principal.user_id != alert.user_id:
                 # Reading someone else's emergency is sensitive: audited.
                 await uow.audit.record(principal, AuditEntry("sos.read", "sos_alert", aid))
@@ -88,7 +90,7 @@ class SosService:
         else:
             user_id, agency_id = principal.user_id, None
         page = page_request(page_size, page_token, filters=("alerts", user_id, agency_id, status))
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             alerts, cursor = await uow.sos.list_alerts(page, user_id=user_id, agency_id=agency_id, status=status)
         return alerts, page.next_token(cursor)
 
@@ -134,16 +136,18 @@ class SosService:
         return aid
 
     async def watch_snapshot(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
-        async with self._db.unit_of_work() as uow:
-            alert = await self._readable(uow, principal, alert_id)
-            return alert, await uow.sos.incident_for_alert(alert_id)
+        async with self._db.reader() as uow:
+            found = await uow.sos.get_alert_with_incident(alert_id)
+        if found is None or not can_read(principal, found[0]):
+            raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+        return found
 
     async def list_locations(
         self, principal: Principal, alert_id: str, page_size: int, page_token: str
     ) -> tuple[list[LocationFix], str]:
         aid = parse_uuid("alert_id", alert_id)
         page = page_request(page_size, page_token, filters=("locations", aid), default=500, maximum=5000)
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             await self._readable(uow, principal, aid)
             fixes, cursor = await uow.sos.list_locations(aid, page)
         return fixes, page.next_token(cursor)

@@ -116,6 +116,11 @@ class Database:
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self)
 
+    def reader(self) -> UnitOfWork:
+        """A unit of work without a transaction, for reads (each statement stands alone;
+        BEGIN and COMMIT would double the round trips of a simple lookup)."""
+        return UnitOfWork(self, transactional=False)
+
     async def close(self) -> None:
         await self.pool.close()
 
@@ -125,8 +130,9 @@ class UnitOfWork:
     ends without an exception. Repositories share its connection. Callbacks added with
     `after_commit` run once the commit succeeded (publishing, cache invalidation)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, transactional: bool = True) -> None:
         self._db = db
+        self._transactional = transactional
         self._conn: PoolConnectionProxy | None = None
         self._tx: Any = None
         self._after_commit: list[Callable[[], Awaitable[None]]] = []
@@ -141,8 +147,9 @@ class UnitOfWork:
         try:
             conn = await self._db.pool.acquire(timeout=self._db.acquire_timeout)
             self._conn = conn
-            self._tx = conn.transaction()
-            await self._tx.start()
+            if self._transactional:
+                self._tx = conn.transaction()
+                await self._tx.start()
         except _UNAVAILABLE_ERRORS as exc:
             await self._release()
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
@@ -152,7 +159,11 @@ class UnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if exc is None:
+            if self._tx is None:
+                unavailable = translate_unavailable(exc) if exc is not None else None
+                if unavailable is not None:
+                    raise unavailable from exc
+            elif exc is None:
                 try:
                     await self._tx.commit()
                 except _UNAVAILABLE_ERRORS as commit_exc:

@@ -124,6 +124,34 @@ class SosRepo:
         )
         return alert_from_row(must(row))
 
+    async def get_alert_with_incident(self, alert_id: str) -> tuple[SosAlert, PoliceIncident | None] | None:
+        """One round trip for the alert and its incident (if any)."""
+        row = await self.conn.fetchrow(
+            f"""SELECT {ALERT_COLUMNS}, row_to_json(i) AS incident
+                FROM sos_alerts a LEFT JOIN police_incidents i ON i.sos_alert_id = a.id WHERE a.id = $1""",
+            alert_id,
+        )
+        if row is None:
+            return None
+        inc = row["incident"]
+        incident = None
+        if inc is not None:
+            incident = PoliceIncident(
+                id=inc["id"],
+                sos_alert_id=inc["sos_alert_id"],
+                police_department_id=inc["police_department_id"],
+                incident_type=IncidentType(inc["incident_type"]),
+                priority=AlertPriority(inc["priority"]),
+                status=IncidentStatus(inc["status"]),
+                assigned_unit=inc["assigned_unit"] or "",
+                estimated_arrival_minutes=inc["estimated_arrival"] or 0,
+                actual_arrival_time=datetime.fromisoformat(inc["actual_arrival"]) if inc["actual_arrival"] else None,
+                resolution_notes=inc["resolution_notes"] or "",
+                create_time=datetime.fromisoformat(inc["created_at"]),
+                update_time=datetime.fromisoformat(inc["updated_at"]),
+            )
+        return alert_from_row(row), incident
+
     async def get_alert(self, alert_id: str, *, for_update: bool = False) -> SosAlert | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {ALERT_COLUMNS} FROM sos_alerts a WHERE a.id = $1{lock}", alert_id)
