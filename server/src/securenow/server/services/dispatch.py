@@ -37,34 +37,62 @@ class DispatchService:
 
     # Routing ----------------------------------------------------------------------
 
-    async def open_alert(
-        self, uow: UnitOfWork, alert_id: str, user_id: str, raise_: ValidRaise
-    ) -> tuple[SosAlert, PoliceIncident | None]:
-        """Stores a new alert already routed: one write for the alert, one for its
-        incident, one event. Without a location fix it waits unassigned; the first shared
-        fix routes it (or the sweeper, once the deadline passes)."""
+    async def open_alert(self, uow: UnitOfWork, caller: Principal, alert_id: str, raise_: ValidRaise) -> SosAlert:
+        """Stores a new alert already routed, with its incident, dispatch event and audit
+        entry, in one statement. Without a location fix it waits unassigned; the first
+        shared fix routes it (or the sweeper, once the deadline passes)."""
         route = Route(None, False)
         if raise_.location is not None:
             route = await self._router.choose(uow, raise_.location.point, [])
             if route.agency is None:
                 log.warning("no agency can take the alert raised at %s", raise_.location.point)
         agency = route.agency
+        now = datetime.now(UTC)
         timeout = timedelta(seconds=agency.ack_timeout_seconds) if agency else self._default_timeout
-        alert = await uow.sos.insert_alert(
-            alert_id,
-            user_id,
+        alert = SosAlert(
+            id=alert_id,
+            user_id=caller.id,
             location=raise_.location,
             description=raise_.description,
+            status=SosStatus.ACTIVE,
             priority=raise_.priority,
             incident_type=raise_.incident_type,
-            metadata=raise_.metadata,
             assigned_agency_id=agency.department_id if agency else None,
+            response_time=None,
+            police_notified=False,
+            create_time=now,
+            resolve_time=None,
+            metadata=raise_.metadata,
+            escalation_level=0,
             outside_jurisdiction=route.outside_jurisdiction if raise_.location is not None else False,
-            escalate_at=datetime.now(UTC) + timeout,
+            cancel_reason="",
+            update_time=now,
+            escalate_at=now + timeout,
         )
-        incident = await uow.sos.insert_incident(str(uuid.uuid4()), alert, agency.department_id) if agency else None
-        await sos_events.alert_raised(uow, alert, incident)
-        return alert, incident
+        incident = None
+        if agency is not None:
+            incident = PoliceIncident(
+                id=str(uuid.uuid4()),
+                sos_alert_id=alert_id,
+                police_department_id=agency.department_id,
+                incident_type=alert.incident_type,
+                priority=alert.priority,
+                status=IncidentStatus.REPORTED,
+                assigned_unit="",
+                estimated_arrival_minutes=0,
+                actual_arrival_time=None,
+                resolution_notes="",
+                create_time=now,
+                update_time=now,
+            )
+        audit = AuditEntry(
+            "sos.raise",
+            "sos_alert",
+            alert_id,
+            details={"agency": alert.assigned_agency_id, "has_fix": bool(alert.location)},
+        )
+        await uow.sos.insert_raised(alert, incident, sos_events.alert_raised_row(alert, incident), caller, audit)
+        return alert
 
     async def assign(
         self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str

@@ -54,16 +54,7 @@ class SosService:
             prior = await replayed_resource(uow, caller, "RaiseSos", key, new_id)
             if prior is not None:
                 return await self._readable(uow, caller, prior)
-            alert, _ = await self._dispatch.open_alert(uow, new_id, caller.user_id, valid)
-            await uow.audit.record(
-                caller,
-                AuditEntry(
-                    "sos.raise",
-                    "sos_alert",
-                    alert.id,
-                    details={"agency": alert.assigned_agency_id, "has_fix": bool(alert.location)},
-                ),
-            )
+            alert = await self._dispatch.open_alert(uow, caller, new_id, valid)
         return alert
 
     async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:

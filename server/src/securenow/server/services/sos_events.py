@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.sos import PoliceIncident, SosAlert
+from securenow.server.storage.outbox_repo import OutboxRow
 from securenow.server.storage.postgres import UnitOfWork
 
 TOPIC_DISPATCH = "dispatch"
@@ -16,15 +17,19 @@ TOPIC_EMERGENCY = "sos:emergency"
 TOPIC_WATCH = "sos:alert"
 
 
-async def alert_raised(uow: UnitOfWork, alert: SosAlert, incident: PoliceIncident | None) -> None:
+def alert_raised_row(alert: SosAlert, incident: PoliceIncident | None) -> OutboxRow:
     """To the assigned department (if any) and the sos:emergency channel, as one event."""
-    await uow.outbox.add(
+    return OutboxRow(
         TOPIC_EMERGENCY,
         "alert_raised",
         {"alert": alert.to_json(), "incident": incident.to_json() if incident else None},
         aggregate_id=alert.id,
         department_id=alert.assigned_agency_id,
     )
+
+
+async def alert_raised(uow: UnitOfWork, alert: SosAlert, incident: PoliceIncident | None) -> None:
+    await uow.outbox.add_row(alert_raised_row(alert, incident))
 
 
 async def alert_location(uow: UnitOfWork, alert_id: str, department_id: str | None, fix: LocationFix) -> None:

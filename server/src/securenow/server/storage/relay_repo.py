@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,65 +54,52 @@ class RelayRepo:
         return [_event(r) for r in rows]
 
     async def claim_new(self, limit: int) -> list[OutboxEvent]:
-        """Locks the oldest unpublished events without a sequence number and gives each
-        dispatch event the next number of its department (in this order)."""
+        """Takes the oldest unpublished events without a sequence number and gives each
+        dispatch event the next number of its department, in id order: one statement,
+        so one round trip and one commit on the delivery path."""
         rows = await self.conn.fetch(
-            f"""SELECT {COLUMNS} FROM outbox WHERE published_at IS NULL AND dept_seq IS NULL
-                ORDER BY id LIMIT $1 FOR UPDATE""",
+            """WITH batch AS (
+                   SELECT id, department_id FROM outbox
+                   WHERE published_at IS NULL AND dept_seq IS NULL ORDER BY id LIMIT $1 FOR UPDATE),
+               numbered AS (
+                   SELECT id, department_id, row_number() OVER (PARTITION BY department_id ORDER BY id) AS n
+                   FROM batch WHERE department_id IS NOT NULL),
+               counts AS (
+                   SELECT department_id, count(*) AS c FROM numbered GROUP BY department_id),
+               tops AS (
+                   INSERT INTO dispatch_sequences AS s (department_id, last_seq)
+                   SELECT department_id, c FROM counts
+                   ON CONFLICT (department_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
+                   RETURNING department_id, last_seq),
+               assigned AS (
+                   UPDATE outbox o SET dept_seq = t.last_seq - c.c + n.n
+                   FROM numbered n JOIN counts c USING (department_id) JOIN tops t USING (department_id)
+                   WHERE o.id = n.id
+                   RETURNING o.id, o.dept_seq)
+               SELECT o.id, o.topic, o.event_type, o.aggregate_id, o.department_id, o.payload,
+                      a.dept_seq, o.created_at
+               FROM batch b JOIN outbox o ON o.id = b.id LEFT JOIN assigned a ON a.id = b.id
+               ORDER BY o.id""",
             limit,
         )
-        events = [_event(r) for r in rows]
-        counts: dict[str, int] = {}
-        for e in events:
-            if e.department_id:
-                counts[e.department_id] = counts.get(e.department_id, 0) + 1
-        if not counts:
-            return events
-        tops = await self.conn.fetch(
-            """INSERT INTO dispatch_sequences AS s (department_id, last_seq)
-               SELECT * FROM unnest($1::uuid[], $2::bigint[])
-               ON CONFLICT (department_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
-               RETURNING department_id, last_seq""",
-            list(counts),
-            list(counts.values()),
-        )
-        next_seq = {str(r["department_id"]): r["last_seq"] - counts[str(r["department_id"])] + 1 for r in tops}
-        ids, seqs, out = [], [], []
-        for e in events:
-            if e.department_id:
-                seq = next_seq[e.department_id]
-                next_seq[e.department_id] = seq + 1
-                ids.append(e.id)
-                seqs.append(seq)
-                e = replace(e, dept_seq=seq)
-            out.append(e)
-        await self.conn.execute(
-            """UPDATE outbox o SET dept_seq = v.seq
-               FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE o.id = v.id""",
-            ids,
-            seqs,
-        )
-        return out
+        return [_event(r) for r in rows]
 
     async def mark_published(self, ids: list[int]) -> None:
-        await self.conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
-
-    async def enqueue_webhooks(self, outbox_ids: list[int]) -> None:
-        """One webhook delivery per published dispatch event whose department has a
-        webhook_url (location updates are too frequent to be webhooks)."""
-        if not outbox_ids:
-            return
+        """Marks events published and creates their webhook deliveries (one per dispatch
+        event whose department has a webhook_url; location updates are too frequent)."""
         await self.conn.execute(
-            """INSERT INTO webhook_deliveries (outbox_id, department_id, event_id, event_type, body)
-               SELECT o.id, o.department_id, o.dept_seq || '-0', o.event_type,
-                      jsonb_build_object('event_id', o.dept_seq || '-0', 'event_type', o.event_type,
-                                         'event_time', o.created_at, 'department_id', o.department_id,
-                                         'data', o.payload)
-               FROM outbox o JOIN police_departments d ON d.id = o.department_id
-               WHERE o.id = ANY($1::bigint[]) AND o.dept_seq IS NOT NULL AND d.webhook_url IS NOT NULL
-                 AND o.event_type <> 'alert_location'
+            """WITH published AS (
+                   UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])
+                   RETURNING id, department_id, dept_seq, event_type, created_at, payload)
+               INSERT INTO webhook_deliveries (outbox_id, department_id, event_id, event_type, body)
+               SELECT p.id, p.department_id, p.dept_seq || '-0', p.event_type,
+                      jsonb_build_object('event_id', p.dept_seq || '-0', 'event_type', p.event_type,
+                                         'event_time', p.created_at, 'department_id', p.department_id,
+                                         'data', p.payload)
+               FROM published p JOIN police_departments d ON d.id = p.department_id
+               WHERE p.dept_seq IS NOT NULL AND d.webhook_url IS NOT NULL AND p.event_type <> 'alert_location'
                ON CONFLICT (outbox_id, department_id) DO NOTHING""",
-            outbox_ids,
+            ids,
         )
 
     async def unacked_dispatch(self) -> list[OutboxEvent]:

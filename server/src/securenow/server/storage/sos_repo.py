@@ -9,10 +9,13 @@ from typing import Any
 
 import asyncpg
 
+from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
 from securenow.server.domain.geo import LocationFix, Point
 from securenow.server.domain.paging import PageRequest
 from securenow.server.domain.sos import PoliceIncident, SosAlert
+from securenow.server.storage.audit_repo import AuditEntry, audit_args
+from securenow.server.storage.outbox_repo import OutboxRow
 from securenow.server.storage.rows import Conn, geog_point, must, sid
 
 ALERT_COLUMNS = """a.id, a.user_id, a.location_data, a.description, a.status, a.priority, a.assigned_agency,
@@ -88,41 +91,53 @@ class SosRepo:
 
     # Alerts -----------------------------------------------------------------------
 
-    async def insert_alert(
-        self,
-        alert_id: str,
-        user_id: str,
-        *,
-        location: LocationFix | None,
-        description: str,
-        priority: AlertPriority,
-        incident_type: IncidentType,
-        metadata: dict[str, str],
-        assigned_agency_id: str | None,
-        outside_jurisdiction: bool,
-        escalate_at: datetime,
-    ) -> SosAlert:
-        lng, lat = (location.point.longitude, location.point.latitude) if location else (None, None)
-        row = await self.conn.fetchrow(
-            f"""INSERT INTO sos_alerts AS a (id, user_id, location_data, location, description, priority,
-                    incident_type, metadata, assigned_agency, outside_jurisdiction, escalate_at)
-                VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
-                        $6, $7, $8, $9, $10, $11, $12)
-                RETURNING {ALERT_COLUMNS}""",
-            alert_id,
-            user_id,
-            location.to_json() if location else {},
+    async def insert_raised(
+        self, alert: SosAlert, incident: PoliceIncident | None, event: OutboxRow, actor: Principal, audit: AuditEntry
+    ) -> None:
+        """A new alert, its incident (if routed), its outbox event and its audit entry in
+        one statement: RaiseSos is the hottest write, and each round trip counts."""
+        fix = alert.location
+        lng, lat = (fix.point.longitude, fix.point.latitude) if fix else (None, None)
+        await self.conn.execute(
+            f"""WITH a AS (
+                    INSERT INTO sos_alerts (id, user_id, location_data, location, description, priority, incident_type,
+                        metadata, assigned_agency, outside_jurisdiction, escalate_at, created_at, updated_at)
+                    VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
+                            $6, $7, $8, $9, $10, $11, $12, $13, $13)
+                    RETURNING id),
+                i AS (
+                    INSERT INTO police_incidents (id, sos_alert_id, police_department_id, incident_type, priority,
+                        created_at, updated_at)
+                    SELECT $14, a.id, $10, $8, $7::text::incident_priority, $13, $13 FROM a WHERE $14::uuid IS NOT NULL
+                    RETURNING id),
+                o AS (
+                    INSERT INTO outbox (topic, event_type, aggregate_id, department_id, payload)
+                    SELECT $15, $16, a.id, $10, $17 FROM a
+                    RETURNING id)
+                INSERT INTO audit_log (actor_type, actor_id, actor_role, action, resource_type, resource_id,
+                                       outcome, details)
+                SELECT $18, $19, $20, $21, $22, a.id::text, $23, $24 FROM a""",
+            alert.id,
+            alert.user_id,
+            fix.to_json() if fix else {},
             lng,
             lat,
-            description or None,
-            priority.value,
-            incident_type.value,
-            metadata,
-            assigned_agency_id,
-            outside_jurisdiction,
-            escalate_at,
+            alert.description or None,
+            alert.priority.value,
+            alert.incident_type.value,
+            alert.metadata,
+            alert.assigned_agency_id,
+            alert.outside_jurisdiction,
+            alert.escalate_at,
+            alert.create_time,
+            incident.id if incident else None,
+            event.topic,
+            event.event_type,
+            event.payload,
+            *audit_args(actor, audit)[:5],
+            audit.outcome,
+            audit.details or {},
         )
-        return alert_from_row(must(row))
 
     async def get_alert_with_incident(self, alert_id: str) -> tuple[SosAlert, PoliceIncident | None] | None:
         """One round trip for the alert and its incident (if any)."""

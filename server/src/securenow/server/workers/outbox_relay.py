@@ -148,11 +148,11 @@ class OutboxRelay:
                 await self._rebuild_streams()
         pending: list[OutboxEvent] = []
         if self._leftovers_possible:
-            async with self._db.unit_of_work() as uow:
+            async with self._db.reader() as uow:
                 pending = await RelayRepo(uow.conn).sequenced_unpublished(BATCH)
             self._leftovers_possible = len(pending) == BATCH
         if not pending:
-            async with self._db.unit_of_work() as uow:
+            async with self._db.reader() as uow:  # one statement: its own transaction
                 pending = await RelayRepo(uow.conn).claim_new(BATCH)
         if not pending:
             return 0
@@ -161,9 +161,8 @@ class OutboxRelay:
         except BaseException:
             self._leftovers_possible = True
             raise
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:  # one statement: its own transaction
             await RelayRepo(uow.conn).mark_published([e.id for e in pending])
-            await RelayRepo(uow.conn).enqueue_webhooks([e.id for e in pending if e.department_id])
         if self.on_published is not None:
             self.on_published()
         return len(pending)
