@@ -5,6 +5,7 @@ client interceptors on the channel."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,7 @@ class Session:
         self._expires_at = 0.0  # epoch seconds
         self._lock = asyncio.Lock()
         self._refresher: Refresher | None = None
+        self._exchange: asyncio.Future[None] | None = None
         self.refresh_count = 0
 
     # State ------------------------------------------------------------------------------
@@ -144,21 +146,39 @@ class Session:
 
     async def _refresh_if(self, still_needed: Callable[[], bool]) -> None:
         async with self._lock:
+            if self._exchange is not None and not self._exchange.done():
+                # A refresh whose caller was cancelled is still running: let it land.
+                with contextlib.suppress(SecureNowError):
+                    await asyncio.shield(self._exchange)
             if not still_needed():
                 return  # another call refreshed meanwhile
             if self._refresh is None or self._refresher is None:
                 raise SecureNowError(grpc.StatusCode.UNAUTHENTICATED, "no refresh token: sign in first")
-            spent = self._refresh
-            try:
-                response = await self._refresher(auth_pb2.RefreshTokenRequest(refresh_token=spent))
-            except grpc.aio.AioRpcError as exc:
-                error = SecureNowError.from_rpc_error(exc)
-                if error.code == grpc.StatusCode.UNAUTHENTICATED and self._refresh == spent:
-                    self._refresh = None  # the session is over; do not try again
-                raise error from None
+            # The exchange runs as its own task: cancelling the caller must not lose the
+            # response, or the spent refresh token would be presented again (reuse
+            # detection would then end the session).
+            self._exchange = asyncio.ensure_future(self._exchange_tokens(self._refresher, self._refresh))
+            self._exchange.add_done_callback(_retrieve)
+            await asyncio.shield(self._exchange)
+
+    async def _exchange_tokens(self, refresher: Refresher, spent: str) -> None:
+        try:
+            response = await refresher(auth_pb2.RefreshTokenRequest(refresh_token=spent))
+        except grpc.aio.AioRpcError as exc:
+            error = SecureNowError.from_rpc_error(exc)
+            if error.code == grpc.StatusCode.UNAUTHENTICATED and self._refresh == spent:
+                self._refresh = None  # the session is over; do not try again
+            raise error from None
+        if self._refresh == spent:  # unless the tokens were replaced meanwhile
             self.store(response)
             self.refresh_count += 1
             log.debug("access token refreshed")
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Marks a background refresh's outcome as seen (its waiters may be gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 # Interceptors ---------------------------------------------------------------------------------
@@ -233,12 +253,3 @@ def auth_interceptors(session: Session) -> list[Any]:
     that fail with INVALID_TOKEN are refreshed and repeated once; streaming calls get
     the same proactive refresh (the SDK's stream helpers recover themselves)."""
     return [_UnaryUnaryAuth(session), _UnaryStreamAuth(session), _StreamUnaryAuth(session), _StreamStreamAuth(session)]
-
-
-def bearer_of(metadata: Any) -> str | None:
-    """The bearer token in call metadata, if any."""
-    for key, value in metadata or ():
-        if key == AUTHORIZATION:
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            return text.partition(" ")[2] or None
-    return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
@@ -70,7 +71,7 @@ class SecureNowError(Exception):
         )
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.aio.AioRpcError | grpc.RpcError) -> SecureNowError:
+    def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> SecureNowError:
         """Builds the error from a failed call, reading `grpc-status-details-bin`."""
         code: grpc.StatusCode = error.code()
         message: str = error.details() or ""
@@ -91,13 +92,4 @@ def _rich_status(trailing: Iterable[tuple[str, str | bytes]] | None) -> status_p
                 return status_pb2.Status.FromString(value)
             except Exception:  # a malformed details blob must not hide the status itself
                 return None
-    return None
-
-
-def as_securenow_error(error: BaseException) -> SecureNowError | None:
-    """The SecureNowError for `error` if it is one or a gRPC error, else None."""
-    if isinstance(error, SecureNowError):
-        return error
-    if isinstance(error, grpc.aio.AioRpcError):
-        return SecureNowError.from_rpc_error(error)
     return None

@@ -150,9 +150,13 @@ class UnitOfWork:
             if self._transactional:
                 self._tx = conn.transaction()
                 await self._tx.start()
-        except _UNAVAILABLE_ERRORS as exc:
+        except BaseException as exc:
+            # Also on cancellation (a client deadline during BEGIN): never leak the
+            # connection, or the pool shrinks and closing it waits forever.
             await self._release()
-            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+            if isinstance(exc, _UNAVAILABLE_ERRORS):
+                raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise
         return self
 
     async def __aexit__(

@@ -173,7 +173,12 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         alert_id = incident_id = ""
         try:
             if kind == "ack":
-                await self._hub.ack(sub.department_id, req.ack.event_id)
+                # Acks are never answered (results pair with commands, in order). A bad
+                # or lost ack only means the event comes again.
+                try:
+                    await self._hub.ack(sub.department_id, req.ack.event_id)
+                except DomainError as err:
+                    log.info("ignored an ack: %s", err.message)
                 return None
             if kind == "accept":
                 alert_id = req.accept.alert_id

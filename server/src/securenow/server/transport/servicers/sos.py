@@ -10,12 +10,13 @@ from securenow.server.domain.geo import validate_location
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services.locations import LocationIngestor
 from securenow.server.services.sos import SosService
-from securenow.server.storage.alert_watch import AlertWatchHub
+from securenow.server.storage.alert_watch import RESYNC, AlertWatchHub
 from securenow.server.transport import convert, convert_sos
 from securenow.server.transport.context import current_principal
 from securenow.v1 import sos_pb2, sos_pb2_grpc
 
 TERMINAL = (SosStatus.RESOLVED, SosStatus.CANCELLED)
+TERMINAL_EVENTS = ("resolved", "cancelled")
 
 
 class SosServicer(sos_pb2_grpc.SosServiceServicer):
@@ -91,14 +92,20 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
             yield sos_pb2.WatchSosResponse(
                 alert=convert_sos.alert(alert), event="snapshot", incident=convert_sos.incident(incident)
             )
-            while alert.status not in TERMINAL:
+            if alert.status in TERMINAL:
+                return  # nothing can change any more
+            while True:
                 event = await queue.get()
+                # One message per change, showing the state as it is when sent.
                 alert, incident = await self._sos.watch_snapshot(principal, alert_id)
+                resync = event == RESYNC
                 yield sos_pb2.WatchSosResponse(
                     alert=convert_sos.alert(alert),
-                    event="snapshot" if event == "resync" else event,
+                    event="snapshot" if resync else event,
                     incident=convert_sos.incident(incident),
                 )
+                if event in TERMINAL_EVENTS or (resync and alert.status in TERMINAL):
+                    return
         finally:
             self._watch.unwatch(alert_id, queue)
 
