@@ -73,6 +73,7 @@ async def cad_consumers(
     """One StreamDispatch per department; records raise->delivery latency of alerts raised
     in [start_at, end_at] (the raiser puts its wall-clock send time in metadata["t0"])."""
     latencies: list[float] = []
+    server_side: list[float] = []  # from the alert's creation in the server to the CAD
     connected = 0
     channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(4)]
 
@@ -95,6 +96,7 @@ async def cad_consumers(
                 t0 = float(msg.alert_raised.alert.metadata.get("t0", "0"))
                 if start_at <= t0 <= end_at:
                     latencies.append(now - t0)
+                    server_side.append(now - msg.alert_raised.alert.create_time.ToMicroseconds() / 1e6)
             if msg.event_id:
                 outbox.put_nowait(agency_pb2.StreamDispatchRequest(ack=agency_pb2.Ack(event_id=msg.event_id)))
 
@@ -110,6 +112,8 @@ async def cad_consumers(
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": max(latencies, default=float("nan")) * 1000,
+        "server_p50_ms": percentile(server_side, 50) * 1000,
+        "server_p99_ms": percentile(server_side, 99) * 1000,
     }
 
 
