@@ -107,13 +107,20 @@ class Server:
                 self.proc.wait()
 
 
+LOG_DIR = Path(__file__).resolve().parent / "results"
+
+
 def _spawn_server(port: int, http_port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(BIN / "securenow"), "serve"],
-        env=server_env(SECURENOW_GRPC_ADDR=f"127.0.0.1:{port}", SECURENOW_HTTP_ADDR=f"127.0.0.1:{http_port}", **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    LOG_DIR.mkdir(exist_ok=True)
+    with (LOG_DIR / f"server-{port}.log").open("ab") as log:  # warnings and errors only
+        return subprocess.Popen(
+            [str(BIN / "securenow"), "serve"],
+            env=server_env(
+                SECURENOW_GRPC_ADDR=f"127.0.0.1:{port}", SECURENOW_HTTP_ADDR=f"127.0.0.1:{http_port}", **env
+            ),
+            stdout=log,
+            stderr=log,
+        )
 
 
 async def start_server(**env: str) -> Server:

@@ -376,3 +376,56 @@ async def test_several_server_processes_share_the_port_and_a_dead_one_is_replace
     code = await server.kill(signal.SIGTERM)
     assert code == 0
     assert child_pids(server.proc.pid) == set()
+
+
+CAD_SWARM = """
+import asyncio, sys
+import grpc
+from securenow.v1 import agency_pb2, agency_pb2_grpc
+
+async def main(address, key, n):
+    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(4)]
+    calls = []
+    for i in range(n):
+        async def requests():
+            yield agency_pb2.StreamDispatchRequest(subscribe=agency_pb2.Subscribe())
+            await asyncio.sleep(3600)
+        call = agency_pb2_grpc.AgencyServiceStub(channels[i % 4]).StreamDispatch(
+            requests(), metadata=(("authorization", "Bearer " + key),))
+        calls.append(call)
+    print("open", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_cad_clients_vanishing_mid_stream_do_not_take_the_server_down(
+    faults_db: str, redis_proc: RedisProcess, servers
+) -> None:  # type: ignore[no-untyped-def]
+    # Regression: logging the peer of a stream the client had torn down crashed grpcio.
+    server = ServerProcess(faults_db, redis_proc.url, SECURENOW_LOG_LEVEL="INFO")
+    servers.append(server)
+    await server.start()
+    async with grpc.aio.insecure_channel(server.address) as ch:
+        api, admin, person = await accounts(server, ch)
+        dept = await register_department(api, admin, SF)
+        for _ in range(3):
+            swarm = await asyncio.create_subprocess_exec(
+                str(VENV_BIN / "python"),
+                "-c",
+                CAD_SWARM,
+                server.address,
+                dept.api_key,
+                "50",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert swarm.stdout is not None
+            assert (await asyncio.wait_for(swarm.stdout.readline(), 30)).strip() == b"open"
+            await raise_with_retries(api.sos, person, str(uuid.uuid4()))
+            swarm.kill()  # 50 CAD streams vanish at once
+            await swarm.wait()
+        _, attempts = await raise_with_retries(api.sos, person, str(uuid.uuid4()), within=10)
+        assert attempts == 1  # answered at once: the server is alive
+    assert server.proc is not None
+    assert server.proc.returncode is None

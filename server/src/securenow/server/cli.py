@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -134,6 +135,9 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash in native code (grpcio, asyncpg, uvloop) still leaves the Python stacks
+    # of every thread on stderr, next to the JSON logs.
+    faulthandler.enable()
     parser = argparse.ArgumentParser(prog="securenow", description="SecureNow server")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -60,10 +60,13 @@ def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
 class _Call:
     """State of one RPC, shared by the wrappers below."""
 
-    __slots__ = ("code", "method", "principal", "reason", "rule", "service", "short", "started")
+    __slots__ = ("code", "method", "peer", "principal", "reason", "rule", "service", "short", "started")
 
-    def __init__(self, method: str, rule: Rule | None) -> None:
+    def __init__(self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext) -> None:
         self.method = method
+        # Read while the call is alive: grpcio crashes (segfault) on peer() of a call
+        # the client already tore down, which is how streams usually end.
+        self.peer = context.peer()
         self.rule = rule
         _, _, tail = method.partition("/")
         self.service, _, self.short = tail.partition("/")
@@ -115,14 +118,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule)
+                call = _Call(method, rule, context)
                 try:
                     await enter(call)
                     return await inner_uu(request, context)
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
-                    await self._finish(call, context)
+                    await self._finish(call)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
@@ -132,7 +135,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                call = _Call(method, rule)
+                call = _Call(method, rule, context)
                 try:
                     await enter(call)
                     async for response in inner_us(request, context):
@@ -140,7 +143,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
-                    await self._finish(call, context)
+                    await self._finish(call)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
@@ -150,14 +153,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule)
+                call = _Call(method, rule, context)
                 try:
                     await enter(call)
                     return await inner_su(requests, context)
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
-                    await self._finish(call, context)
+                    await self._finish(call)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, handler.request_deserializer, handler.response_serializer
@@ -166,7 +169,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, rule)
+            call = _Call(method, rule, context)
             try:
                 await enter(call)
                 async for response in inner_ss(requests, context):
@@ -174,7 +177,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as exc:
                 await self._fail(call, context, exc)
             finally:
-                await self._finish(call, context)
+                await self._finish(call)
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer
@@ -214,7 +217,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         except Exception:
             log.warning("could not audit a failed call to %s", call.method, exc_info=True)
 
-    async def _finish(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+    async def _finish(self, call: _Call) -> None:
         elapsed = time.perf_counter() - call.started
         CALLS.labels(call.service, call.short, call.code).inc()
         LATENCY.labels(call.service, call.short, call.code).observe(elapsed)
@@ -228,6 +231,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 "duration_ms": round(elapsed * 1000, 3),
                 "principal": principal.id if principal else None,
                 "role": principal.role.value if principal else None,
-                "peer": context.peer(),
+                "peer": call.peer,
             },
         )
