@@ -6,7 +6,7 @@ import logging
 
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import AlreadyExists, Unavailable
-from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.idempotency_repo import IdempotencyKey, PriorRequest
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import UnitOfWork
 
@@ -21,8 +21,12 @@ async def replayed_resource(
     if key is None:
         return None
     prior = await uow.idempotency.claim(principal.id, operation, key, new_id)
-    if prior is None:
-        return None
+    return None if prior is None else same_request(prior, key)
+
+
+def same_request(prior: PriorRequest, key: IdempotencyKey) -> str:
+    """The resource of an earlier request with this request_id; ALREADY_EXISTS when
+    that request was a different one."""
     if prior.fingerprint != key.fingerprint:
         raise AlreadyExists(
             "request_id was already used with a different request",

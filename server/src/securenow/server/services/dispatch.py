@@ -17,6 +17,7 @@ from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services import sos_events
 from securenow.server.services.routing import Route, Router
 from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.postgres import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,13 @@ class DispatchService:
 
     # Routing ----------------------------------------------------------------------
 
-    async def open_alert(self, uow: UnitOfWork, caller: Principal, alert_id: str, raise_: ValidRaise) -> SosAlert:
+    async def open_alert(
+        self, uow: UnitOfWork, caller: Principal, alert_id: str, raise_: ValidRaise, key: IdempotencyKey | None
+    ) -> SosAlert | None:
         """Stores a new alert already routed, with its incident, dispatch event and audit
         entry, in one statement. Without a location fix it waits unassigned; the first
-        shared fix routes it (or the sweeper, once the deadline passes)."""
+        shared fix routes it (or the sweeper, once the deadline passes). None when `key`
+        was used before (nothing stored)."""
         route = Route(None, False)
         if raise_.location is not None:
             route = await self._router.choose(uow, raise_.location.point, [])
@@ -91,7 +95,9 @@ class DispatchService:
             alert_id,
             details={"agency": alert.assigned_agency_id, "has_fix": bool(alert.location)},
         )
-        await uow.sos.insert_raised(alert, incident, sos_events.alert_raised_row(alert, incident), caller, audit)
+        event = sos_events.alert_raised_row(alert, incident)
+        if not await uow.sos.insert_raised(alert, incident, event, caller, audit, key):
+            return None
         return alert
 
     async def assign(

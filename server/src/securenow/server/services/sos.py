@@ -15,7 +15,7 @@ from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert, validate_raise
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services import sos_events
-from securenow.server.services.common import replayed_resource
+from securenow.server.services.common import same_request
 from securenow.server.services.dispatch import DispatchService
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -50,11 +50,13 @@ class SosService:
         valid = validate_raise(req)
         assert caller.user_id is not None
         new_id = str(uuid.uuid4())
-        async with self._db.unit_of_work() as uow:
-            prior = await replayed_resource(uow, caller, "RaiseSos", key, new_id)
-            if prior is not None:
-                return await self._readable(uow, caller, prior)
-            alert = await self._dispatch.open_alert(uow, caller, new_id, valid)
+        # No explicit transaction: a routing read, then one atomic statement.
+        async with self._db.reader() as uow:
+            alert = await self._dispatch.open_alert(uow, caller, new_id, valid, key)
+            if alert is None:
+                assert key is not None
+                prior = await uow.idempotency.prior(caller.id, "RaiseSos", key)
+                return await self._readable(uow, caller, same_request(prior, key))
         return alert
 
     async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:

@@ -39,6 +39,10 @@ class IdempotencyRepo:
         )
         if inserted:
             return None
+        return await self.prior(principal_id, operation, key)
+
+    async def prior(self, principal_id: str, operation: str, key: IdempotencyKey) -> PriorRequest:
+        """The earlier request with this key (which must exist)."""
         row = await self.conn.fetchrow(
             """SELECT request_hash, resource_id FROM idempotency_keys
                WHERE principal_id = $1 AND operation = $2 AND request_id = $3""",

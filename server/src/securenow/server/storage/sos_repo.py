@@ -15,6 +15,7 @@ from securenow.server.domain.geo import LocationFix, Point
 from securenow.server.domain.paging import PageRequest
 from securenow.server.domain.sos import PoliceIncident, SosAlert
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
+from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.outbox_repo import OutboxRow
 from securenow.server.storage.rows import Conn, geog_point, must, sid
 
@@ -92,18 +93,32 @@ class SosRepo:
     # Alerts -----------------------------------------------------------------------
 
     async def insert_raised(
-        self, alert: SosAlert, incident: PoliceIncident | None, event: OutboxRow, actor: Principal, audit: AuditEntry
-    ) -> None:
+        self,
+        alert: SosAlert,
+        incident: PoliceIncident | None,
+        event: OutboxRow,
+        actor: Principal,
+        audit: AuditEntry,
+        key: IdempotencyKey | None,
+    ) -> bool:
         """A new alert, its incident (if routed), its outbox event and its audit entry in
-        one statement: RaiseSos is the hottest write, and each round trip counts."""
+        one atomic statement, which first claims the request id (if any): RaiseSos is the
+        hottest write, and each round trip counts. False when the request id was already
+        used (nothing written; a concurrent first attempt is waited for)."""
         fix = alert.location
         lng, lat = (fix.point.longitude, fix.point.latitude) if fix else (None, None)
-        await self.conn.execute(
-            f"""WITH a AS (
+        written = await self.conn.fetchval(
+            f"""WITH k AS (
+                    INSERT INTO idempotency_keys (principal_id, operation, request_id, request_hash, resource_id)
+                    SELECT $19, 'RaiseSos', $25, $26, $1 WHERE $25::uuid IS NOT NULL
+                    ON CONFLICT DO NOTHING RETURNING 1),
+                go AS (SELECT 1 WHERE $25::uuid IS NULL OR EXISTS (SELECT 1 FROM k)),
+                a AS (
                     INSERT INTO sos_alerts (id, user_id, location_data, location, description, priority, incident_type,
                         metadata, assigned_agency, outside_jurisdiction, escalate_at, created_at, updated_at)
-                    VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
-                            $6, $7, $8, $9, $10, $11, $12, $13, $13)
+                    SELECT $1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL ELSE {geog_point("$4", "$5")} END,
+                           $6, $7, $8, $9, $10, $11, $12, $13, $13
+                    FROM go
                     RETURNING id),
                 i AS (
                     INSERT INTO police_incidents (id, sos_alert_id, police_department_id, incident_type, priority,
@@ -116,7 +131,8 @@ class SosRepo:
                     RETURNING id)
                 INSERT INTO audit_log (actor_type, actor_id, actor_role, action, resource_type, resource_id,
                                        outcome, details)
-                SELECT $18, $19, $20, $21, $22, a.id::text, $23, $24 FROM a""",
+                SELECT $18, $19, $20, $21, $22, a.id::text, $23, $24 FROM a
+                RETURNING 1""",
             alert.id,
             alert.user_id,
             fix.to_json() if fix else {},
@@ -137,7 +153,10 @@ class SosRepo:
             *audit_args(actor, audit)[:5],
             audit.outcome,
             audit.details or {},
+            key.request_id if key else None,
+            key.fingerprint if key else None,
         )
+        return written is not None
 
     async def get_alert_with_incident(self, alert_id: str) -> tuple[SosAlert, PoliceIncident | None] | None:
         """One round trip for the alert and its incident (if any)."""
