@@ -326,3 +326,13 @@ async def test_dispatcher_stream_closes_when_the_dispatcher_is_suspended(api: Ap
 
     code = await asyncio.wait_for(closed_with(), 10)  # closed within the key-check interval
     assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_concurrent_retries_of_one_raise_create_one_alert(api: Api, db_conn) -> None:  # type: ignore[no-untyped-def]
+    person = await api.sign_up()
+    request_id = "0b7f3c3e-2f4a-4c1e-9a77-3f1d2b9c8e10"
+    alerts = await asyncio.gather(*(raise_sos(api, person, SF, request_id=request_id) for _ in range(8)))
+    assert len({a.id for a in alerts}) == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM sos_alerts") == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'alert_raised'") == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'sos.raise'") == 1
