@@ -79,7 +79,7 @@ def grpc_empty_limit(seconds: float, clients: int, concurrency: int) -> dict[str
 
 
 def delivery_latency(server: stack.Server, fx: stack.Fixtures, rate: float, seconds: float) -> dict[str, Any]:
-    start = time.time() + 6  # streams connect first
+    start = time.time() + 8  # streams connect first, then two seconds of warm-up load
     end = start + seconds
     cad = spawn(loadgen.cad_consumers, server.address, fx.departments, start, end, start)
     raisers = [

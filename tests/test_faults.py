@@ -357,15 +357,15 @@ async def test_several_server_processes_share_the_port_and_a_dead_one_is_replace
     await server.start()
     assert server.proc is not None
 
-    async def two_children() -> set[int] | None:
+    async def all_children() -> set[int] | None:
         pids = child_pids(server.proc.pid)  # type: ignore[union-attr]
-        return pids if len(pids) == 2 else None
+        return pids if len(pids) == 3 else None  # two serving processes and the worker process
 
-    first = await wait_for(two_children, what="two server processes")
+    first = await wait_for(all_children, what="two server processes and a worker process")
     os.kill(next(iter(first)), signal.SIGKILL)
 
     async def replaced() -> set[int] | None:
-        pids = await two_children()
+        pids = await all_children()
         return pids if pids and pids != first else None
 
     await wait_for(replaced, within=20, what="the killed process replaced")

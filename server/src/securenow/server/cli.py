@@ -64,6 +64,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    from securenow.server.runtime import work
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    _run(work(settings))
+    return 0
+
+
 def cmd_create_admin(args: argparse.Namespace) -> int:
     from securenow.server.bootstrap import App
 
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="run the gRPC server, HTTP listener and workers")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("work", help="run only the background workers (relay, escalation, webhooks, maintenance)")
+    p.set_defaults(fn=cmd_work)
 
     p = sub.add_parser("create-admin", help="create the first admin account")
     p.add_argument("--email", required=True)

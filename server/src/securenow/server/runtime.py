@@ -4,9 +4,11 @@ HTTP listener and the background workers; stops them gracefully."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
+import time
 from pathlib import Path
 
 import grpc
@@ -14,6 +16,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Histogram
 
 from securenow.server.bootstrap import App
 from securenow.server.settings import Settings
@@ -45,6 +48,23 @@ from securenow.v1 import (
 
 log = logging.getLogger(__name__)
 
+GC_PAUSE = Histogram(
+    "securenow_gc_pause_seconds",
+    "Python garbage-collection pauses (every thread stops), by generation.",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+_gc_started = 0.0
+
+
+def _observe_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started)
+
+
 # Keepalive: detect dead peers (a CAD whose network vanished) within about a minute.
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -60,6 +80,16 @@ SERVER_OPTIONS = [
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def background_workers(app: App, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The outbox relay, escalation sweeper, webhook sender and maintenance."""
+    return [
+        asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
+        asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
+        asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
+        asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
+    ]
 
 
 class Runtime:
@@ -152,12 +182,7 @@ class Runtime:
             asyncio.create_task(app.locations.run(stop), name="locations"),
         ]
         if app.settings.run_workers:
-            self._workers += [
-                asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
-                asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
-                asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
-                asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
-            ]
+            self._workers += background_workers(app, stop)
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls finish within `grace` seconds, then
@@ -182,6 +207,7 @@ class Runtime:
 
 
 async def serve(settings: Settings) -> None:
+    gc.callbacks.append(_observe_gc)
     app = await App.create(settings)
     runtime = Runtime(app)
     await runtime.start(grpc_addr=settings.grpc_addr, http_addr=settings.http_addr)
@@ -204,3 +230,21 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down: finishing in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await runtime.stop(settings.shutdown_grace_seconds)
     log.info("stopped")
+
+
+async def work(settings: Settings) -> None:
+    """Background workers only, no listeners: with several serving processes on a
+    machine the relay then never waits behind request handling for the event loop."""
+    gc.callbacks.append(_observe_gc)
+    app = await App.create(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = background_workers(app, stop)
+    log.info("securenow workers running", extra={"instance": settings.resolved_instance_id})
+    await stop.wait()
+    await asyncio.wait(tasks, timeout=10)
+    for task in tasks:
+        task.cancel()
+    await app.close()

@@ -1,7 +1,9 @@
 """`securenow serve` with SECURENOW_PROCESSES > 1: one supervisor, N server processes
 sharing the gRPC and HTTP ports (SO_REUSEPORT; the kernel spreads connections), so one
-machine's cores all serve. The supervisor forwards SIGTERM/SIGINT (each process then
-stops gracefully), restarts a process that dies, and points the processes at one
+machine's cores all serve, plus one `securenow work` process running the background
+workers (outbox relay, escalation sweeper, webhooks, maintenance) so that delivery never
+waits behind request handling. The supervisor forwards SIGTERM/SIGINT (each process
+then stops gracefully), restarts a process that dies, and points the processes at one
 Prometheus multiprocess directory so /metrics adds all of them up."""
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def supervise(processes: int) -> int:
         "SECURENOW_REUSE_PORT": "true",
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
-    command = [sys.executable, "-m", "securenow.server.cli", "serve"]
-    children: list[subprocess.Popen[bytes]] = [subprocess.Popen(command, env=env) for _ in range(processes)]
+    serve = ([sys.executable, "-m", "securenow.server.cli", "serve"], {**env, "SECURENOW_RUN_WORKERS": "false"})
+    work = ([sys.executable, "-m", "securenow.server.cli", "work"], env)
+    commands = [serve] * processes + [work]
+    children: list[subprocess.Popen[bytes]] = [subprocess.Popen(cmd, env=e) for cmd, e in commands]
     stopping = False
 
     def stop(signum: int, _: FrameType | None) -> None:
@@ -52,7 +56,8 @@ def supervise(processes: int) -> int:
                     continue
                 log.error("server process %d exited with %s; restarting", child.pid, code)
                 time.sleep(RESTART_BACKOFF_SECONDS)
-                children[i] = subprocess.Popen(command, env=env)
+                cmd, cmd_env = commands[i]
+                children[i] = subprocess.Popen(cmd, env=cmd_env)
             if stopping and all(c.poll() is not None for c in children):
                 return 0
             time.sleep(0.2)

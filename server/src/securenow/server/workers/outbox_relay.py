@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError, ResponseError
 
 from securenow.server.domain.errors import Unavailable
@@ -73,6 +73,16 @@ EPOCH_CHECK_INTERVAL = 0.25
 
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
+LAG = Histogram(
+    "securenow_outbox_publish_lag_seconds",
+    "From an event's commit to its publication in Redis.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STEP = Histogram(
+    "securenow_outbox_relay_step_seconds",
+    "Duration of one relay pass (claim, publish, mark).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 def stream_fields(e: OutboxEvent) -> dict[Any, Any]:
@@ -129,7 +139,10 @@ class OutboxRelay:
             if conn.is_closed():
                 raise Unavailable("lost the relay's leader connection")
             self._wake.clear()
+            started = time.monotonic()
             moved = await self.step()
+            if moved:
+                STEP.observe(time.monotonic() - started)
             if moved < BATCH:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
@@ -197,7 +210,9 @@ class OutboxRelay:
             if isinstance(result, Exception):
                 raise result
         self._known_groups.update(new_groups)
+        now = time.time()
         for e in events:
+            LAG.observe(max(0.0, now - e.created_at.timestamp()))
             PUBLISHED.labels("dispatch" if e.department_id else "pubsub").inc()
 
     async def _rebuild_streams(self) -> None:
