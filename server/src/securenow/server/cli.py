@@ -143,10 +143,18 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    # A crash in native code (grpcio, asyncpg, uvloop) still leaves the Python stacks
-    # of every thread on stderr, next to the JSON logs.
+def _enable_faulthandler() -> None:
+    """A crash in native code (grpcio, asyncpg, uvloop) still leaves the Python stacks
+    of every thread on stderr, next to the JSON logs. Skipped when stderr is not a real
+    file (an embedding host or a test capturing it): there is no descriptor to write to."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
     faulthandler.enable()
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="securenow", description="SecureNow server")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_maintain)
 
     args = parser.parse_args(argv)
+    _enable_faulthandler()
     try:
         return int(args.fn(args))
     except DomainError as exc:
