@@ -101,7 +101,30 @@ def grpc_empty_limit(seconds: float, clients: int, concurrency: int) -> dict[str
     return {"qps": calls / seconds}
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def quiesce(limit_seconds: float = 90.0, idle_fraction: float = 0.75) -> dict[str, float]:
+    """Waits until the machine is mostly idle (the relay drained the previous
+    measurement's backlog, autovacuum after bulk inserts finished), so one figure does
+    not pay for the one before. Gives up after `limit_seconds` and says so."""
+    started = time.monotonic()
+    idle = 0.0
+    while time.monotonic() - started < limit_seconds:
+        i0, t0 = _cpu_times()
+        time.sleep(1.0)
+        i1, t1 = _cpu_times()
+        idle = (i1 - i0) / max(1, t1 - t0)
+        if idle >= idle_fraction:
+            break
+    return {"waited_s": round(time.monotonic() - started, 1), "idle_fraction": round(idle, 2)}
+
+
 def delivery_latency(server: stack.Server, fx: stack.Fixtures, rate: float, seconds: float) -> dict[str, Any]:
+    settled = quiesce()
     start = time.time() + 8  # streams connect first, then two seconds of warm-up load
     end = start + seconds
     cad = spawn(loadgen.cad_consumers, server.address, fx.departments, start, end, start)
@@ -112,6 +135,7 @@ def delivery_latency(server: stack.Server, fx: stack.Fixtures, rate: float, seco
     sent = collect(raisers)
     (delivered,) = collect([cad])
     return {
+        "settled": settled,
         "rate_per_s": rate,
         "cad_streams": delivered["streams"],
         "raised_ok": sum(r["ok"] for r in sent),
@@ -126,6 +150,7 @@ def delivery_latency(server: stack.Server, fx: stack.Fixtures, rate: float, seco
 
 
 def raise_throughput(server: stack.Server, fx: stack.Fixtures, seconds: float, concurrency: int) -> dict[str, Any]:
+    settled = quiesce()
     start = time.time() + 2
     end = start + seconds
     procs = [
@@ -137,6 +162,7 @@ def raise_throughput(server: stack.Server, fx: stack.Fixtures, seconds: float, c
     out = collect(procs)
     ok = sum(r["ok"] for r in out)
     return {
+        "settled": settled,
         "alerts_per_s": ok / seconds,
         "failed": sum(r["failed"] for r in out),
         "concurrency": 2 * concurrency,
@@ -167,6 +193,7 @@ async def raise_alerts(server: stack.Server, tokens: list[str], per_person: int)
 
 
 def location_ingest(server: stack.Server, tokens: list[str], alerts: list[str], seconds: float) -> dict[str, Any]:
+    settled = quiesce()
     start = time.time() + 2
     end = start + seconds
     half = len(tokens) // 2
@@ -175,17 +202,18 @@ def location_ingest(server: stack.Server, tokens: list[str], alerts: list[str], 
         spawn(loadgen.share_location, server.address, tokens[half:], alerts[half:], 50, start, end),
     ]
     accepted = sum(r["accepted"] for r in collect(procs))
-    return {"updates_per_s": accepted / seconds, "streams": len(tokens)}
+    return {"settled": settled, "updates_per_s": accepted / seconds, "streams": len(tokens)}
 
 
 def unary_reads(
     server: stack.Server, token: str, kind: str, ids: list[str], seconds: float, concurrency: int
 ) -> dict[str, Any]:
+    settled = quiesce()
     start = time.time() + 2
     end = start + seconds
     procs = [spawn(loadgen.unary_reads, server.address, token, kind, ids, concurrency, start, end) for _ in range(2)]
     out = collect(procs)
-    return {"qps": sum(r["calls"] for r in out) / seconds, "errors": sum(r["errors"] for r in out)}
+    return {"settled": settled, "qps": sum(r["calls"] for r in out) / seconds, "errors": sum(r["errors"] for r in out)}
 
 
 async def populate_providers(n: int) -> list[str]:
@@ -285,10 +313,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"nearby search with {args.providers} on-duty providers ...", flush=True)
         provider_ids = await populate_providers(args.providers)
         out["unary_get_provider"] = unary_reads(server, fx.people[0], "GetProvider", provider_ids[:1000], seconds, 64)
+        settled = quiesce()
         before = server_histogram(server, "SearchNearbyProviders")
         (nearby,) = collect([spawn(loadgen.nearby_latency, server.address, fx.people[0], 2000)])
         after = server_histogram(server, "SearchNearbyProviders")
         out["nearby"] = {
+            "settled": settled,
             "providers": args.providers,
             **nearby,
             "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),

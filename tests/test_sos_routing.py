@@ -247,6 +247,40 @@ async def test_a_second_replica_delivers_and_redelivers_unacked_events(api: Api,
             await cad.close()
 
 
+async def test_every_connection_of_a_department_gets_every_event_whichever_replica_it_is_on(  # type: ignore[no-untyped-def]
+    api: Api, replica
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    people = [await api.sign_up() for _ in range(4)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.grpc_port}") as other:
+        here, there = Cad(api.channel, dept.api_key), Cad(other, dept.api_key)  # replicas A and B
+        try:
+            # Both are subscribed once both have the first alert (live or from the catch-up).
+            first = await raise_sos(api, people[0], SF)
+            for cad in (here, there):
+                event = await cad.next_event("alert_raised")
+                assert event.alert_raised.alert.id == first.id
+                cad.ack(event.event_id)
+            # Each later alert is acknowledged at once by the connection on A; the one on B
+            # still gets every one of them, in order (an acked event is never redelivered,
+            # so B can only have it from live delivery).
+            alerts = [await raise_sos(api, person, SF) for person in people[1:]]
+            seen_here, seen_there = [], []
+            for cad, seen in ((here, seen_here), (there, seen_there)):
+                ids: set[str] = set()
+                while len(seen) < len(alerts):
+                    event = await cad.next_event("alert_raised")
+                    cad.ack(event.event_id)
+                    if event.event_id not in ids:  # at least once: duplicates are dropped by id
+                        ids.add(event.event_id)
+                        seen.append(event.alert_raised.alert.id)
+            assert seen_here == seen_there == [a.id for a in alerts]
+        finally:
+            await here.close()
+            await there.close()
+
+
 async def test_raising_sos_updates_live_redis_state(api: Api, redis_client) -> None:  # type: ignore[no-untyped-def]
     person = await api.sign_up()
     pubsub = redis_client.pubsub()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 DISPATCH_GROUP = "cad"
+# The relay reads every published entry into DISPATCH_GROUP under this consumer name,
+# so the group's pending list holds exactly the unacknowledged events.
+RELAY_CONSUMER = "relay"
 # Present while Redis holds the dispatch streams; missing after Redis lost its data.
 DISPATCH_EPOCH_KEY = "dispatch:epoch"
 

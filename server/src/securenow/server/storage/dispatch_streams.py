@@ -1,12 +1,16 @@
 """Delivery of department dispatch streams (Redis Streams, consumer group "cad").
 
-One hub per process. A single reader connection does XREADGROUP over the streams of
-every department that has a subscriber in this process (consumer name = instance id)
-and fans entries out in memory: never one blocking Redis connection per client.
+One hub per process. A single reader connection does a blocking XREAD over the streams
+of every department that has a subscriber in this process, from where this hub last
+read each of them, and fans entries out in memory: never one blocking Redis connection
+per client. Plain XREAD (not XREADGROUP) so that every replica sees every live event;
+what is still unacknowledged is tracked by the consumer group's pending list, which
+the relay fills as it publishes (RELAY_CONSUMER).
 
 Semantics (what a CAD sees):
-- Every connection of a department receives every event of that department; an ack
-  from any of them settles the event (XACK, and acked_at in Postgres for recovery).
+- Every connection of a department receives every event of that department, whichever
+  replica it is connected to; an ack from any of them settles the event (XACK, and
+  acked_at in Postgres for recovery).
 - On subscribe: everything after `resume_after_event_id` (when given) plus every
   unacknowledged event, in order; then live events.
 - Unacknowledged events idle for `redeliver_after` are claimed (XAUTOCLAIM) and sent
@@ -147,6 +151,8 @@ class DispatchHub:
         self._claim_interval = claim_interval
         self._key_check_interval = key_check_interval
         self._subs: dict[str, set[Subscription]] = {}
+        # Per department with subscribers here: the last stream entry id the reader took.
+        self._cursors: dict[str, str] = {}
         self._groups_ready: set[str] = set()
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
@@ -169,6 +175,12 @@ class DispatchHub:
             # duplicates are dropped by seq (floor).
             self._subs.setdefault(department_id, set()).add(sub)
             SUBSCRIBERS.inc()
+            if department_id not in self._cursors:
+                # Live reading starts at the stream's current end; everything before it
+                # that is unacknowledged comes with the catch-up below.
+                last = await self._redis.xrevrange(dispatch_stream(department_id), count=1)
+                if department_id in self._subs and department_id not in self._cursors:
+                    self._cursors[department_id] = last[0][0] if last else "0-0"
             await self._wake_reader()
             backlog = await self._catch_up(department_id, resume_seq)
         except (RedisError, OSError) as exc:
@@ -186,6 +198,7 @@ class DispatchHub:
             SUBSCRIBERS.dec()
             if not subs:
                 del self._subs[sub.department_id]
+                self._cursors.pop(sub.department_id, None)
             self._changed.set()
 
     def close_all(self) -> None:
@@ -319,7 +332,7 @@ class DispatchHub:
     async def _read_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
-            if not self._subs:
+            if not self._cursors:
                 self._changed.clear()
                 try:
                     await asyncio.wait_for(self._changed.wait(), 1.0)
@@ -327,25 +340,13 @@ class DispatchHub:
                     pass
                 continue
             self._changed.clear()
-            streams = {dispatch_stream(d): ">" for d in self._subs}
+            streams = {dispatch_stream(d): cursor for d, cursor in self._cursors.items()}
             try:
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
-                response = await self._reader.xreadgroup(
-                    DISPATCH_GROUP,
-                    self._consumer,
-                    streams,
-                    count=500,
-                    block=5000,  # type: ignore[arg-type]
-                )
+                response = await self._reader.xread(streams, count=500, block=5000)
                 backoff = 0.1
             except ResponseError as exc:
-                if "NOGROUP" in str(exc) or "no longer exists" in str(exc):
-                    # Redis lost the group (restart without persistence): recreate them.
-                    self._groups_ready.clear()
-                    for department_id in list(self._subs):
-                        await self._ensure_group_quietly(department_id)
-                    continue
                 log.warning("dispatch reader: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -359,13 +360,11 @@ class DispatchHub:
                 continue
             for stream, entries in response or []:
                 department_id = stream.split(":", 1)[1]
+                if entries and department_id in self._cursors:
+                    # Stream ids are the departments' sequence numbers: they survive
+                    # Redis rebuilding the stream, so the cursor stays valid.
+                    self._cursors[department_id] = entries[-1][0]
                 self._fan_out(department_id, entries, redelivery=False)
-
-    async def _ensure_group_quietly(self, department_id: str) -> None:
-        try:
-            await self._ensure_group(department_id)
-        except (RedisError, OSError) as exc:
-            log.warning("dispatch: cannot create group for %s: %s", department_id, type(exc).__name__)
 
     def _fan_out(self, department_id: str, entries: list[tuple[str, dict[str, str]]], *, redelivery: bool) -> None:
         subs = self._subs.get(department_id)

@@ -10,6 +10,12 @@ Per loop:
   3. Otherwise claim new events, number them (committed first), publish, mark published.
 A crash anywhere repeats at most a publish; an XADD of an id the stream already has
 is that repeat and is skipped. Nothing committed is ever skipped.
+
+Right after its XADDs the relay reads the new entries into the consumer group (as
+consumer "relay"), so every published event is in the group's pending list until a CAD
+acknowledges it: stream hubs take unacknowledged events from there (catch-up on
+subscribe, XAUTOCLAIM after the redelivery interval) while they deliver live events by
+plain XREAD, which lets every replica see every event.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from securenow.server.domain.errors import Unavailable
 from securenow.server.storage.dispatch_keys import (
     DISPATCH_EPOCH_KEY,
     DISPATCH_GROUP,
+    RELAY_CONSUMER,
     dispatch_stream,
     event_id,
 )
@@ -183,6 +190,7 @@ class OutboxRelay:
     async def _publish(self, events: list[OutboxEvent]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             new_groups = []
+            streams: dict[Any, Any] = {}
             for e in events:
                 if e.department_id and e.dept_seq is not None:
                     stream = dispatch_stream(e.department_id)
@@ -190,6 +198,7 @@ class OutboxRelay:
                         pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                         new_groups.append(stream)
                     pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
+                    streams[stream] = ">"
                 marker = active_alert_marker(e)
                 if marker is not None:
                     key, value = marker
@@ -200,12 +209,17 @@ class OutboxRelay:
                 channel = pubsub_channel(e)
                 if channel is not None:
                     pipe.publish(channel, json.dumps({"type": e.event_type, **e.payload}, default=str))
+            if streams:
+                # Into the pending list; also picks up entries an interrupted pass added.
+                pipe.xreadgroup(DISPATCH_GROUP, RELAY_CONSUMER, streams)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, ResponseError):
                 text = str(result)
                 if "BUSYGROUP" in text or "equal or smaller" in text:
                     continue  # group exists / entry published by an earlier attempt
+                if "NOGROUP" in text:
+                    self._known_groups.clear()  # Redis lost the group: create it again
                 raise result
             if isinstance(result, Exception):
                 raise result
@@ -241,6 +255,8 @@ class OutboxRelay:
                 assert e.department_id is not None
                 assert e.dept_seq is not None
                 pipe.xadd(dispatch_stream(e.department_id), stream_fields(e), id=event_id(e.dept_seq))
+            if departments:
+                pipe.xreadgroup(DISPATCH_GROUP, RELAY_CONSUMER, {dispatch_stream(d): ">" for d in departments})
             for marker in markers:
                 pipe.set(*marker)
             pipe.set(DISPATCH_EPOCH_KEY, "1")

@@ -1,0 +1,127 @@
+"""The walkthroughs in the READMEs, run as a newcomer would run them: the demo data of
+`make run`, the two-terminal demo (reference CAD connector + clients/examples/raise_sos.py),
+the README's API session and the SDK README's example. Code blocks are taken from the
+README files themselves, so a README that drifts from the code fails here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from securenow.server.runtime import Runtime
+from tests.conftest import DATABASE_URL, REDIS_URL, TEST_DATA_KEY, TEST_SECRET_KEY
+from tests.sdk_helpers import LineReader
+from tests.test_cad_connector import connector
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def python_blocks(readme: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+
+
+def server_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "SECURENOW_DATABASE_URL": DATABASE_URL,
+        "SECURENOW_REDIS_URL": REDIS_URL,
+        "SECURENOW_SECRET_KEY": TEST_SECRET_KEY,
+        "SECURENOW_DATA_KEY": TEST_DATA_KEY,
+        "SECURENOW_LOG_LEVEL": "WARNING",
+    }
+
+
+async def run(*args: str, env: dict[str, str] | None = None, within: float = 60.0) -> str:
+    """Runs a program to completion; returns its output, failing on a non-zero exit."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env or dict(os.environ)
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"{args} did not finish within {within} s") from None
+    text = out.decode()
+    assert proc.returncode == 0, f"{args} exited with {proc.returncode}:\n{text}"
+    return text
+
+
+async def seed_demo(key_file: Path) -> str:
+    """What `make run` does after migrating (scripts/run.sh)."""
+    return await run(str(VENV_BIN / "securenow"), "seed-demo", "--api-key-file", str(key_file), env=server_env())
+
+
+async def test_two_terminal_demo_from_the_readme(runtime: Runtime, tmp_path: Path) -> None:
+    key_file, cursor_file = tmp_path / "demo-cad.key", tmp_path / "cad.cursor"
+    summary = await seed_demo(key_file)
+    assert "dispatch@securenow.local" in summary
+    address = f"127.0.0.1:{runtime.grpc_port}"
+
+    # Terminal 1: the reference CAD connector with the demo department's key.
+    args = ["--server", address, "--api-key-file", str(key_file), "--cursor-file", str(cursor_file)]
+    async with connector(args) as cad:
+        # Terminal 2: the person raises an SOS in San Francisco and watches it.
+        person = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "clients/examples/raise_sos.py"),
+            "--server",
+            address,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            assert person.stdout is not None
+            phone = LineReader(person.stdout)
+            raised = await phone.until("SOS raised:", what="the raise confirmation")
+            alert_id = raised.split("SOS raised: ")[1].split(",")[0]
+            assert "assigned to agency (none yet)" not in raised
+            await phone.until("[snapshot] alert SOS_STATUS_ACTIVE", what="the first snapshot")
+
+            line = await cad.out.until(f"ALERT alert={alert_id}", what="the alert in terminal 1")
+            incident_id = line.split("incident=")[1].split()[0]
+            cad.send(f"accept {alert_id} Unit-12 4")
+            assert "RESULT accept OK" in await cad.out.until("RESULT accept", what="the accept result")
+            accepted = await phone.until("SOS_STATUS_RESPONDING", what="the person seeing help coming")
+            assert "unit Unit-12 eta 4 min" in accepted
+            cad.send(f"update {incident_id} on_scene")
+            assert "RESULT update OK" in await cad.out.until("RESULT update", what="the on_scene result")
+            await phone.until("INCIDENT_STATUS_ON_SCENE", what="the person seeing the unit arrive")
+            cad.send(f"update {incident_id} resolved all safe")
+            assert "RESULT update OK" in await cad.out.until("RESULT update", what="the resolve result")
+            await phone.until("SOS_STATUS_RESOLVED", what="the person seeing it resolved")
+            # The watch ends by itself once the alert is resolved.
+            assert await asyncio.wait_for(person.wait(), 15) == 0
+        finally:
+            if person.returncode is None:
+                person.kill()
+                await person.wait()
+        cad.send("quit")
+        assert await cad.exit_code() == 0
+
+
+async def test_readme_api_session_finds_the_demo_provider(runtime: Runtime, tmp_path: Path) -> None:
+    await seed_demo(tmp_path / "demo-cad.key")
+    (session,) = python_blocks(ROOT / "README.md")
+    assert DEFAULT_ADDRESS in session
+    script = tmp_path / "session.py"
+    script.write_text(session.replace(DEFAULT_ADDRESS, f"127.0.0.1:{runtime.grpc_port}"))
+    out = await run(sys.executable, str(script))
+    # The demo provider is on duty about 220 m from the point searched.
+    assert re.search(r"^Bay Guardians Security 2\d\d m$", out, flags=re.MULTILINE), out
+
+
+async def test_sdk_readme_example_runs_as_written(runtime: Runtime, tmp_path: Path) -> None:
+    example = python_blocks(ROOT / "clients/python/README.md")[0]
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    out = await run(sys.executable, str(script), env={**os.environ, "SECURENOW_ADDR": f"127.0.0.1:{runtime.grpc_port}"})
+    lines = out.splitlines()
+    assert re.fullmatch(r"raised [0-9a-f-]{36}", lines[0]), out
+    assert lines[1:3] == ["snapshot SOS_STATUS_ACTIVE", "cancelled SOS_STATUS_CANCELLED"], out
+    assert lines[3].startswith("INVALID_ARGUMENT INVALID_ARGUMENT {'location.point.latitude': "), out
