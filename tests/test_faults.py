@@ -207,31 +207,59 @@ async def test_redis_outage_keeps_raise_working_and_delivery_resumes(
     server = ServerProcess(faults_db, redis_proc.url, SECURENOW_DISPATCH_REDELIVER_AFTER_SECONDS="2")
     servers.append(server)
     await server.start()
+    burst = max(RAISES // 4, 10)
     async with grpc.aio.insecure_channel(server.address) as ch:
         api, admin, person = await accounts(server, ch)
         dept = await register_department(api, admin, SF)
         cad = Cad(ch, dept.api_key)
-        try:
-            before, _ = await raise_with_retries(api.sos, person, str(uuid.uuid4()))
-            assert (await cad.next_event("alert_raised")).alert_raised.alert.id == before.id
+        expected: list[str] = []
+        delivered: list[str] = []
+        seen_events: set[str] = set()
+        duplicates = 0
+        receiving: asyncio.Task[None] | None = None
 
-            redis_proc.kill()
-            during = (
-                await api.sos.RaiseSos(
+        async def receive() -> None:
+            nonlocal duplicates
+            while True:
+                msg = await cad.next_event("alert_raised", within=120)
+                cad.ack(msg.event_id)
+                if msg.event_id in seen_events:
+                    duplicates += 1
+                    continue
+                seen_events.add(msg.event_id)
+                delivered.append(msg.alert_raised.alert.id)
+
+        try:
+            expected += [(await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id for _ in range(burst)]
+            receiving = asyncio.create_task(receive())
+            redis_proc.kill()  # mid-stream: the CAD is connected and reading
+            for _ in range(burst):
+                # OK while Redis is down: each is committed in PostgreSQL.
+                resp = await api.sos.RaiseSos(
                     sos_pb2.RaiseSosRequest(request_id=str(uuid.uuid4()), location=location(SF)),
                     metadata=person.md,
                     timeout=10,
                 )
-            ).alert  # OK while Redis is down: it is committed in Postgres
+                expected.append(resp.alert.id)
             redis_proc.start()  # back, and empty
+            expected += [(await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id for _ in range(burst)]
 
-            seen = set()
-            while during.id not in seen:
-                msg = await cad.next(within=30)
-                if msg.WhichOneof("kind") == "alert_raised":
-                    seen.add(msg.alert_raised.alert.id)
+            async def all_delivered() -> bool:
+                if receiving.done():
+                    receiving.result()  # the receiver failed: show why
+                return len(set(delivered)) >= len(expected)
+
+            await wait_for(all_delivered, within=120, what="every alert on the CAD stream")
         finally:
+            if receiving is not None:
+                receiving.cancel()
             await cad.close()
+    print(
+        f"\nredis outage: {burst} raised before, {burst} OK while Redis was down, {burst} after it came back "
+        f"empty; {len(set(delivered))}/{len(expected)} delivered ({duplicates} redeliveries dropped by event id)"
+    )
+    assert set(delivered) == set(expected)
+    assert len(delivered) == len(expected)  # once each after dedup
 
 
 async def test_postgres_outage_answers_unavailable_and_recovers(
