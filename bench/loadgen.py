@@ -144,8 +144,10 @@ async def raise_open_loop(
                     timeout=30,
                 )
                 ok += counted
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as err:
                 failed += counted
+                if failed == 1:
+                    print(f"RaiseSos failed: {err.code().name} {err.details()}", flush=True)
 
         # Two seconds of the same load before the window opens: pools, prepared
         # statements and streams are warm when measuring (alerts sent before

@@ -188,7 +188,10 @@ class OutboxRelay:
         return len(pending)
 
     async def _publish(self, events: list[OutboxEvent]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: no reader ever sees an entry in a stream before it is in the
+        # group's pending list (a hub subscribing in between would miss it: its live
+        # cursor starts after the entry while its catch-up reads the pending list).
+        async with self._redis.pipeline(transaction=True) as pipe:
             new_groups = []
             streams: dict[Any, Any] = {}
             for e in events:
