@@ -134,7 +134,8 @@ async def raise_open_loop(
 
         async def one(t0: float) -> None:
             nonlocal ok, failed
-            counted = t0 >= start_at  # warm-up alerts are not part of the measurement
+            # Warm-up alerts are not part of the measurement; the CAD side counts the same window.
+            counted = start_at <= t0 <= end_at
             try:
                 await sos.RaiseSos(
                     sos_pb2.RaiseSosRequest(
