@@ -1,6 +1,7 @@
 """The walkthroughs in the READMEs, run as a newcomer would run them: the demo data of
 `make run`, the two-terminal demo (reference CAD connector + clients/examples/raise_sos.py),
-the README's API session and the SDK README's example. Code blocks are taken from the
+the marketplace example (clients/examples/book_a_guard.py), the README's API session
+and the SDK README's example. Code blocks are taken from the
 README files themselves, so a README that drifts from the code fails here."""
 
 from __future__ import annotations
@@ -103,6 +104,22 @@ async def test_two_terminal_demo_from_the_readme(runtime: Runtime, tmp_path: Pat
                 await person.wait()
         cad.send("quit")
         assert await cad.exit_code() == 0
+
+
+async def test_marketplace_example_registers_verifies_finds_and_books_a_provider(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    await seed_demo(tmp_path / "demo-cad.key")  # the admin account it signs in with
+    example = ROOT / "clients/examples/book_a_guard.py"
+    out = await run(sys.executable, str(example), "--server", f"127.0.0.1:{runtime.grpc_port}")
+    assert out.splitlines() == [
+        "registered Union Square Patrol VERIFICATION_STATUS_PENDING",
+        "verified VERIFICATION_STATUS_VERIFIED",
+        "found Union Square Patrol 120 m away",
+        "booked BOOKING_STATUS_PENDING 150.00 USD",  # 3 h x 50 USD, priced by the server
+        "second booking: FAILED_PRECONDITION BOOKING_OVERLAP",
+        "company: BOOKING_STATUS_CONFIRMED",
+    ], out
 
 
 async def test_readme_api_session_finds_the_demo_provider(runtime: Runtime, tmp_path: Path) -> None:
