@@ -7,9 +7,12 @@ import asyncio
 
 import grpc
 
+from securenow.server.bootstrap import App
+from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, common_pb2, sos_pb2, users_pb2
+from tests.conftest import make_settings
 from tests.dispatch_helpers import LA, SF, Cad, raise_sos, register_department
-from tests.helpers import Api, expect_error
+from tests.helpers import Api, error_details, expect_error
 
 
 async def test_raised_sos_reaches_the_department_whose_jurisdiction_contains_it(api: Api) -> None:
@@ -336,3 +339,45 @@ async def test_concurrent_retries_of_one_raise_create_one_alert(api: Api, db_con
     assert await db_conn.fetchval("SELECT count(*) FROM sos_alerts") == 1
     assert await db_conn.fetchval("SELECT count(*) FROM outbox WHERE event_type = 'alert_raised'") == 1
     assert await db_conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'sos.raise'") == 1
+
+
+async def test_a_silent_cad_stream_is_dropped_while_one_sending_heartbeats_stays_open(api: Api) -> None:
+    # A replica with a short idle timeout, so "silent for too long" happens within the test.
+    quick = await App.create(
+        make_settings(
+            instance_id="quick-idle",
+            run_workers=False,
+            dispatch_heartbeat_seconds=0.1,
+            dispatch_idle_timeout_seconds=1.5,
+        )
+    )
+    rt = Runtime(quick)
+    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
+    try:
+        admin = await api.admin()
+        dept = await register_department(api, admin, SF)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as ch:
+            silent, alive = Cad(ch, dept.api_key), Cad(ch, dept.api_key)
+
+            async def heartbeats() -> None:
+                while not alive.ended.is_set():
+                    alive.send(heartbeat=agency_pb2.Heartbeat())
+                    await asyncio.sleep(0.1)
+
+            beating = asyncio.create_task(heartbeats())
+            try:
+                await asyncio.wait_for(silent.ended.wait(), 10)
+                assert silent.error is not None
+                details = error_details(silent.error)
+                assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "CLIENT_SILENT")
+                # The one that keeps talking is still open, and still gets alerts.
+                assert not alive.ended.is_set()
+                person = await api.sign_up()
+                alert = await raise_sos(api, person, SF)  # published by the main runtime's relay
+                assert (await alive.next_event("alert_raised")).alert_raised.alert.id == alert.id
+            finally:
+                beating.cancel()
+                await silent.close()
+                await alive.close()
+    finally:
+        await rt.stop(grace=1)
