@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing import Queue
 from typing import Any
 
+import asyncpg
 import grpc
 import uvloop
 
@@ -353,8 +354,15 @@ async def nearby_latency(address: str, token: str, calls: int) -> dict[str, Any]
 # Raw limit: an empty grpc.aio handler -------------------------------------------------------------
 
 
-async def empty_server(port: int, stop_at: float) -> dict[str, Any]:
+async def empty_server(port: int, stop_at: float, dsn: str = "") -> dict[str, Any]:
+    """An empty unary handler; with `dsn`, the handler does one pooled `SELECT 1`
+    (the floor of any read that touches PostgreSQL once, with grpc.aio and asyncpg)."""
+    pool = await asyncpg.create_pool(dsn, min_size=10, max_size=20) if dsn else None
+
     async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if pool is not None:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
         return b""
 
     handler = grpc.method_handlers_generic_handler(
@@ -366,6 +374,8 @@ async def empty_server(port: int, stop_at: float) -> dict[str, Any]:
     await server.start()
     await wait_until(stop_at)
     await server.stop(0)
+    if pool is not None:
+        await pool.close()
     return {}
 
 

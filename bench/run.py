@@ -89,11 +89,11 @@ def cells() -> list[tuple[float, float]]:
 # Scenarios ---------------------------------------------------------------------------------
 
 
-def grpc_empty_limit(seconds: float, clients: int, concurrency: int) -> dict[str, Any]:
+def grpc_empty_limit(seconds: float, clients: int, concurrency: int, dsn: str = "") -> dict[str, Any]:
     port = stack.free_port()
     start = time.time() + 3
     end = start + seconds
-    server = spawn(loadgen.empty_server, port, end + 2)
+    server = spawn(loadgen.empty_server, port, end + 2, dsn)
     time.sleep(1)
     load = [spawn(loadgen.empty_client, f"127.0.0.1:{port}", concurrency, start, end) for _ in range(clients)]
     calls = sum(r["calls"] for r in collect(load))
@@ -287,6 +287,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print("raw limits ...", flush=True)
     out["raw"] = {
         "grpc_empty_handler": grpc_empty_limit(seconds, clients=2, concurrency=64),
+        "grpc_handler_one_select": grpc_empty_limit(seconds, clients=2, concurrency=64, dsn=stack.DATABASE_URL),
         "postgres_insert_commit_1_conn": await raw_limits.postgres_insert_commit(
             stack.DATABASE_URL, connections=1, seconds=seconds
         ),
@@ -398,9 +399,13 @@ def print_table(r: dict[str, Any]) -> None:
         f"{n['server_p99_ms_at_most']:g} ms; redis GEOSEARCH {r['redis_benchmark_rps'].get('GEOSEARCH', 0):.0f}/s"
     )
     empty = raw["grpc_empty_handler"]["qps"]
+    one_select = raw["grpc_handler_one_select"]["qps"]
     for key, label in (("unary_get_sos_alert", "GetSosAlert"), ("unary_get_provider", "GetProvider")):
         q = r[key]["qps"]
-        print(f"{'unary ' + label + ' QPS':58} {q:14.0f}   empty handler {empty:.0f} ({q / empty:.0%})")
+        print(
+            f"{'unary ' + label + ' QPS':58} {q:14.0f}   empty handler {empty:.0f} ({q / empty:.0%}); "
+            f"handler with one SELECT 1 {one_select:.0f} ({q / one_select:.0%})"
+        )
     print(
         f"{'redis-benchmark (requests/s)':58} {'':14}   "
         + ", ".join(f"{k} {v:.0f}" for k, v in r["redis_benchmark_rps"].items())
