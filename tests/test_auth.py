@@ -161,7 +161,9 @@ async def test_missing_malformed_forged_and_expired_tokens(api: Api) -> None:
         "MALFORMED_CREDENTIALS",
     )
     claims = jwt.decode(account.access_token, options={"verify_signature": False})
-    forged = jwt.encode({**claims, "role": "admin"}, "not-the-server-key", algorithm="HS256")
+    forged = jwt.encode(
+        {**claims, "role": "admin"}, "not-the-server-key-but-just-as-long-0123456789", algorithm="HS256"
+    )
     await expect_error(
         api.users.GetUser(get_me, metadata=(("authorization", f"Bearer {forged}"),)),
         grpc.StatusCode.UNAUTHENTICATED,
