@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
+import pytest
 
 from securenow.server.bootstrap import App
 from securenow.server.runtime import Runtime
@@ -80,6 +82,46 @@ async def test_departments_only_see_alerts_in_their_jurisdiction(api: Api) -> No
     finally:
         await cad_sf.close()
         await cad_la.close()
+
+
+async def test_row_level_security_limits_an_agency_even_in_a_query_that_forgets_to(api: Api, app: App) -> None:
+    """The second wall: as the agency reader role, unfiltered queries see only the
+    agency's rows (and the caller's own alerts), and cannot write."""
+    admin = await api.admin()
+    sf = await register_department(api, admin, SF, name="SFPD")
+    la = await register_department(api, admin, LA, name="LAPD")
+    person, officer = await api.sign_up(), await api.sign_up()
+    in_sf = await raise_sos(api, person, SF)
+    in_la = await raise_sos(api, person, LA)
+    own_in_sf = await raise_sos(api, officer, SF)
+    alerts = "SELECT id::text FROM sos_alerts ORDER BY created_at"
+    incidents = "SELECT DISTINCT police_department_id::text FROM police_incidents"
+    trails = "SELECT DISTINCT alert_id::text FROM sos_alert_locations"
+
+    async with app.db.reader() as uow:  # the server's own role sees everything
+        assert [r[0] for r in await uow.conn.fetch(alerts)] == [in_sf.id, in_la.id, own_in_sf.id]
+        for alert, (lat, lng) in ((in_sf, SF), (in_la, LA)):  # a location trail for each
+            await uow.conn.execute(
+                "INSERT INTO sos_alert_locations (alert_id, recorded_at, latitude, longitude)"
+                " VALUES ($1, now(), $2, $3)",
+                alert.id,
+                lat,
+                lng,
+            )
+    async with app.db.agency_reader(la.id, None) as uow:
+        assert [r[0] for r in await uow.conn.fetch(alerts)] == [in_la.id]
+        assert [r[0] for r in await uow.conn.fetch(incidents)] == [la.id]
+        assert [r[0] for r in await uow.conn.fetch(trails)] == [in_la.id]
+    async with app.db.agency_reader(la.id, officer.id) as uow:  # an LA dispatcher's own SOS in SF
+        assert {r[0] for r in await uow.conn.fetch(alerts)} == {in_la.id, own_in_sf.id}
+        assert [r[0] for r in await uow.conn.fetch(incidents)] == [la.id]
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with app.db.agency_reader(sf.id, None) as uow:
+            await uow.conn.execute("UPDATE sos_alerts SET description = 'x'")
+    # The settings and the role end with the transaction: the pooled connection is clean.
+    async with app.db.reader() as uow:
+        assert await uow.conn.fetchval("SELECT current_user") != "securenow_agency_reader"
+        assert len(await uow.conn.fetch(alerts)) == 3
 
 
 async def test_accept_and_incident_updates_reach_the_person_watching(api: Api) -> None:

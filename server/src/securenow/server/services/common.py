@@ -8,9 +8,17 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import AlreadyExists, Unavailable
 from securenow.server.storage.idempotency_repo import IdempotencyKey, PriorRequest
 from securenow.server.storage.live_state import LiveState
-from securenow.server.storage.postgres import UnitOfWork
+from securenow.server.storage.postgres import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+
+def reads_of(db: Database, principal: Principal) -> UnitOfWork:
+    """Where `principal` reads alerts, incidents and location trails: an agency (its API
+    key or a dispatcher) through row-level security, everyone else directly."""
+    if principal.agency_id is not None and not principal.is_admin:
+        return db.agency_reader(principal.agency_id, principal.user_id)
+    return db.reader()
 
 
 async def replayed_resource(

@@ -15,6 +15,7 @@ from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, SosAlert, ValidRaise, check_incident_step, raised_priority
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services import sos_events
+from securenow.server.services.common import reads_of
 from securenow.server.services.routing import Route, Router
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -322,7 +323,7 @@ class DispatchService:
 
     async def get_incident(self, principal: Principal, incident_id: str) -> tuple[PoliceIncident, SosAlert]:
         iid = parse_uuid("incident_id", incident_id)
-        async with self._db.unit_of_work() as uow:
+        async with reads_of(self._db, principal) as uow:
             incident = await uow.sos.get_incident(iid)
             if incident is None or not (principal.is_admin or incident.police_department_id == principal.agency_id):
                 raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
@@ -347,6 +348,6 @@ class DispatchService:
         else:
             department = agency_of(principal)
         page = page_request(page_size, page_token, filters=("incidents", department, status))
-        async with self._db.unit_of_work() as uow:
+        async with reads_of(self._db, principal) as uow:
             items, cursor = await uow.sos.list_incidents(page, department_id=department, status=status)
         return items, page.next_token(cursor)

@@ -15,7 +15,7 @@ from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert, validate_raise
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services import sos_events
-from securenow.server.services.common import same_request
+from securenow.server.services.common import reads_of, same_request
 from securenow.server.services.dispatch import DispatchService
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -61,7 +61,7 @@ class SosService:
 
     async def get(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
         aid = parse_uuid("alert_id", alert_id)
-        async with self._db.reader() as uow:
+        async with reads_of(self._db, principal) as uow:
             found = await uow.sos.get_alert_with_incident(aid)
             if found is None or not can_read(principal, found[0]):
                 raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
@@ -83,7 +83,7 @@ class SosService:
         else:
             user_id, agency_id = principal.user_id, None
         page = page_request(page_size, page_token, filters=("alerts", user_id, agency_id, status))
-        async with self._db.reader() as uow:
+        async with reads_of(self._db, principal) as uow:
             alerts, cursor = await uow.sos.list_alerts(page, user_id=user_id, agency_id=agency_id, status=status)
         return alerts, page.next_token(cursor)
 
@@ -129,7 +129,7 @@ class SosService:
         return aid
 
     async def watch_snapshot(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
-        async with self._db.reader() as uow:
+        async with reads_of(self._db, principal) as uow:
             found = await uow.sos.get_alert_with_incident(alert_id)
         if found is None or not can_read(principal, found[0]):
             raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
@@ -140,7 +140,7 @@ class SosService:
     ) -> tuple[list[LocationFix], str]:
         aid = parse_uuid("alert_id", alert_id)
         page = page_request(page_size, page_token, filters=("locations", aid), default=500, maximum=5000)
-        async with self._db.reader() as uow:
+        async with reads_of(self._db, principal) as uow:
             await self._readable(uow, principal, aid)
             fixes, cursor = await uow.sos.list_locations(aid, page)
         return fixes, page.next_token(cursor)

@@ -91,6 +91,11 @@ async def _init_connection(conn: Conn) -> None:
     await conn.prepare(f"SELECT {columns}")
 
 
+_AGENCY_READER_SQL = """SELECT set_config('role', 'securenow_agency_reader', true),
+                                set_config('securenow.agency_id', $1, true),
+                                set_config('securenow.user_id', $2, true)"""
+
+
 class Database:
     def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
         self.pool = pool
@@ -121,6 +126,12 @@ class Database:
         BEGIN and COMMIT would double the round trips of a simple lookup)."""
         return UnitOfWork(self, transactional=False)
 
+    def agency_reader(self, agency_id: str, user_id: str | None) -> UnitOfWork:
+        """A transaction that reads as the role securenow_agency_reader, so row-level
+        security limits alerts, incidents and location trails to this agency's (and to
+        alerts `user_id` raised): the second wall behind the services' own checks."""
+        return UnitOfWork(self, row_scope=(agency_id, user_id or ""))
+
     async def close(self) -> None:
         await self.pool.close()
 
@@ -130,9 +141,10 @@ class UnitOfWork:
     ends without an exception. Repositories share its connection. Callbacks added with
     `after_commit` run once the commit succeeded (publishing, cache invalidation)."""
 
-    def __init__(self, db: Database, *, transactional: bool = True) -> None:
+    def __init__(self, db: Database, *, transactional: bool = True, row_scope: tuple[str, str] | None = None) -> None:
         self._db = db
-        self._transactional = transactional
+        self._transactional = transactional or row_scope is not None
+        self._row_scope = row_scope
         self._conn: PoolConnectionProxy | None = None
         self._tx: Any = None
         self._after_commit: list[Callable[[], Awaitable[None]]] = []
@@ -150,6 +162,9 @@ class UnitOfWork:
             if self._transactional:
                 self._tx = conn.transaction()
                 await self._tx.start()
+            if self._row_scope is not None:
+                # Transaction-local: reverts at COMMIT/ROLLBACK, the pooled connection stays clean.
+                await conn.execute(_AGENCY_READER_SQL, *self._row_scope)
         except BaseException as exc:
             # Also on cancellation (a client deadline during BEGIN): never leak the
             # connection, or the pool shrinks and closing it waits forever.
