@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -139,19 +140,22 @@ async def api(channel: grpc.aio.Channel, app: App) -> Api:
     return Api(channel, app)
 
 
+@asynccontextmanager
+async def extra_replica(instance_id: str, **settings: object) -> AsyncIterator[Runtime]:
+    """Another server replica on its own port, sharing Postgres and Redis, without
+    background workers (the session's runtime runs those), with these settings."""
+    rt = Runtime(await App.create(make_settings(instance_id=instance_id, run_workers=False, **settings)))
+    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
+    try:
+        yield rt
+    finally:
+        await rt.stop(grace=1)
+
+
 @pytest.fixture
 async def replica(database: str) -> AsyncIterator[Runtime]:
-    """A second server replica on its own port, sharing Postgres and Redis, with fast
-    redelivery of unacknowledged dispatch events and no background workers."""
-    application = await App.create(
-        make_settings(
-            instance_id="replica-b",
-            run_workers=False,
-            dispatch_redeliver_after_seconds=1.0,
-            dispatch_claim_interval_seconds=0.3,
-        )
-    )
-    rt = Runtime(application)
-    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
-    yield rt
-    await rt.stop(grace=1)
+    """A second replica with fast redelivery of unacknowledged dispatch events."""
+    async with extra_replica(
+        "replica-b", dispatch_redeliver_after_seconds=1.0, dispatch_claim_interval_seconds=0.3
+    ) as rt:
+        yield rt

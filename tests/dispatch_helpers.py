@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import duration_pb2
 
-from securenow.v1 import agency_pb2, agency_pb2_grpc, common_pb2, sos_pb2
-from tests.helpers import Account, Api
+from securenow.v1 import agency_pb2, agency_pb2_grpc, common_pb2, sos_pb2, users_pb2
+from tests.helpers import Account, Api, unique_email
 
 # Two cities far apart, and a point covered by no police jurisdiction.
 SF = (37.7749, -122.4194)
@@ -79,6 +79,16 @@ async def register_department(
         agency_pb2.IssueApiKeyRequest(department_id=resp.department.id, label="cad-1"), metadata=admin.md
     )
     return Department(resp.department, key.api_key, key.key_id, resp.webhook_secret)
+
+
+async def dispatcher_of(api: Api, admin: Account, dept: Department) -> Account:
+    """A user made a police dispatcher of `dept` by an admin (UserService.SetUserRole)."""
+    user = await api.sign_up(email=unique_email("dispatch"), first_name="Dana", last_name="Dispatcher")
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=user.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
+        metadata=admin.md,
+    )
+    return user
 
 
 async def raise_sos(

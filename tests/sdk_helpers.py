@@ -1,5 +1,6 @@
 """Helpers for the SDK and CAD connector tests: a TCP proxy that can break
-connections on purpose (real sockets, no mocks), and subprocess line readers."""
+connections on purpose (real sockets, no mocks), subprocess line readers, and the
+reference CAD connector run as a subprocess."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import os
 import ssl
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cryptography import x509
@@ -194,3 +199,57 @@ def self_signed_tls() -> tuple[bytes, ssl.SSLContext]:
         key_file.write_bytes(key_pem)
         context.load_cert_chain(cert_file, key_file)
     return cert_pem, context
+
+
+# The reference CAD connector (securenow-cad) as a subprocess ----------------------------
+
+SCRIPT = Path(sys.executable).with_name("securenow-cad")
+
+
+def connector_command(*args: str, module: bool = False) -> list[str]:
+    if module or not SCRIPT.exists():
+        return [sys.executable, "-m", "securenow.client.cad_connector", *args]
+    return [str(SCRIPT), *args]
+
+
+class Connector:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        assert proc.stdout is not None
+        self.out = LineReader(proc.stdout)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    async def exit_code(self, within: float = 15.0) -> int:
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+    async def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return (await self.proc.stderr.read()).decode()
+
+
+@asynccontextmanager
+async def connector(
+    args: Sequence[str], *, env: dict[str, str] | None = None, module: bool = False
+) -> AsyncIterator[Connector]:
+    environment = {k: v for k, v in os.environ.items() if k != "SECURENOW_API_KEY"}
+    environment.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        *connector_command(*args, module=module),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    try:
+        yield Connector(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,58 +14,7 @@ from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, common_pb2, sos_pb2
 from tests.dispatch_helpers import SF, raise_sos, register_department
 from tests.helpers import Api, wait_for
-from tests.sdk_helpers import LineReader, TcpProxy, self_signed_tls
-
-SCRIPT = Path(sys.executable).with_name("securenow-cad")
-
-
-def connector_command(*args: str, module: bool = False) -> list[str]:
-    if module or not SCRIPT.exists():
-        return [sys.executable, "-m", "securenow.client.cad_connector", *args]
-    return [str(SCRIPT), *args]
-
-
-class Connector:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        assert proc.stdout is not None
-        self.out = LineReader(proc.stdout)
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-
-    def close_stdin(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-    async def exit_code(self, within: float = 15.0) -> int:
-        return await asyncio.wait_for(self.proc.wait(), within)
-
-    async def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return (await self.proc.stderr.read()).decode()
-
-
-@asynccontextmanager
-async def connector(
-    args: Sequence[str], *, env: dict[str, str] | None = None, module: bool = False
-) -> AsyncIterator[Connector]:
-    environment = {k: v for k, v in os.environ.items() if k != "SECURENOW_API_KEY"}
-    environment.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
-        *connector_command(*args, module=module),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment,
-    )
-    try:
-        yield Connector(proc)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+from tests.sdk_helpers import TcpProxy, connector, self_signed_tls
 
 
 def read_cursor(path: Path) -> str:

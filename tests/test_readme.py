@@ -14,8 +14,7 @@ from pathlib import Path
 
 from securenow.server.runtime import Runtime
 from tests.conftest import DATABASE_URL, REDIS_URL, TEST_DATA_KEY, TEST_SECRET_KEY
-from tests.sdk_helpers import LineReader
-from tests.test_cad_connector import connector
+from tests.sdk_helpers import LineReader, connector
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -10,10 +10,9 @@ import grpc
 import pytest
 
 from securenow.server.bootstrap import App
-from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, common_pb2, sos_pb2, users_pb2
-from tests.conftest import make_settings
-from tests.dispatch_helpers import LA, SF, Cad, raise_sos, register_department
+from tests.conftest import extra_replica
+from tests.dispatch_helpers import LA, SF, Cad, dispatcher_of, raise_sos, register_department
 from tests.helpers import Api, error_details, expect_error
 
 
@@ -323,11 +322,7 @@ async def test_revoked_api_key_closes_its_open_stream(api: Api) -> None:
 async def test_browser_ack_settles_every_event_up_to_the_cursor(api: Api, redis_client) -> None:  # type: ignore[no-untyped-def]
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
-    dispatcher = await api.sign_up()
-    await api.users.SetUserRole(
-        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
-        metadata=admin.md,
-    )
+    dispatcher = await dispatcher_of(api, admin, dept)
     person = await api.sign_up()
     board = api.agency.WatchDispatch(agency_pb2.WatchDispatchRequest(), metadata=dispatcher.md)
     try:
@@ -350,11 +345,7 @@ async def test_browser_ack_settles_every_event_up_to_the_cursor(api: Api, redis_
 async def test_dispatcher_stream_closes_when_the_dispatcher_is_suspended(api: Api) -> None:
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
-    dispatcher = await api.sign_up()
-    await api.users.SetUserRole(
-        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
-        metadata=admin.md,
-    )
+    dispatcher = await dispatcher_of(api, admin, dept)
     person = await api.sign_up()
     board = api.agency.WatchDispatch(agency_pb2.WatchDispatchRequest(), metadata=dispatcher.md)
     await raise_sos(api, person, SF)
@@ -385,17 +376,7 @@ async def test_concurrent_retries_of_one_raise_create_one_alert(api: Api, db_con
 
 async def test_a_silent_cad_stream_is_dropped_while_one_sending_heartbeats_stays_open(api: Api) -> None:
     # A replica with a short idle timeout, so "silent for too long" happens within the test.
-    quick = await App.create(
-        make_settings(
-            instance_id="quick-idle",
-            run_workers=False,
-            dispatch_heartbeat_seconds=0.1,
-            dispatch_idle_timeout_seconds=1.5,
-        )
-    )
-    rt = Runtime(quick)
-    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
-    try:
+    async with extra_replica("quick-idle", dispatch_heartbeat_seconds=0.1, dispatch_idle_timeout_seconds=1.5) as rt:
         admin = await api.admin()
         dept = await register_department(api, admin, SF)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as ch:
@@ -421,5 +402,3 @@ async def test_a_silent_cad_stream_is_dropped_while_one_sending_heartbeats_stays
                 beating.cancel()
                 await silent.close()
                 await alive.close()
-    finally:
-        await rt.stop(grace=1)

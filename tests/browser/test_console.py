@@ -16,8 +16,8 @@ from playwright.async_api import Page, expect
 from securenow.server.runtime import Runtime
 from securenow.v1 import common_pb2, providers_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
-from tests.dispatch_helpers import SF, Department, location, raise_sos, register_department
-from tests.helpers import PASSWORD, Account, Api, unique_email, wait_for
+from tests.dispatch_helpers import SF, Department, dispatcher_of, location, raise_sos, register_department
+from tests.helpers import PASSWORD, Account, Api, wait_for
 
 TIMEOUT_MS = 15_000  # generous for a loaded CI machine; passing steps take milliseconds
 
@@ -26,16 +26,6 @@ async def sign_in(page: Page, email: str, password: str) -> None:
     await page.get_by_test_id("email").fill(email)
     await page.get_by_test_id("password").fill(password)
     await page.get_by_test_id("sign-in-button").click()
-
-
-async def dispatcher_of(api: Api, admin: Account, dept: Department) -> Account:
-    """A user made a police dispatcher of `dept` by an admin (UserService.SetUserRole)."""
-    user = await api.sign_up(email=unique_email("dispatch"), first_name="Dana", last_name="Dispatcher")
-    await api.users.SetUserRole(
-        users_pb2.SetUserRoleRequest(user_id=user.id, role=users_pb2.USER_ROLE_POLICE, agency_id=dept.id),
-        metadata=admin.md,
-    )
-    return user
 
 
 async def all_events_acked(redis_client: aioredis.Redis, dept: Department) -> bool:
