@@ -50,7 +50,10 @@ def alert_from_row(r: asyncpg.Record) -> SosAlert:
     )
 
 
-def incident_from_row(r: asyncpg.Record) -> PoliceIncident:
+_INCIDENT_TIMES = ("actual_arrival", "created_at", "updated_at")
+
+
+def incident_from_row(r: asyncpg.Record | dict[str, Any]) -> PoliceIncident:
     return PoliceIncident(
         id=str(r["id"]),
         sos_alert_id=str(r["sos_alert_id"]),
@@ -170,20 +173,9 @@ class SosRepo:
         inc = row["incident"]
         incident = None
         if inc is not None:
-            incident = PoliceIncident(
-                id=inc["id"],
-                sos_alert_id=inc["sos_alert_id"],
-                police_department_id=inc["police_department_id"],
-                incident_type=IncidentType(inc["incident_type"]),
-                priority=AlertPriority(inc["priority"]),
-                status=IncidentStatus(inc["status"]),
-                assigned_unit=inc["assigned_unit"] or "",
-                estimated_arrival_minutes=inc["estimated_arrival"] or 0,
-                actual_arrival_time=datetime.fromisoformat(inc["actual_arrival"]) if inc["actual_arrival"] else None,
-                resolution_notes=inc["resolution_notes"] or "",
-                create_time=datetime.fromisoformat(inc["created_at"]),
-                update_time=datetime.fromisoformat(inc["updated_at"]),
-            )
+            # row_to_json gives timestamps as ISO text; otherwise the columns of a row.
+            times = {k: datetime.fromisoformat(inc[k]) if inc[k] else None for k in _INCIDENT_TIMES}
+            incident = incident_from_row({**inc, **times})
         return alert_from_row(row), incident
 
     async def get_alert(self, alert_id: str, *, for_update: bool = False) -> SosAlert | None:
