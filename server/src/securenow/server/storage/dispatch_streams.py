@@ -156,6 +156,9 @@ class DispatchHub:
         self._groups_ready: set[str] = set()
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
+        # Bumped when a stream is added; the reader notes which generation its XREAD has.
+        self._streams_gen = 0
+        self._reading_gen = 0
         self._acks: dict[str, set[int]] = {}
         # Set by the composition root: is this dispatcher still allowed on this stream?
         self.session_check: Callable[[Principal, str], Awaitable[DomainError | None]] | None = None
@@ -181,7 +184,7 @@ class DispatchHub:
                 last = await self._redis.xrevrange(dispatch_stream(department_id), count=1)
                 if department_id in self._subs and department_id not in self._cursors:
                     self._cursors[department_id] = last[0][0] if last else "0-0"
-            await self._wake_reader()
+                    await self._reread_streams()
             backlog = await self._catch_up(department_id, resume_seq)
         except (RedisError, OSError) as exc:
             self.unsubscribe(sub)
@@ -298,7 +301,7 @@ class DispatchHub:
         finally:
             self.close_all()
             self._changed.set()
-            await self._wake_reader()
+            await self._unblock_reader()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -321,13 +324,25 @@ class DispatchHub:
             except Exception:
                 log.exception("dispatch %s failed", getattr(fn, "__name__", fn))
 
-    async def _wake_reader(self) -> None:
-        self._changed.set()
+    async def _unblock_reader(self) -> None:
         if self._reader_id is not None:
             try:
                 await self._redis.client_unblock(self._reader_id)
             except (RedisError, OSError):
                 pass
+
+    async def _reread_streams(self, within: float = 1.0) -> None:
+        """Returns once the reader's XREAD covers the streams added so far. An UNBLOCK
+        that reaches Redis before the XREAD it was meant for is lost (the new stream
+        would wait out the block time), so it is repeated until the reader has issued
+        an XREAD built after the change; bounded, as the reader may be backing off."""
+        self._streams_gen += 1
+        target = self._streams_gen
+        self._changed.set()
+        deadline = time.monotonic() + within
+        while self._reading_gen < target and time.monotonic() < deadline:
+            await self._unblock_reader()
+            await asyncio.sleep(0.005)
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
@@ -340,6 +355,7 @@ class DispatchHub:
                     pass
                 continue
             self._changed.clear()
+            self._reading_gen = self._streams_gen
             streams = {dispatch_stream(d): cursor for d, cursor in self._cursors.items()}
             try:
                 if self._reader_id is None:
