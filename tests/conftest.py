@@ -34,7 +34,8 @@ TEST_DATA_KEY = base64.b64encode(b"k" * 32).decode()
 
 TABLES = """users, auth_sessions, refresh_tokens, idempotency_keys, audit_log, providers, bookings,
     provider_reservations, police_departments, agency_api_keys, sos_alerts, police_incidents,
-    sos_alert_locations, outbox, dispatch_sequences, webhook_deliveries, analytics_events, safety_scores"""
+    sos_alert_locations, outbox, dispatch_sequences, webhook_deliveries, analytics_events, safety_scores,
+    search_index_state"""
 
 
 def admin_url(url: str, database: str = "postgres") -> str:

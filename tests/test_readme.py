@@ -132,6 +132,8 @@ async def test_readme_api_session_finds_the_demo_provider(runtime: Runtime, tmp_
     out = await run(sys.executable, str(script))
     # The demo provider is on duty about 220 m from the point searched.
     assert re.search(r"^Bay Guardians Security 2\d\d m$", out, flags=re.MULTILINE), out
+    # Full-text search stems "events" and matches the demo provider's description.
+    assert "search: ['Bay Guardians Security']" in out, out
 
 
 async def test_sdk_readme_example_runs_as_written(runtime: Runtime, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.security.tokens import API_KEY_PREFIX, REFRESH_PREFIX, AccessTokenCodec, OpaqueSecretCodec
 from securenow.server.services.agency import AgencyService
+from securenow.server.services.analytics import AnalyticsService
 from securenow.server.services.audit import AuditService
 from securenow.server.services.auth import Authenticator, AuthService
 from securenow.server.services.bookings import BookingService
@@ -17,6 +18,7 @@ from securenow.server.services.dispatch import DispatchService
 from securenow.server.services.locations import LocationIngestor
 from securenow.server.services.providers import ProviderService
 from securenow.server.services.routing import Router
+from securenow.server.services.search import SearchService
 from securenow.server.services.sos import SosService
 from securenow.server.services.users import UserService
 from securenow.server.settings import Settings
@@ -24,8 +26,10 @@ from securenow.server.storage.alert_watch import AlertWatchHub
 from securenow.server.storage.dispatch_streams import DispatchHub
 from securenow.server.storage.live_state import LiveState, connect_redis
 from securenow.server.storage.postgres import Database
+from securenow.server.storage.search_elastic import ElasticSearch
 from securenow.server.workers.maintenance import Maintenance
 from securenow.server.workers.outbox_relay import OutboxRelay
+from securenow.server.workers.search_indexer import SearchIndexer
 from securenow.server.workers.webhooks import WebhookSender
 
 
@@ -53,6 +57,11 @@ class App:
     relay: OutboxRelay
     webhooks: WebhookSender
     maintenance: Maintenance
+    analytics: AnalyticsService
+    search: SearchService
+    # Set when SECURENOW_ELASTICSEARCH_URL is: the search copy and what keeps it current.
+    elastic: ElasticSearch | None
+    search_indexer: SearchIndexer | None
 
     @classmethod
     async def create(cls, settings: Settings) -> App:
@@ -76,6 +85,10 @@ class App:
         authenticator = Authenticator(
             db, live, access_tokens, api_keys, session_cache_ttl=settings.session_cache_ttl_seconds
         )
+        providers = ProviderService(db, live)
+        elastic = None
+        if settings.elasticsearch_url:
+            elastic = ElasticSearch(settings.elasticsearch_url, index_prefix=settings.elasticsearch_index_prefix)
         return cls(
             settings=settings,
             db=db,
@@ -94,7 +107,7 @@ class App:
                 sign_in_attempts_per_minute=settings.sign_in_attempts_per_minute,
             ),
             users=UserService(db, live, encryptor),
-            providers=ProviderService(db, live),
+            providers=providers,
             bookings=BookingService(db),
             audit=AuditService(db),
             dispatch=dispatch,
@@ -127,11 +140,17 @@ class App:
                 timeout=settings.webhook_timeout_seconds,
             ),
             maintenance=Maintenance(db, live),
+            analytics=AnalyticsService(db),
+            search=SearchService(db, providers, elastic),
+            elastic=elastic,
+            search_indexer=SearchIndexer(db, elastic, settings.database_url) if elastic else None,
         )
 
     def __post_init__(self) -> None:
         self.dispatch_hub.session_check = self.authenticator.dispatcher_problem
 
     async def close(self) -> None:
+        if self.elastic is not None:
+            await self.elastic.close()
         await self.redis.aclose()
         await self.db.close()

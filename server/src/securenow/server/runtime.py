@@ -24,22 +24,27 @@ from securenow.server.transport.grpc_web import GrpcWebGateway
 from securenow.server.transport.http import build_http_app
 from securenow.server.transport.interceptor import CallInterceptor
 from securenow.server.transport.servicers.agency import AgencyServicer
+from securenow.server.transport.servicers.analytics import AnalyticsServicer
 from securenow.server.transport.servicers.auth import AuthServicer
 from securenow.server.transport.servicers.bookings import BookingServicer
 from securenow.server.transport.servicers.providers import ProviderServicer
+from securenow.server.transport.servicers.search import SearchServicer
 from securenow.server.transport.servicers.sos import SosServicer
-from securenow.server.transport.servicers.unimplemented import add_unimplemented_services
 from securenow.server.transport.servicers.users import UserServicer
 from securenow.server.workers.escalation import run_escalations
 from securenow.v1 import (
     agency_pb2,
     agency_pb2_grpc,
+    analytics_pb2,
+    analytics_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
     bookings_pb2,
     bookings_pb2_grpc,
     providers_pb2,
     providers_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
     sos_pb2,
     sos_pb2_grpc,
     users_pb2,
@@ -83,13 +88,17 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def background_workers(app: App, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    """The outbox relay, escalation sweeper, webhook sender and maintenance."""
-    return [
+    """The outbox relay, escalation sweeper, webhook sender, maintenance and (with
+    Elasticsearch) the search indexer."""
+    tasks = [
         asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
         asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
         asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
         asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
     ]
+    if app.search_indexer is not None:
+        tasks.append(asyncio.create_task(app.search_indexer.run(stop), name="search-indexer"))
+    return tasks
 
 
 class Runtime:
@@ -117,6 +126,7 @@ class Runtime:
         providers_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app.providers), server)
         bookings_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(app.bookings), server)
         sos_pb2_grpc.add_SosServiceServicer_to_server(SosServicer(app.sos, app.locations, app.watch_hub), server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(app.search), server)
         agency_pb2_grpc.add_AgencyServiceServicer_to_server(
             AgencyServicer(
                 app.agency,
@@ -127,6 +137,7 @@ class Runtime:
             ),
             server,
         )
+        analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(app.analytics), server)
         names = [
             auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
             users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
@@ -134,8 +145,9 @@ class Runtime:
             bookings_pb2.DESCRIPTOR.services_by_name["BookingService"].full_name,
             sos_pb2.DESCRIPTOR.services_by_name["SosService"].full_name,
             agency_pb2.DESCRIPTOR.services_by_name["AgencyService"].full_name,
+            analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+            search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
         ]
-        names += add_unimplemented_services(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     grpc_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8080"
+    # Search backend: empty = PostgreSQL (embedded); set = Elasticsearch, fed by the workers.
     elasticsearch_url: str = ""
+    # Index names are <prefix>providers and <prefix>incidents.
+    elasticsearch_index_prefix: str = "securenow-"
 
     # Secrets. In production both are required; in development a missing one is
     # replaced by an ephemeral random value (tokens and KYC data do not survive a restart).

@@ -339,7 +339,11 @@ class GetIncidentReportRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
     department_id: _builtins.str
-    """Department; agencies get their own regardless, admins all when empty."""
+    """Department to report on. Agencies (police and security-agency accounts, agency API
+    keys): empty means their own department; another department's id returns
+    PERMISSION_DENIED. Admins: a department's id (NOT_FOUND if there is none), or empty
+    for all alerts.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the report (inclusive)."""

@@ -86,7 +86,8 @@ class AnalyticsServiceServicer:
 
     def GetIncidentReport(self, request, context):
         """Response-time and volume report per time bucket (agencies: their own; admins: any
-        or all). Returns INVALID_ARGUMENT for a bad time range or interval.
+        or all). Returns INVALID_ARGUMENT for a bad time range or interval, PERMISSION_DENIED
+        when an agency names another department.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

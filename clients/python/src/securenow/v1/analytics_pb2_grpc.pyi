@@ -45,7 +45,8 @@ class AnalyticsServiceStub:
     """Lists stored safety scores around a point, best first."""
     GetIncidentReport: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetIncidentReportRequest, _analytics_pb2.GetIncidentReportResponse]
     """Response-time and volume report per time bucket (agencies: their own; admins: any
-    or all). Returns INVALID_ARGUMENT for a bad time range or interval.
+    or all). Returns INVALID_ARGUMENT for a bad time range or interval, PERMISSION_DENIED
+    when an agency names another department.
     """
 
 @_typing.type_check_only
@@ -65,7 +66,8 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Lists stored safety scores around a point, best first."""
     GetIncidentReport: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetIncidentReportRequest, _analytics_pb2.GetIncidentReportResponse]  # type: ignore[assignment]
     """Response-time and volume report per time bucket (agencies: their own; admins: any
-    or all). Returns INVALID_ARGUMENT for a bad time range or interval.
+    or all). Returns INVALID_ARGUMENT for a bad time range or interval, PERMISSION_DENIED
+    when an agency names another department.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,7 +108,8 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetIncidentReportResponse, _abc.Awaitable[_analytics_pb2.GetIncidentReportResponse]]:
         """Response-time and volume report per time bucket (agencies: their own; admins: any
-        or all). Returns INVALID_ARGUMENT for a bad time range or interval.
+        or all). Returns INVALID_ARGUMENT for a bad time range or interval, PERMISSION_DENIED
+        when an agency names another department.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

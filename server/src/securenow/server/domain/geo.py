@@ -12,6 +12,7 @@ from securenow.server.domain.validation import Validator
 
 # A device clock may be off; fixes from further in the future than this are refused.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+EARTH_RADIUS_M = 6_371_008.8
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,15 @@ class Point:
 
     def to_json(self) -> dict[str, float]:
         return {"lat": self.latitude, "lng": self.longitude}
+
+    def distance_m(self, other: Point) -> float:
+        """Great-circle distance in meters (haversine on the mean Earth radius; within
+        0.5% of PostGIS's spheroid distance)."""
+        lat1, lat2 = math.radians(self.latitude), math.radians(other.latitude)
+        dlat = lat2 - lat1
+        dlng = math.radians(other.longitude - self.longitude)
+        h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlng / 2) ** 2
+        return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class ProviderService:
         self._db = db
         self._live = live
 
-    async def _with_duty(self, providers: list[Provider]) -> list[Provider]:
+    async def with_duty(self, providers: list[Provider]) -> list[Provider]:
         """Adds the live on-duty flag from Redis (false when Redis is unreachable)."""
         try:
             on = await self._live.on_duty([p.id for p in providers])
@@ -91,7 +91,7 @@ class ProviderService:
         pid = parse_uuid("provider_id", provider_id)
         async with self._db.reader() as uow:
             provider = await self._visible(uow, caller, pid)
-        return (await self._with_duty([provider]))[0]
+        return (await self.with_duty([provider]))[0]
 
     async def update(self, caller: Principal, provider_id: str, draft: ProviderDraft, paths: list[str]) -> Provider:
         v = Validator()
@@ -112,7 +112,7 @@ class ProviderService:
             )
         if review:
             await self._live.take_provider_off_duty(pid)
-        return (await self._with_duty([provider]))[0]
+        return (await self.with_duty([provider]))[0]
 
     async def list_providers(
         self,
@@ -142,7 +142,7 @@ class ProviderService:
                 service_type=service_type,
                 min_rating=min_rating,
             )
-        return await self._with_duty(providers), page.next_token(cursor)
+        return await self.with_duty(providers), page.next_token(cursor)
 
     async def verify(
         self, caller: Principal, provider_id: str, decision: VerificationStatus | None, note: str
@@ -165,7 +165,7 @@ class ProviderService:
             )
         if decision is VerificationStatus.REJECTED:
             await self._live.take_provider_off_duty(pid)
-        return (await self._with_duty([provider]))[0]
+        return (await self.with_duty([provider]))[0]
 
     async def update_duty(
         self, caller: Principal, provider_id: str, on_duty: bool, location: LocationInput | None

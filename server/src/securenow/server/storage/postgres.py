@@ -20,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 from securenow.server.domain.errors import Unavailable
 from securenow.server.storage.accounts_repo import AccountsRepo
 from securenow.server.storage.agency_repo import AgencyRepo
+from securenow.server.storage.analytics_repo import AnalyticsRepo
 from securenow.server.storage.audit_repo import AuditRepo
 from securenow.server.storage.bookings_repo import BookingsRepo
 from securenow.server.storage.idempotency_repo import IdempotencyRepo
@@ -253,3 +254,7 @@ class UnitOfWork:
     @property
     def outbox(self) -> OutboxRepo:
         return self._repo("outbox", OutboxRepo)  # type: ignore[no-any-return]
+
+    @property
+    def analytics(self) -> AnalyticsRepo:
+        return self._repo("analytics", AnalyticsRepo)  # type: ignore[no-any-return]

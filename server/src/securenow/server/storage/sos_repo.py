@@ -70,6 +70,16 @@ def incident_from_row(r: asyncpg.Record | dict[str, Any]) -> PoliceIncident:
     )
 
 
+def _joined_incident(row: asyncpg.Record) -> PoliceIncident | None:
+    """The incident of a row that carries it as `row_to_json(i) AS incident`."""
+    inc = row["incident"]
+    if inc is None:
+        return None
+    # row_to_json gives timestamps as ISO text; otherwise the columns of a row.
+    times = {k: datetime.fromisoformat(inc[k]) if inc[k] else None for k in _INCIDENT_TIMES}
+    return incident_from_row({**inc, **times})
+
+
 @dataclass(frozen=True)
 class AgencyChoice:
     department_id: str
@@ -170,13 +180,22 @@ class SosRepo:
         )
         if row is None:
             return None
-        inc = row["incident"]
-        incident = None
-        if inc is not None:
-            # row_to_json gives timestamps as ISO text; otherwise the columns of a row.
-            times = {k: datetime.fromisoformat(inc[k]) if inc[k] else None for k in _INCIDENT_TIMES}
-            incident = incident_from_row({**inc, **times})
-        return alert_from_row(row), incident
+        return alert_from_row(row), _joined_incident(row)
+
+    async def incidents_with_alerts(self, incident_ids: list[str]) -> dict[str, tuple[PoliceIncident, SosAlert]]:
+        """Incidents by id with their alerts, in one round trip (ids not found, or not
+        visible under row-level security, are left out)."""
+        rows = await self.conn.fetch(
+            f"""SELECT {ALERT_COLUMNS}, row_to_json(i) AS incident
+                FROM police_incidents i JOIN sos_alerts a ON a.id = i.sos_alert_id WHERE i.id = ANY($1::uuid[])""",
+            incident_ids,
+        )
+        out = {}
+        for row in rows:
+            incident = _joined_incident(row)
+            assert incident is not None
+            out[incident.id] = (incident, alert_from_row(row))
+        return out
 
     async def get_alert(self, alert_id: str, *, for_update: bool = False) -> SosAlert | None:
         lock = " FOR UPDATE" if for_update else ""

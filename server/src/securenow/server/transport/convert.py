@@ -63,6 +63,17 @@ def enum_from_pb(domain: type[E], number: int, field: str) -> E | None:
     return domain[name.removeprefix(prefix + "_")]
 
 
+def enum_list_from_pb(domain: type[E], numbers: Any, field: str) -> list[E]:
+    """A repeated enum filter; *_UNSPECIFIED or unknown numbers are INVALID_ARGUMENT."""
+    out = []
+    for i, number in enumerate(numbers):
+        value = enum_from_pb(domain, number, f"{field}[{i}]")
+        if value is None:
+            raise InvalidArgument.field(f"{field}[{i}]", "must not be unspecified")
+        out.append(value)
+    return out
+
+
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
@@ -102,6 +113,14 @@ def idempotency_key(request: Message, field_name: str = "request_id") -> Idempot
 
 
 # Common ---------------------------------------------------------------------------
+
+
+def point_from_pb(msg: Message, field: str) -> Point | None:
+    """An optional LatLng field as a Point (None when unset)."""
+    if not msg.HasField(field):
+        return None
+    value: common_pb2.LatLng = getattr(msg, field)
+    return Point(value.latitude, value.longitude)
 
 
 def lat_lng(point: Point | None) -> common_pb2.LatLng | None:

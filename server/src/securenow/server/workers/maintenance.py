@@ -1,6 +1,7 @@
 """Periodic upkeep, safe to run on every replica at once:
 partitions ahead of time (daily), audit-chain sealing (every second), expiry of
-stale on-duty providers, old idempotency records and settled outbox rows."""
+stale on-duty providers, old idempotency records and settled outbox rows, and the
+area safety scores (every 30 minutes, so the hour-long scores never lapse)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from securenow.server.domain.errors import Unavailable
+from securenow.server.services.analytics import refresh_safety_scores
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.relay_repo import RelayRepo
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_RETENTION_DAYS = 30
 OUTBOX_RETENTION_DAYS = 7
 PROVIDER_DUTY_STALE_SECONDS = 15 * 60
+# Scores stay valid for an hour; refreshing twice as often keeps the map complete.
+SAFETY_REFRESH_SECONDS = 30 * 60.0
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Maintenance:
             _Task("partitions", 24 * 3600.0, self.ensure_partitions),
             _Task("stale_providers", 60.0, self.expire_stale_providers),
             _Task("retention", 3600.0, self.apply_retention),
+            _Task("safety_scores", SAFETY_REFRESH_SECONDS, self.refresh_safety_scores),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -77,3 +82,10 @@ class Maintenance:
         async with self._db.unit_of_work() as uow:
             await uow.idempotency.delete_older_than_days(IDEMPOTENCY_RETENTION_DAYS)
             await RelayRepo(uow.conn).delete_settled(OUTBOX_RETENTION_DAYS)
+
+    async def refresh_safety_scores(self) -> int:
+        """Rescores every grid cell with recent alerts (one replica at a time)."""
+        refreshed = await refresh_safety_scores(self._db)
+        if refreshed > 0:
+            log.info("refreshed %d safety scores", refreshed)
+        return refreshed

@@ -1,0 +1,11 @@
+DROP TABLE search_index_state;
+DROP INDEX idx_sos_alerts_updated;
+DROP INDEX idx_police_incidents_updated;
+DROP INDEX idx_providers_updated;
+DROP INDEX idx_safety_scores_valid;
+DROP INDEX idx_safety_scores_cell;
+ALTER TABLE safety_scores DROP COLUMN cell;
+DROP FUNCTION securenow_incident_document(TEXT, TEXT);
+DROP INDEX idx_providers_tags;
+DROP INDEX idx_providers_search;
+DROP FUNCTION securenow_provider_document(TEXT, TEXT[], TEXT);

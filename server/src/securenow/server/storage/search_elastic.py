@@ -1,0 +1,198 @@
+"""The Elasticsearch search backend (used when SECURENOW_ELASTICSEARCH_URL is set):
+the seed's two indices, the queries that answer SearchService, and bulk indexing.
+
+Elasticsearch holds copies: documents carry the row's `updated_at` as an external
+version, so an older copy never overwrites a newer one, and the index can always be
+rebuilt from PostgreSQL (`workers/search_indexer.py` keeps it current).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+
+from securenow.server.domain.search import Hit, HitPage, IncidentQuery, ProviderQuery
+
+log = logging.getLogger(__name__)
+
+# The seed's mappings, plus what the queries filter and sort on (id, department,
+# text fields, timestamps).
+PROVIDER_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "id": {"type": "keyword"},
+        "company_name": {"type": "text", "analyzer": "english"},
+        "description": {"type": "text", "analyzer": "english"},
+        "business_type": {"type": "keyword"},
+        "location": {"type": "geo_point"},
+        "rating": {"type": "float"},
+        "service_areas": {"type": "geo_shape"},
+        "tags": {"type": "keyword"},
+        "verified": {"type": "boolean"},
+        "updated_at": {"type": "date"},
+    },
+}
+INCIDENT_MAPPINGS: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "id": {"type": "keyword"},
+        "department_id": {"type": "keyword"},
+        "incident_type": {"type": "keyword"},
+        "location": {"type": "geo_point"},
+        "timestamp": {"type": "date"},
+        "priority": {"type": "keyword"},
+        "status": {"type": "keyword"},
+        "description": {"type": "text", "analyzer": "english"},
+        "resolution_notes": {"type": "text", "analyzer": "english"},
+        "updated_at": {"type": "date"},
+    },
+}
+
+
+def _text_query(text: str, fields: list[str]) -> dict[str, Any]:
+    # simple_query_string takes the same everyday syntax as PostgreSQL's
+    # websearch_to_tsquery: "quoted phrases", `|` / OR, `-` to exclude; every word required.
+    return {"simple_query_string": {"query": text, "fields": fields, "default_operator": "and"}}
+
+
+def provider_search_body(q: ProviderQuery) -> dict[str, Any]:
+    """The search request answering a SearchProviders query (same filters and order
+    as the PostgreSQL backend)."""
+    filters: list[dict[str, Any]] = [{"term": {"verified": True}}]
+    if q.business_types:
+        filters.append({"terms": {"business_type": [t.value for t in q.business_types]}})
+    if q.min_rating:
+        filters.append({"range": {"rating": {"gte": q.min_rating}}})
+    filters += [{"term": {"tags": tag}} for tag in q.tags]
+    sort: list[Any] = [{"rating": "desc"}, {"id": "asc"}]
+    if q.near is not None:
+        point = {"lat": q.near.latitude, "lon": q.near.longitude}
+        filters.append(
+            {
+                "bool": {
+                    "should": [
+                        {"geo_distance": {"distance": f"{q.radius_m}m", "location": point}},
+                        {
+                            "geo_shape": {
+                                "service_areas": {
+                                    "shape": {"type": "point", "coordinates": [q.near.longitude, q.near.latitude]},
+                                    "relation": "intersects",
+                                }
+                            }
+                        },
+                    ],
+                    "minimum_should_match": 1,
+                }
+            }
+        )
+        sort = [{"_geo_distance": {"location": point, "order": "asc", "unit": "m"}}, {"id": "asc"}]
+    must = [_text_query(q.text, ["company_name^3", "tags^2", "description"])] if q.text else []
+    if q.text:
+        sort = ["_score", {"rating": "desc"}, {"id": "asc"}]
+    return {
+        "query": {"bool": {"must": must or [{"match_all": {}}], "filter": filters}},
+        "sort": sort,
+        "from_": q.page.offset,
+        "size": q.page.size,
+        "track_total_hits": True,
+        "track_scores": True,
+        "source": False,
+    }
+
+
+def incident_search_body(q: IncidentQuery) -> dict[str, Any]:
+    """The search request answering a SearchIncidents query."""
+    filters: list[dict[str, Any]] = []
+    if q.department_id is not None:
+        filters.append({"term": {"department_id": q.department_id}})
+    if q.incident_types:
+        filters.append({"terms": {"incident_type": [t.value for t in q.incident_types]}})
+    if q.statuses:
+        filters.append({"terms": {"status": [s.value for s in q.statuses]}})
+    if q.priorities:
+        filters.append({"terms": {"priority": [p.value for p in q.priorities]}})
+    if q.start is not None or q.end is not None:
+        window: dict[str, str] = {}
+        if q.start is not None:
+            window["gte"] = q.start.isoformat()
+        if q.end is not None:
+            window["lt"] = q.end.isoformat()
+        filters.append({"range": {"timestamp": window}})
+    if q.near is not None:
+        point = {"lat": q.near.latitude, "lon": q.near.longitude}
+        filters.append({"geo_distance": {"distance": f"{q.radius_m}m", "location": point}})
+    must = [_text_query(q.text, ["description^2", "resolution_notes"])] if q.text else [{"match_all": {}}]
+    sort: list[Any] = [{"timestamp": "desc"}, {"id": "asc"}]
+    if q.text:
+        sort = ["_score", *sort]
+    return {
+        "query": {"bool": {"must": must, "filter": filters}},
+        "sort": sort,
+        "from_": q.page.offset,
+        "size": q.page.size,
+        "track_total_hits": True,
+        "track_scores": True,
+        "source": False,
+    }
+
+
+class ElasticSearch:
+    name = "elasticsearch"
+
+    def __init__(self, url: str, *, index_prefix: str) -> None:
+        self.client = AsyncElasticsearch(url, request_timeout=5, retry_on_timeout=False, max_retries=1)
+        self.providers_index = f"{index_prefix}providers"
+        self.incidents_index = f"{index_prefix}incidents"
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def index_name(self, kind: str) -> str:
+        """The index of "providers" or "incidents"."""
+        return self.providers_index if kind == "providers" else self.incidents_index
+
+    async def ensure_indices(self) -> list[str]:
+        """Creates the indices that are missing; returns their kinds ("providers",
+        "incidents"): those need a full build."""
+        created = []
+        for kind, mappings in (("providers", PROVIDER_MAPPINGS), ("incidents", INCIDENT_MAPPINGS)):
+            if not await self.client.indices.exists(index=self.index_name(kind)):
+                await self.client.options(ignore_status=400).indices.create(
+                    index=self.index_name(kind), mappings=mappings
+                )
+                created.append(kind)
+        return created
+
+    async def providers(self, q: ProviderQuery) -> HitPage:
+        return await self._search(self.providers_index, provider_search_body(q))
+
+    async def incidents(self, q: IncidentQuery) -> HitPage:
+        return await self._search(self.incidents_index, incident_search_body(q))
+
+    async def _search(self, index: str, body: dict[str, Any]) -> HitPage:
+        resp = await self.client.search(index=index, **body)
+        hits = resp["hits"]
+        return HitPage([Hit(h["_id"], float(h.get("_score") or 0.0)) for h in hits["hits"]], hits["total"]["value"])
+
+    async def index(self, index: str, docs: list[dict[str, Any]]) -> int:
+        """Writes documents (each with `id` and `updated_at` in microseconds as
+        `_version`); an older copy than the stored one is skipped (409)."""
+        actions = [
+            {
+                "_op_type": "index",
+                "_index": index,
+                "_id": doc["id"],
+                "version": doc.pop("_version"),
+                "version_type": "external_gte",
+                "_source": doc,
+            }
+            for doc in docs
+        ]
+        ok, _ = await async_bulk(self.client, actions, ignore_status=(409,), raise_on_error=True)
+        return ok
+
+    async def refresh(self) -> None:
+        await self.client.indices.refresh(index=[self.providers_index, self.incidents_index])

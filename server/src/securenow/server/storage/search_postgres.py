@@ -1,0 +1,97 @@
+"""The embedded search backend: full text (tsvector, `websearch_to_tsquery` syntax) and
+distance (PostGIS) straight over the live tables, so it is never behind.
+
+Providers' documents are indexed (`idx_providers_search`); incident searches are
+narrowed by department, time and place first, so their text match runs on few rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from securenow.server.domain.search import Hit, HitPage, IncidentQuery, ProviderQuery
+from securenow.server.storage.rows import Conn, geog_point
+
+PROVIDER_DOCUMENT = "securenow_provider_document(p.company_name, p.tags, p.description)"
+INCIDENT_DOCUMENT = "securenow_incident_document(a.description, i.resolution_notes)"
+
+
+class _Args:
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+class PostgresSearch:
+    name = "postgres"
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def providers(self, q: ProviderQuery) -> HitPage:
+        arg = _Args()
+        where = ["p.verification_status = 'verified'"]
+        score = "0::float8"
+        if q.text:
+            tsq = f"websearch_to_tsquery('english', {arg(q.text)})"
+            where.append(f"{PROVIDER_DOCUMENT} @@ {tsq}")
+            score = f"ts_rank_cd({PROVIDER_DOCUMENT}, {tsq})::float8"
+        if q.business_types:
+            where.append(f"p.business_type = ANY({arg([t.value for t in q.business_types])}::text[]::provider_type[])")
+        if q.min_rating:
+            where.append(f"p.rating >= {arg(q.min_rating)}")
+        if q.tags:
+            where.append(f"p.tags @> {arg(list(q.tags))}::text[]")
+        order = f"{score} DESC, p.rating DESC, p.id" if q.text else "p.rating DESC, p.id"
+        if q.near is not None:
+            point = geog_point(arg(q.near.longitude), arg(q.near.latitude))
+            where.append(f"(ST_DWithin(p.location, {point}, {arg(q.radius_m)}) OR ST_Covers(p.service_area, {point}))")
+            if not q.text:
+                order = f"ST_Distance(p.location, {point}) NULLS LAST, p.id"
+        rows = await self.conn.fetch(
+            f"""SELECT p.id, {score} AS score, count(*) OVER () AS total
+                FROM providers p WHERE {" AND ".join(where)}
+                ORDER BY {order} OFFSET {arg(q.page.offset)} LIMIT {arg(q.page.size)}""",
+            *arg.values,
+        )
+        return _page(rows)
+
+    async def incidents(self, q: IncidentQuery) -> HitPage:
+        arg = _Args()
+        where = ["TRUE"]
+        score = "0::float8"
+        if q.department_id is not None:
+            where.append(f"i.police_department_id = {arg(q.department_id)}")
+        if q.text:
+            tsq = f"websearch_to_tsquery('english', {arg(q.text)})"
+            where.append(f"{INCIDENT_DOCUMENT} @@ {tsq}")
+            score = f"ts_rank_cd({INCIDENT_DOCUMENT}, {tsq})::float8"
+        if q.incident_types:
+            where.append(f"i.incident_type = ANY({arg([t.value for t in q.incident_types])}::text[]::incident_type[])")
+        if q.statuses:
+            where.append(f"i.status = ANY({arg([s.value for s in q.statuses])}::text[]::incident_status[])")
+        if q.priorities:
+            where.append(f"i.priority = ANY({arg([p.value for p in q.priorities])}::text[]::incident_priority[])")
+        if q.start is not None:
+            where.append(f"i.created_at >= {arg(q.start)}")
+        if q.end is not None:
+            where.append(f"i.created_at < {arg(q.end)}")
+        if q.near is not None:
+            point = geog_point(arg(q.near.longitude), arg(q.near.latitude))
+            where.append(f"ST_DWithin(a.location, {point}, {arg(q.radius_m)})")
+        order = f"{score} DESC, i.created_at DESC, i.id" if q.text else "i.created_at DESC, i.id"
+        rows = await self.conn.fetch(
+            f"""SELECT i.id, {score} AS score, count(*) OVER () AS total
+                FROM police_incidents i JOIN sos_alerts a ON a.id = i.sos_alert_id
+                WHERE {" AND ".join(where)}
+                ORDER BY {order} OFFSET {arg(q.page.offset)} LIMIT {arg(q.page.size)}""",
+            *arg.values,
+        )
+        return _page(rows)
+
+
+def _page(rows: list[Any]) -> HitPage:
+    return HitPage([Hit(str(r["id"]), float(r["score"])) for r in rows], int(rows[0]["total"]) if rows else 0)
