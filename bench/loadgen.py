@@ -21,6 +21,8 @@ from securenow.v1 import (
     common_pb2,
     providers_pb2,
     providers_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
     sos_pb2,
     sos_pb2_grpc,
 )
@@ -340,6 +342,35 @@ async def nearby_latency(address: str, token: str, calls: int) -> dict[str, Any]
             t0 = time.perf_counter()
             resp = await providers.SearchNearbyProviders(
                 providers_pb2.SearchNearbyProvidersRequest(point=point, radius_m=2000, max_results=10), metadata=meta
+            )
+            latencies.append(time.perf_counter() - t0)
+            found += len(resp.results)
+    return {
+        "calls": calls,
+        "avg_results": found / calls,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+async def search_latency(address: str, token: str, calls: int) -> dict[str, Any]:
+    """SearchProviders with text and a place (the PostgreSQL backend: tsvector + PostGIS)."""
+    latencies = []
+    found = 0
+    async with grpc.aio.insecure_channel(address) as ch:
+        search = search_pb2_grpc.SearchServiceStub(ch)
+        meta = md(token)
+        for i in range(calls):
+            near = common_pb2.LatLng(latitude=random.uniform(37.2, 37.8), longitude=random.uniform(-122.4, -121.6))
+            t0 = time.perf_counter()
+            resp = await search.SearchProviders(
+                search_pb2.SearchProvidersRequest(
+                    query=f"guards {random.randrange(100_000)}" if i % 2 else "bench guards",
+                    near=near,
+                    radius_m=5_000,
+                    page_size=10,
+                ),
+                metadata=meta,
             )
             latencies.append(time.perf_counter() - t0)
             found += len(resp.results)

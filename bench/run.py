@@ -217,8 +217,10 @@ def unary_reads(
 
 
 async def populate_providers(n: int) -> list[str]:
-    """n verified providers in Postgres, all on duty in Redis (bench data, inserted directly)."""
+    """n verified providers in Postgres (based where they stand), all on duty in Redis
+    (bench data, inserted directly)."""
     ids = [uuid.uuid4() for _ in range(n)]
+    points = {i: (random.uniform(37.05, 37.95), random.uniform(-122.45, -121.55)) for i in ids}
     conn = await asyncpg.connect(stack.DATABASE_URL)
     try:
         pricing = json.dumps(
@@ -226,9 +228,17 @@ async def populate_providers(n: int) -> list[str]:
         )
         await conn.copy_records_to_table(
             "providers",
-            columns=["id", "company_name", "business_type", "verification_status", "pricing_info"],
-            records=[(i, f"Bench Guards {k}", "security_guard", "verified", pricing) for k, i in enumerate(ids)],
+            columns=["id", "company_name", "business_type", "verification_status", "pricing_info", "location_data"],
+            records=[
+                (i, f"Bench Guards {k}", "security_guard", "verified", pricing, json.dumps({"lat": lat, "lng": lng}))
+                for k, (i, (lat, lng)) in enumerate(points.items())
+            ],
         )
+        await conn.execute(
+            """UPDATE providers SET location = ST_SetSRID(ST_MakePoint((location_data->>'lng')::float8,
+                   (location_data->>'lat')::float8), 4326)::geography WHERE location_data IS NOT NULL"""
+        )
+        await conn.execute("ANALYZE providers")
     finally:
         await conn.close()
     r = aioredis.Redis.from_url(stack.REDIS_URL)
@@ -236,9 +246,8 @@ async def populate_providers(n: int) -> list[str]:
     for chunk in range(0, n, 10_000):
         async with r.pipeline(transaction=False) as pipe:
             for i in ids[chunk : chunk + 10_000]:
-                pipe.geoadd(
-                    "providers:locations", (random.uniform(-122.45, -121.55), random.uniform(37.05, 37.95), str(i))
-                )
+                lat, lng = points[i]
+                pipe.geoadd("providers:locations", (lng, lat, str(i)))
                 pipe.zadd("providers:last_seen", {str(i): now})
             await pipe.execute()
     await r.aclose()
@@ -325,6 +334,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),
             "server_p99_ms_at_most": bucket_quantile(before, after, 0.99),
         }
+        settled = quiesce()
+        before = server_histogram(server, "SearchProviders")
+        (search,) = collect([spawn(loadgen.search_latency, server.address, fx.people[0], 2000)])
+        after = server_histogram(server, "SearchProviders")
+        out["provider_search"] = {
+            "settled": settled,
+            "providers": args.providers,
+            **search,
+            "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),
+            "server_p99_ms_at_most": bucket_quantile(before, after, 0.99),
+        }
         out["redis_benchmark_rps"] = raw_limits.redis_benchmark(stack.REDIS_URL)
     finally:
         server.stop()
@@ -397,6 +417,12 @@ def print_table(r: dict[str, Any]) -> None:
         f"{'nearest providers, ' + str(n['providers']) + ' on duty (client p50/p99 ms)':58} "
         f"{n['p50_ms']:7.2f}/{n['p99_ms']:.2f}   server <= {n['server_p50_ms_at_most']:g}/"
         f"{n['server_p99_ms_at_most']:g} ms; redis GEOSEARCH {r['redis_benchmark_rps'].get('GEOSEARCH', 0):.0f}/s"
+    )
+    p = r["provider_search"]
+    print(
+        f"{'provider search, text + 5 km (client p50/p99 ms)':58} {p['p50_ms']:7.2f}/{p['p99_ms']:.2f}   "
+        f"server <= {p['server_p50_ms_at_most']:g}/{p['server_p99_ms_at_most']:g} ms; "
+        f"{p['avg_results']:.1f} results a call (PostgreSQL backend)"
     )
     empty = raw["grpc_empty_handler"]["qps"]
     one_select = raw["grpc_handler_one_select"]["qps"]

@@ -7,5 +7,7 @@ DROP INDEX idx_safety_scores_cell;
 ALTER TABLE safety_scores DROP COLUMN cell;
 DROP FUNCTION securenow_incident_document(TEXT, TEXT);
 DROP INDEX idx_providers_tags;
+DROP INDEX idx_providers_service_area;
 DROP INDEX idx_providers_search;
+ALTER TABLE providers DROP COLUMN search_document;
 DROP FUNCTION securenow_provider_document(TEXT, TEXT[], TEXT);

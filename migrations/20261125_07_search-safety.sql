@@ -4,16 +4,20 @@
 
 -- A provider's full-text document: name weighs most, then tags, then the description.
 -- IMMUTABLE (array_to_string is only STABLE in general, but text[] output does not
--- depend on settings), so it can back an expression index.
+-- depend on settings), so it can define a stored column: searches then match and rank
+-- without re-parsing the text of every candidate row.
 CREATE FUNCTION securenow_provider_document(company_name TEXT, tags TEXT[], description TEXT)
 RETURNS tsvector LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT setweight(to_tsvector('english', coalesce(company_name, '')), 'A')
         || setweight(to_tsvector('english', array_to_string(coalesce(tags, '{}'), ' ')), 'B')
         || setweight(to_tsvector('english', coalesce(description, '')), 'C')
 $$;
-CREATE INDEX idx_providers_search ON providers
-    USING GIN (securenow_provider_document(company_name, tags, description));
+ALTER TABLE providers ADD COLUMN search_document tsvector
+    GENERATED ALWAYS AS (securenow_provider_document(company_name, tags, description)) STORED;
+CREATE INDEX idx_providers_search ON providers USING GIN (search_document);
 CREATE INDEX idx_providers_tags ON providers USING GIN (tags);
+-- "Near" matches a provider based within the radius or serving the point.
+CREATE INDEX idx_providers_service_area ON providers USING GIST (service_area);
 
 -- An incident's document spans the alert (what the person wrote) and the incident
 -- (what the officers wrote on resolving it).

@@ -1,8 +1,9 @@
 """The embedded search backend: full text (tsvector, `websearch_to_tsquery` syntax) and
 distance (PostGIS) straight over the live tables, so it is never behind.
 
-Providers' documents are indexed (`idx_providers_search`); incident searches are
-narrowed by department, time and place first, so their text match runs on few rows.
+Providers' documents are stored and indexed (`providers.search_document`,
+`idx_providers_search`); incident searches are narrowed by department, time and place
+first, so their text match runs on few rows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from securenow.server.domain.search import Hit, HitPage, IncidentQuery, ProviderQuery
 from securenow.server.storage.rows import Conn, geog_point
 
-PROVIDER_DOCUMENT = "securenow_provider_document(p.company_name, p.tags, p.description)"
+PROVIDER_DOCUMENT = "p.search_document"  # stored, GIN-indexed (migration 07)
 INCIDENT_DOCUMENT = "securenow_incident_document(a.description, i.resolution_notes)"
 
 
