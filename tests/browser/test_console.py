@@ -1,6 +1,6 @@
 """The dispatcher console in a real browser: a dispatcher works an SOS from the live
-board while the person watches, an admin verifies a provider, errors read well, and
-a lost dispatch stream shows a banner and resumes."""
+board while the person watches, searches the department's incidents, an admin verifies
+a provider, errors read well, and a lost dispatch stream shows a banner and resumes."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from playwright.async_api import Page, expect
 
 from securenow.server.runtime import Runtime
-from securenow.v1 import common_pb2, providers_pb2, sos_pb2, users_pb2
+from securenow.v1 import agency_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
-from tests.dispatch_helpers import SF, Department, dispatcher_of, location, raise_sos, register_department
+from tests.dispatch_helpers import LA, SF, Department, dispatcher_of, location, raise_sos, register_department
 from tests.helpers import PASSWORD, Account, Api, wait_for
 
 TIMEOUT_MS = 15_000  # generous for a loaded CI machine; passing steps take milliseconds
@@ -165,6 +165,184 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
     await expect(row.get_by_test_id("alert-status")).to_have_text("Resolved", timeout=TIMEOUT_MS)
     await expect(row.get_by_test_id("incident-status")).to_have_text("Resolved")
     await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    assert console.log.page_errors == []
+
+
+async def search_for(page: Page, text: str, status: str = "Any status", *, submit_with_enter: bool = True) -> None:
+    """Fills the search panel and submits it (Enter in the text box, or the Search button)."""
+    await page.get_by_test_id("search-query").fill(text)
+    await page.get_by_test_id("search-status").select_option(label=status)
+    if submit_with_enter:
+        await page.get_by_test_id("search-query").press("Enter")
+    else:
+        await page.get_by_test_id("search-submit").click()
+
+
+async def test_dispatcher_searches_the_departments_incidents_and_opens_one(api: Api, console: Console) -> None:
+    page = console.page
+    admin = await api.admin()
+    bay = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
+    harbor = await register_department(api, admin, LA, name="Harbor PD", ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, bay)
+    person = await api.sign_up(first_name="Alice")
+
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("search-panel")).to_be_visible()
+    await expect(page.get_by_test_id("search-more")).to_be_hidden()
+
+    # Two alerts in the department's jurisdiction, one in the other department's that
+    # shares the searched word.
+    bicycle = await raise_sos(api, person, SF, description="Red bicycle stolen outside the library")
+    alarm = await raise_sos(api, person, SF, description="Car alarm ringing for an hour")
+    elsewhere = await raise_sos(api, person, LA, description="Blue bicycle taken from a garage")
+    for alert in (bicycle, alarm):
+        await expect(page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')).to_be_visible(
+            timeout=TIMEOUT_MS
+        )
+    await api.agency.AcceptSosAlert(
+        agency_pb2.AcceptSosAlertRequest(alert_id=bicycle.id, assigned_unit="Unit-7", eta_minutes=6), metadata=bay.md
+    )
+    other = await api.search.SearchIncidents(
+        search_pb2.SearchIncidentsRequest(query="bicycle"), metadata=harbor.md
+    )  # the word does match in the other department
+    assert [r.incident.sos_alert_id for r in other.results] == [elsewhere.id]
+
+    # A word: exactly the department's matching incident, as the dispatcher reads it.
+    await search_for(page, "bicycles")  # stemmed: "bicycles" finds "bicycle"
+    results = page.get_by_test_id("search-results").get_by_test_id("search-result")
+    await expect(results).to_have_count(1, timeout=TIMEOUT_MS)
+    hit = results.first
+    await expect(hit).to_have_attribute("data-alert-id", bicycle.id)
+    await expect(hit.get_by_test_id("search-result-description")).to_have_text("Red bicycle stolen outside the library")
+    await expect(hit.get_by_test_id("search-result-status")).to_have_text("Dispatched")
+    await expect(hit.get_by_test_id("search-result-type")).to_have_text("Other")
+    await expect(hit.get_by_test_id("search-result-unit")).to_have_text("Unit-7")
+    await expect(hit.get_by_test_id("search-result-time")).not_to_have_text("—")
+    await expect(page.get_by_test_id("search-summary")).to_have_text("1 incident, best match first")
+    await expect(page.get_by_test_id("search-empty")).to_have_count(0)
+    await expect(page.get_by_test_id("search-more")).to_be_hidden()
+    await expect(page.get_by_text("Blue bicycle taken from a garage")).to_have_count(0)
+    await console.shot("11-search-results")
+
+    # The status filter narrows the same words.
+    await search_for(page, "bicycle", "Reported", submit_with_enter=False)
+    empty = page.get_by_test_id("search-empty")
+    await expect(empty).to_have_text("No reported incidents match “bicycle”.", timeout=TIMEOUT_MS)
+    await expect(results).to_have_count(0)
+    await search_for(page, "", "Reported")
+    await expect(results).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(results.first).to_have_attribute("data-alert-id", alarm.id)
+    await expect(results.first.get_by_test_id("search-result-status")).to_have_text("Reported")
+    await expect(page.get_by_test_id("search-summary")).to_have_text("1 incident, newest first")
+
+    # A word nothing matches.
+    await search_for(page, "zeppelin")
+    await expect(empty).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(empty).to_have_text("No incidents match “zeppelin”.")
+    await expect(results).to_have_count(0)
+    await expect(page.get_by_test_id("search-summary")).to_be_hidden()
+    await console.shot("12-search-no-match")
+
+    # Clicking a result opens its alert in the detail view and selects its board row.
+    await search_for(page, "library")
+    await expect(results).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(empty).to_have_count(0)
+    await results.first.click()
+    detail = page.get_by_test_id("alert-detail")
+    await expect(detail).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(detail.get_by_test_id("detail-description")).to_have_text("Red bicycle stolen outside the library")
+    await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Dispatched")
+    await expect(detail.get_by_test_id("detail-unit")).to_have_text("Unit-7")
+    await expect(detail.get_by_test_id("on-scene-button")).to_be_enabled()
+    await expect(page.locator(f'[data-testid="alert-row"][data-alert-id="{bicycle.id}"]')).to_have_attribute(
+        "aria-current", "true"
+    )
+    await expect(results.first).to_have_attribute("aria-current", "true")
+    await console.shot("13-search-result-opened")
+
+    # Acting on it from the detail view updates the result in place.
+    await detail.get_by_test_id("on-scene-button").click()
+    await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("On scene", timeout=TIMEOUT_MS)
+    await expect(results.first.get_by_test_id("search-result-status")).to_have_text("On scene")
+
+    # A search that cannot reach the server says so.
+    await page.route("**/securenow.v1.SearchService/SearchIncidents", lambda route: route.abort())
+    await search_for(page, "library")
+    error = page.get_by_test_id("search-error")
+    await expect(error).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(error).to_contain_text("Search failed — UNAVAILABLE")
+    await expect(error).to_contain_text("the server cannot be reached")
+    await expect(results).to_have_count(0)
+    await page.unroute("**/securenow.v1.SearchService/SearchIncidents")
+    await page.get_by_test_id("search-submit").click()
+    await expect(results).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(error).to_have_count(0)
+    assert console.log.page_errors == []
+
+
+async def test_search_pages_with_more_and_opens_an_alert_not_on_the_board(
+    api: Api, console: Console, redis_client: aioredis.Redis
+) -> None:
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    alerts = [await raise_sos(api, person, SF, description=f"Patrol check number {n:02d}") for n in range(1, 23)]
+
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("alert-row")).to_have_count(22, timeout=TIMEOUT_MS)
+
+    # No text: newest first, a page of 20, then "More" for the rest.
+    await search_for(page, "", submit_with_enter=False)
+    results = page.get_by_test_id("search-result")
+    await expect(results).to_have_count(20, timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("search-summary")).to_have_text("Showing 20 of 22 incidents, newest first")
+    await expect(results.first.get_by_test_id("search-result-description")).to_have_text("Patrol check number 22")
+    more = page.get_by_test_id("search-more")
+    await expect(more).to_be_visible()
+    await console.shot("14-search-first-page")
+    await more.click()
+    await expect(results).to_have_count(22, timeout=TIMEOUT_MS)
+    await expect(more).to_be_hidden()
+    await expect(page.get_by_test_id("search-summary")).to_have_text("22 incidents, newest first")
+    descriptions = await page.get_by_test_id("search-result-description").all_inner_texts()
+    assert descriptions == [f"Patrol check number {n:02d}" for n in range(22, 0, -1)]
+
+    # An alert the board does not hold is fetched when its result is opened, then shown on
+    # the board too. Here the board's initial load fails after a reload (the cursor is past
+    # every event, so nothing is redelivered): the board is empty, the search still works.
+    await wait_for(lambda: all_events_acked(redis_client, dept), what="the alert_raised events to be acked")
+    await page.route("**/securenow.v1.AgencyService/ListIncidents", lambda route: route.abort())
+    await page.reload()
+    await expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Could not load existing incidents", timeout=TIMEOUT_MS
+    )
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("board-empty")).to_be_visible()
+    await search_for(page, "patrol 01")
+    await expect(results).to_have_count(1, timeout=TIMEOUT_MS)
+    await results.first.click()
+    detail = page.get_by_test_id("alert-detail")
+    await expect(detail.get_by_test_id("detail-description")).to_have_text("Patrol check number 01", timeout=TIMEOUT_MS)
+    await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Reported")
+    await expect(detail.get_by_test_id("accept-button")).to_be_enabled()
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alerts[0].id}"]')
+    await expect(row).to_have_attribute("aria-current", "true")
+    await expect(page.get_by_test_id("alert-row")).to_have_count(1)
+    await expect(results.first).to_have_attribute("aria-current", "true")
+    await console.shot("15-search-opened-off-board")
+    await page.unroute("**/securenow.v1.AgencyService/ListIncidents")
+
+    # "Clear" empties the panel.
+    await page.get_by_test_id("search-clear").click()
+    await expect(results).to_have_count(0)
+    await expect(more).to_be_hidden()
+    await expect(page.get_by_test_id("search-query")).to_have_value("")
     assert console.log.page_errors == []
 
 

@@ -5,6 +5,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AgencyService } from "./gen/securenow/v1/agency_pb";
 import { AuthService } from "./gen/securenow/v1/auth_pb";
 import { ProviderService } from "./gen/securenow/v1/providers_pb";
+import { SearchService } from "./gen/securenow/v1/search_pb";
 import { SosService } from "./gen/securenow/v1/sos_pb";
 import { UserService } from "./gen/securenow/v1/users_pb";
 
@@ -39,6 +40,7 @@ export const users = createClient(UserService, transport);
 export const agency = createClient(AgencyService, transport);
 export const sos = createClient(SosService, transport);
 export const providers = createClient(ProviderService, transport);
+export const search = createClient(SearchService, transport);
 
 /** Default deadline for unary calls (ms); streams have none. */
 export const UNARY_TIMEOUT_MS = 15_000;

@@ -1,12 +1,13 @@
 // The console's shell: sign-in, then the view for the account's role — the live alert
-// board for dispatchers (POLICE / SECURITY_AGENCY with an agency), provider
-// verification for admins.
+// board and incident search for dispatchers (POLICE / SECURITY_AGENCY with an agency),
+// provider verification for admins.
 import { agency, UNARY_TIMEOUT_MS } from "./api";
 import { isAdmin, isDispatcher, onSessionEnded, session, signOut, type Session } from "./auth";
 import { ProvidersView } from "./admin";
 import { BoardView } from "./board";
 import { DetailView } from "./detail";
 import { DispatchFeed, type ConnectionState } from "./dispatch";
+import { SearchView } from "./search";
 import { UserRole } from "./gen/securenow/v1/users_pb";
 import { loginView } from "./login";
 import { AlertStore } from "./store";
@@ -72,9 +73,15 @@ function shell(current: Session, place: string | HTMLElement, ...extra: HTMLElem
 function dispatchView(current: Session): void {
   const store = new AlertStore();
   const detail = new DetailView(store);
-  const board = new BoardView(store, (alertId) => {
+  const open = (alertId: string) => {
     board.select(alertId);
+    search.select(alertId);
     detail.show(alertId);
+  };
+  const board = new BoardView(store, open);
+  const search = new SearchView(store, current.user.agencyId, (alertId) => {
+    open(alertId);
+    detail.element.scrollIntoView({ block: "nearest" });
   });
   const status = h("span", { class: "conn conn-connecting", "data-testid": "connection-status" }, "Connecting…");
   const banner = h("div", { class: "banner", role: "status", "data-testid": "connection-banner", hidden: true });
@@ -123,7 +130,7 @@ function dispatchView(current: Session): void {
     shell(current, place, status),
     banner,
     problems,
-    h("main", { class: "dispatch" }, board.element, detail.element),
+    h("main", { class: "dispatch" }, h("div", { class: "dispatch-main" }, search.element, board.element), detail.element),
   );
   agency
     .getDepartment({ departmentId: current.user.agencyId }, { timeoutMs: UNARY_TIMEOUT_MS })
@@ -135,6 +142,7 @@ function dispatchView(current: Session): void {
   teardown = () => {
     feed.stop();
     detail.dispose();
+    search.dispose();
   };
 }
 
