@@ -255,14 +255,21 @@ async def test_a_quiet_area_scores_100_and_nearby_assaults_lower_the_score(api: 
 
 async def test_a_stored_score_is_reused_while_fresh_then_recomputed(api: Api, db_conn: asyncpg.Connection) -> None:
     viewer = await api.sign_up()
-    first = await score_at(api, viewer, BLOCK)
-    assert first.score == 100
-    # Another point of the same cell gets the same stored score.
+    quiet = await score_at(api, viewer, BLOCK)
+    assert quiet.score == 100
+    # A quiet place is answered live and not stored (asking about places must not fill
+    # the table), under the id its cell always has.
+    assert await db_conn.fetchval("SELECT count(*) FROM safety_scores") == 0
     same_cell = await score_at(api, viewer, offset(BLOCK, 30, 30))
     assert cell_of(Point(*offset(BLOCK, 30, 30))) == cell_of(Point(*BLOCK))
-    assert same_cell == first
+    assert same_cell.id == quiet.id
 
+    # So the first incident shows at once; that score is stored and served while fresh.
     await raise_many(api, [(offset(BLOCK, 20), common_pb2.INCIDENT_TYPE_ASSAULT)])
+    first = await score_at(api, viewer, BLOCK)
+    assert first.id == quiet.id
+    assert first.score == assess([IncidentCount(IncidentType.ASSAULT, 0, 1)]).score < 100
+    await raise_many(api, [(offset(BLOCK, -20), common_pb2.INCIDENT_TYPE_THEFT)])
     cached = await score_at(api, viewer, BLOCK)
     assert cached == first  # still fresh: served as stored
 
@@ -270,7 +277,8 @@ async def test_a_stored_score_is_reused_while_fresh_then_recomputed(api: Api, db
     fresh = await score_at(api, viewer, BLOCK)
     assert fresh.id == first.id  # one row per cell
     assert fresh.calculate_time.ToDatetime() > first.calculate_time.ToDatetime()
-    assert fresh.score == assess([IncidentCount(IncidentType.ASSAULT, 0, 1)]).score < 100
+    expected = [IncidentCount(IncidentType.ASSAULT, 0, 1), IncidentCount(IncidentType.THEFT, 0, 1)]
+    assert fresh.score == assess(expected).score < first.score
     assert await db_conn.fetchval("SELECT count(*) FROM safety_scores") == 1
 
 
@@ -351,8 +359,13 @@ async def test_maintenance_maps_every_cell_with_recent_alerts_and_lists_them_bes
     assert await score_at(api, viewer, spots[1]) == scores[1]
 
     # Ties are broken by id; pages of two walk the same list without gaps or repeats.
-    await score_at(api, viewer, offset(BLOCK, 1000, 1000))  # a quiet cell: 100
-    await score_at(api, viewer, offset(BLOCK, -1000, -1000))  # another one: 100
+    # Quiet cells are not stored (nor listed); two more cells with one medical call each
+    # tie with each other.
+    await score_at(api, viewer, offset(BLOCK, 3000, 3000))  # quiet: answered, not listed
+    far = [offset(BLOCK, 1500, 1500), offset(BLOCK, -1500, -1500)]
+    await raise_many(api, [(p, common_pb2.INCIDENT_TYPE_MEDICAL) for p in far])
+    for p in far:
+        await score_at(api, viewer, p)
     full = list(
         (
             await api.analytics.ListSafetyScores(

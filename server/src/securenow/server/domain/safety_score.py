@@ -14,6 +14,7 @@ near its centre recently (docs/analytics.md).
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,8 @@ from securenow.server.domain.enums import IncidentType
 from securenow.server.domain.geo import Point
 
 CELLS_PER_DEGREE = 100
+# Score ids are derived from the cell: the same area keeps the same id, stored or not.
+SCORE_ID_NAMESPACE = uuid.UUID("6f1d3c7e-2b8a-4d52-9a61-5c0e8b7f4a13")
 SCORE_RADIUS_M = 1000.0
 WINDOW = timedelta(days=90)
 HALF_LIFE_DAYS = 30.0
@@ -90,6 +93,10 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{CELLS_PER_DEGREE}:{self.i}:{self.j}"
+
+    @property
+    def score_id(self) -> str:
+        return str(uuid.uuid5(SCORE_ID_NAMESPACE, self.name))
 
     @property
     def centre(self) -> Point:

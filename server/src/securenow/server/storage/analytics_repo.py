@@ -48,14 +48,20 @@ INSERT_EVENT_SQL = """INSERT INTO analytics_events
     VALUES ($1, $2, $3, $4, $5, $6, $7)"""
 
 UPSERT_SCORE_SQL = f"""INSERT INTO safety_scores AS s (cell, location_data, location, radius_m, score, risk_factors,
-        recommendations, calculated_at, valid_until)
-    VALUES ($1, $2, {geog_point("$3", "$4")}, $5, $6, $7, $8, $9, $10)
+        recommendations, calculated_at, valid_until, id)
+    VALUES ($1, $2, {geog_point("$3", "$4")}, $5, $6, $7, $8, $9, $10, $11)
     ON CONFLICT (cell) DO UPDATE SET location_data = EXCLUDED.location_data, location = EXCLUDED.location,
         radius_m = EXCLUDED.radius_m, score = EXCLUDED.score, risk_factors = EXCLUDED.risk_factors,
         recommendations = EXCLUDED.recommendations, calculated_at = EXCLUDED.calculated_at,
         valid_until = EXCLUDED.valid_until
     -- A slower computation never overwrites a newer one.
     WHERE s.calculated_at <= EXCLUDED.calculated_at
+    RETURNING {SCORE_COLUMNS}"""
+# The same, for a perfect score: only a cell that is stored already is updated, so
+# asking about quiet places does not fill the table (they are 100 without a row).
+UPDATE_SCORE_SQL = f"""UPDATE safety_scores AS s SET location_data = $2, location = {geog_point("$3", "$4")},
+        radius_m = $5, score = $6, risk_factors = $7, recommendations = $8, calculated_at = $9, valid_until = $10
+    WHERE s.cell = $1 AND s.id = $11 AND s.calculated_at <= $9
     RETURNING {SCORE_COLUMNS}"""
 
 
@@ -91,6 +97,7 @@ def _score_args(
         list(a.recommendations),
         calculated_at,
         valid_until,
+        cell.score_id,
     )
 
 
@@ -176,7 +183,23 @@ class AnalyticsRepo:
     async def save_score(
         self, cell: Cell, radius_m: float, a: Assessment, calculated_at: datetime, valid_until: datetime
     ) -> SafetyScore:
-        row = await self.conn.fetchrow(UPSERT_SCORE_SQL, *_score_args(cell, radius_m, a, calculated_at, valid_until))
+        args = _score_args(cell, radius_m, a, calculated_at, valid_until)
+        if not a.risk_factors:
+            row = await self.conn.fetchrow(UPDATE_SCORE_SQL, *args)
+            if row is None and not await self.conn.fetchval("SELECT 1 FROM safety_scores WHERE cell = $1", cell.name):
+                return SafetyScore(
+                    cell.score_id,
+                    cell.name,
+                    cell.centre,
+                    radius_m,
+                    a.score,
+                    (),
+                    a.recommendations,
+                    calculated_at,
+                    valid_until,
+                )
+        else:
+            row = await self.conn.fetchrow(UPSERT_SCORE_SQL, *args)
         if row is None:
             # Another computation, started later, stored its result first: serve that.
             row = await self.conn.fetchrow(f"SELECT {SCORE_COLUMNS} FROM safety_scores s WHERE s.cell = $1", cell.name)
