@@ -146,6 +146,22 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
     assert json.loads(audit[0]["details"])["count"] == 3
 
 
+async def test_a_client_looping_on_record_events_is_slowed_down(api: Api, db_conn: asyncpg.Connection) -> None:
+    person, other = await api.sign_up(), await api.sign_up()
+    limit = api.app.settings.analytics_calls_per_minute
+    one = analytics_pb2.RecordEventsRequest(events=[analytics_pb2.AnalyticsEvent(event_type="tick")])
+    for _ in range(limit):
+        await api.analytics.RecordEvents(one, metadata=person.md)
+    details = await expect_error(
+        api.analytics.RecordEvents(one, metadata=person.md), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert details.retry_delay_seconds is not None
+    assert 0 < details.retry_delay_seconds <= 60
+    assert await db_conn.fetchval("SELECT count(*) FROM analytics_events") == limit
+    # The limit is per user.
+    assert (await api.analytics.RecordEvents(one, metadata=other.md)).accepted_count == 1
+
+
 async def test_bad_events_are_refused_naming_the_field_and_nothing_is_stored(
     api: Api, db_conn: asyncpg.Connection
 ) -> None:

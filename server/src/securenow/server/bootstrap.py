@@ -140,7 +140,7 @@ class App:
                 timeout=settings.webhook_timeout_seconds,
             ),
             maintenance=Maintenance(db, live),
-            analytics=AnalyticsService(db),
+            analytics=AnalyticsService(db, live, calls_per_minute=settings.analytics_calls_per_minute),
             search=SearchService(db, providers, elastic),
             elastic=elastic,
             search_indexer=SearchIndexer(db, elastic, settings.database_url) if elastic else None,

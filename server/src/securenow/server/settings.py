@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
     session_cache_ttl_seconds: int = Field(default=3600, gt=0)
     sign_in_attempts_per_minute: int = Field(default=10, gt=0)
+    # RecordEvents calls per user and minute (each up to 100 events).
+    analytics_calls_per_minute: int = Field(default=120, gt=0)
 
     db_pool_min_size: int = Field(default=5, ge=1)
     db_pool_max_size: int = Field(default=20, ge=1)

@@ -26,6 +26,7 @@ from securenow.server.domain.safety_score import (
 from securenow.server.domain.validation import Validator
 from securenow.server.services.common import reads_of
 from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
 
 DEFAULT_LIST_RADIUS_M = 5_000.0
@@ -57,13 +58,18 @@ async def refresh_safety_scores(db: Database, now: datetime | None = None) -> in
 
 
 class AnalyticsService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, live: LiveState, *, calls_per_minute: int) -> None:
         self._db = db
+        self._live = live
+        self._calls_per_minute = calls_per_minute
 
     async def record_events(self, caller: Principal, events: list[EventInput]) -> int:
         if caller.user_id is None:
             raise PermissionDenied("events belong to a user account", reason="ROLE_NOT_ALLOWED")
         valid = validate_events(events, datetime.now(UTC))
+        # The seed's rate_limit:{user_id}:{action}: an app flushes its queue now and then;
+        # a client looping on RecordEvents gets RESOURCE_EXHAUSTED with a retry delay.
+        await self._live.hit_rate_limit(caller.user_id, "record_events", self._calls_per_minute)
         async with self._db.unit_of_work() as uow:
             await uow.analytics.add_events(caller.user_id, valid)
             await uow.audit.record(
