@@ -25,7 +25,7 @@ from securenow.server.domain.sos import PoliceIncident, SosAlert
 from securenow.server.services.common import reads_of
 from securenow.server.services.dispatch import agency_of
 from securenow.server.services.providers import ProviderService
-from securenow.server.storage.postgres import Database, UnitOfWork
+from securenow.server.storage.postgres import Database
 from securenow.server.storage.search_elastic import ElasticSearch
 from securenow.server.storage.search_postgres import PostgresSearch
 
@@ -56,20 +56,20 @@ class SearchService:
         self._providers = providers
         self._elastic = elastic
 
-    async def _ranked(self, uow: UnitOfWork, q: ProviderQuery | IncidentQuery) -> HitPage:
-        postgres = PostgresSearch(uow.conn)
-        kind = "providers" if isinstance(q, ProviderQuery) else "incidents"
-        if self._elastic is not None:
-            try:
-                if isinstance(q, ProviderQuery):
-                    return await self._elastic.providers(q)
-                return await self._elastic.incidents(q)
-            except (TransportError, ApiError) as exc:
-                log.warning("elasticsearch search failed (%s); answering from PostgreSQL", exc)
-                FALLBACKS.labels(kind).inc()
-        if isinstance(q, ProviderQuery):
-            return await postgres.providers(q)
-        return await postgres.incidents(q)
+    async def _ranked_elsewhere(self, q: ProviderQuery | IncidentQuery) -> HitPage | None:
+        """Elasticsearch's ranking, or None (not configured, or failing: PostgreSQL
+        answers). Called before a database connection is taken, so a slow search
+        cluster never holds connections the SOS path needs."""
+        if self._elastic is None:
+            return None
+        try:
+            if isinstance(q, ProviderQuery):
+                return await self._elastic.providers(q)
+            return await self._elastic.incidents(q)
+        except (TransportError, ApiError) as exc:
+            log.warning("elasticsearch search failed (%s); answering from PostgreSQL", exc)
+            FALLBACKS.labels("providers" if isinstance(q, ProviderQuery) else "incidents").inc()
+            return None
 
     async def search_providers(
         self,
@@ -94,8 +94,10 @@ class SearchService:
             page_size=page_size,
             page_token=page_token,
         )
+        ranked = await self._ranked_elsewhere(q)
         async with self._db.reader() as uow:
-            ranked = await self._ranked(uow, q)
+            if ranked is None:
+                ranked = await PostgresSearch(uow.conn).providers(q)
             found = await uow.providers.get_many([h.id for h in ranked.hits])
         with_duty = {p.id: p for p in await self._providers.with_duty(list(found.values()))}
         results = []
@@ -138,8 +140,10 @@ class SearchService:
             page_size=page_size,
             page_token=page_token,
         )
+        ranked = await self._ranked_elsewhere(q)
         async with reads_of(self._db, caller) as uow:
-            ranked = await self._ranked(uow, q)
+            if ranked is None:
+                ranked = await PostgresSearch(uow.conn).incidents(q)
             found = await uow.sos.incidents_with_alerts([h.id for h in ranked.hits])
         results = []
         for hit in ranked.hits:

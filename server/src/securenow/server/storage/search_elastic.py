@@ -18,6 +18,8 @@ from securenow.server.domain.search import Hit, HitPage, IncidentQuery, Provider
 
 log = logging.getLogger(__name__)
 
+SEARCH_TIMEOUT_SECONDS = 2.0
+
 # The seed's mappings, plus what the queries filter and sort on (id, department,
 # text fields, timestamps).
 PROVIDER_MAPPINGS: dict[str, Any] = {
@@ -173,7 +175,8 @@ class ElasticSearch:
         return await self._search(self.incidents_index, incident_search_body(q))
 
     async def _search(self, index: str, body: dict[str, Any]) -> HitPage:
-        resp = await self.client.search(index=index, **body)
+        # A person is waiting: give up early and let PostgreSQL answer instead.
+        resp = await self.client.options(request_timeout=SEARCH_TIMEOUT_SECONDS).search(index=index, **body)
         hits = resp["hits"]
         return HitPage([Hit(h["_id"], float(h.get("_score") or 0.0)) for h in hits["hits"]], hits["total"]["value"])
 
