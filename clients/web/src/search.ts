@@ -35,7 +35,7 @@ export class SearchView {
     "data-testid": "search-query",
     "aria-label": "Search text (words in the alert description or the resolution notes)",
     placeholder: 'Words, "a phrase", -exclude',
-    maxlength: 500,
+    maxlength: 200, // the server refuses longer questions (domain/search.py MAX_QUERY_LENGTH)
     autocomplete: "off",
   });
   private readonly status = h(
