@@ -1,20 +1,27 @@
 """The dispatcher console in a real browser: a dispatcher works an SOS from the live
-board while the person watches, searches the department's incidents, an admin verifies
-a provider, errors read well, and a lost dispatch stream shows a banner and resumes."""
+board while the person watches, searches the department's incidents, reads its response
+report, an admin verifies a provider, errors read well, and a lost dispatch stream shows
+a banner and resumes."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 import grpc
+import pytest
 import redis.asyncio as aioredis
-from playwright.async_api import Page, expect
+from google.protobuf import timestamp_pb2
+from playwright.async_api import Locator, Page, expect
 
 from securenow.server.runtime import Runtime
-from securenow.v1 import agency_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
+from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
 from tests.dispatch_helpers import LA, SF, Department, dispatcher_of, location, raise_sos, register_department
 from tests.helpers import PASSWORD, Account, Api, wait_for
@@ -343,6 +350,173 @@ async def test_search_pages_with_more_and_opens_an_alert_not_on_the_board(
     await expect(results).to_have_count(0)
     await expect(more).to_be_hidden()
     await expect(page.get_by_test_id("search-query")).to_have_value("")
+    assert console.log.page_errors == []
+
+
+def ts(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def human_duration(seconds: float) -> str:
+    """The console's response-time text (report.ts formatDuration; Math.round rounds
+    halves up, Python's round() to even)."""
+    if seconds < 59.95:
+        tenths = math.floor(seconds * 10 + 0.5) / 10
+        return f"{int(tenths)} s" if tenths == int(tenths) else f"{tenths:.1f} s"
+    s = math.floor(seconds + 0.5)
+    days, hours, minutes, secs = s // 86_400, s % 86_400 // 3_600, s % 3_600 // 60, s % 60
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+
+
+def percentile_cont(values: list[float], fraction: float) -> float:
+    """PostgreSQL's percentile_cont (linear interpolation), as the report computes it."""
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def report_buckets(alerts: list[sos_pb2.SosAlert]) -> dict[str, dict[str, Any]]:
+    """What the hourly report should show for these alerts, by bucket start (as the
+    console's data-start: ISO 8601 in UTC with milliseconds); quiet hours are absent."""
+    by_hour: dict[str, list[sos_pb2.SosAlert]] = {}
+    for alert in alerts:
+        hour = alert.create_time.ToDatetime(tzinfo=UTC).replace(minute=0, second=0, microsecond=0)
+        by_hour.setdefault(hour.strftime("%Y-%m-%dT%H:%M:%S.000Z"), []).append(alert)
+    out: dict[str, dict[str, Any]] = {}
+    for start, inside in by_hour.items():
+        times = [a.response_time.ToTimedelta().total_seconds() for a in inside if a.HasField("response_time")]
+        out[start] = {
+            "alerts": len(inside),
+            "accepted": sum(1 for a in inside if a.HasField("response_time") or a.police_notified),
+            "escalated": sum(1 for a in inside if a.escalation_level > 0),
+            "cancelled": sum(1 for a in inside if a.status == common_pb2.SOS_STATUS_CANCELLED),
+            "median": percentile_cont(times, 0.5) if times else None,
+            "p90": percentile_cont(times, 0.9) if times else None,
+        }
+    return out
+
+
+async def expect_counts(row: Locator, want: dict[str, Any]) -> None:
+    for key in ("alerts", "accepted", "escalated", "cancelled"):
+        await expect(row.get_by_test_id(f"report-{key}")).to_have_text(str(want[key]), timeout=TIMEOUT_MS)
+
+
+async def test_dispatcher_reads_the_response_report_of_the_department(
+    api: Api, console: Console, db_conn: asyncpg.Connection
+) -> None:
+    page = console.page
+    admin = await api.admin()
+    bay = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
+    harbor = await register_department(api, admin, LA, name="Harbor PD", ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, bay)
+    person = await api.sign_up(first_name="Alice")
+
+    await page.goto(console.url)
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    panel = page.get_by_test_id("report-panel")
+    rows, total = panel.get_by_test_id("report-row"), panel.get_by_test_id("report-total")
+    # Loaded with the view: the last 7 days by day, every day listed though nothing happened.
+    await expect(page.get_by_test_id("report-period")).to_have_value("7d")
+    await expect(rows).to_have_count(7, timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-caption")).to_contain_text("newest first")
+    await expect_counts(total, {"alerts": 0, "accepted": 0, "escalated": 0, "cancelled": 0})
+    await expect(rows.first.get_by_test_id("report-median")).to_have_text("—")
+
+    # Five alerts in the department's jurisdiction and one in the other department's.
+    ours = [await raise_sos(api, person, SF, description=f"Report check {n}") for n in range(5)]
+    elsewhere = await raise_sos(api, person, LA, description="Not ours")
+    for alert in ours:
+        await expect(page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')).to_be_visible(
+            timeout=TIMEOUT_MS
+        )
+    # Three are accepted a few minutes after being raised (dated back so the response
+    # times read like real ones), one is cancelled by the person, one still waits.
+    accepted, cancelled = ours[:3], ours[3]
+    for alert, seconds in zip(accepted, (130, 190, 275), strict=True):
+        await db_conn.execute(
+            "UPDATE sos_alerts SET created_at = created_at - make_interval(secs => $2) WHERE id = $1",
+            alert.id,
+            float(seconds),
+        )
+        await api.agency.AcceptSosAlert(
+            agency_pb2.AcceptSosAlertRequest(alert_id=alert.id, assigned_unit="Unit-3", eta_minutes=5), metadata=bay.md
+        )
+    await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=cancelled.id, reason="False alarm"), metadata=person.md)
+
+    async def current(alert: sos_pb2.SosAlert) -> sos_pb2.SosAlert:
+        resp = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=admin.md)
+        return resp.alert
+
+    ours_now = [await current(a) for a in ours]
+    assert {a.assigned_agency_id for a in ours_now} == {bay.id}
+    assert (await current(elsewhere)).assigned_agency_id == harbor.id
+    want = report_buckets(ours_now)
+    want_total = {key: sum(b[key] for b in want.values()) for key in ("alerts", "accepted", "escalated", "cancelled")}
+    assert want_total["accepted"] == len(accepted)
+    assert want_total["cancelled"] == 1
+    # The other department's alert is in the same hours: its own report counts it.
+    now = datetime.now(UTC)
+    theirs = await api.analytics.GetIncidentReport(
+        analytics_pb2.GetIncidentReportRequest(
+            start_time=ts(now - timedelta(hours=24)), end_time=ts(now + timedelta(minutes=1))
+        ),
+        metadata=harbor.md,
+    )
+    assert sum(b.alert_count for b in theirs.buckets) == 1
+
+    # The last 24 hours by hour: the department's figures only, newest bucket first.
+    await page.get_by_test_id("report-period").select_option(label="Last 24 hours (hourly)")
+    await expect(rows).to_have_count(24, timeout=TIMEOUT_MS)
+    await expect_counts(total, want_total)
+    await expect(total.get_by_test_id("report-median")).to_have_text("—")
+    await expect(total.get_by_test_id("report-p90")).to_have_text("—")
+    starts = [await row.get_attribute("data-start") or "" for row in await rows.all()]
+    assert starts == sorted(starts, reverse=True), starts
+    assert set(want) <= set(starts), (want, starts)
+    for start, bucket in want.items():
+        row = panel.locator(f'[data-testid="report-row"][data-start="{start}"]')
+        await expect_counts(row, bucket)
+        for key in ("median", "p90"):
+            cell = row.get_by_test_id(f"report-{key}")
+            if bucket[key] is None:
+                await expect(cell).to_have_text("—")
+            else:
+                await expect(cell).to_have_text(human_duration(bucket[key]))
+                assert float(await cell.get_attribute("data-seconds") or "nan") == pytest.approx(bucket[key])
+    assert any(b["median"] is not None for b in want.values())
+    quiet = next(row for row, start in zip(await rows.all(), starts, strict=True) if start not in want)
+    await expect_counts(quiet, {"alerts": 0, "accepted": 0, "escalated": 0, "cancelled": 0})
+    await expect(quiet.get_by_test_id("report-median")).to_have_text("—")
+    await console.shot("16-report-last-24-hours")
+
+    # One more alert: Refresh shows it (the report does not poll).
+    await raise_sos(api, person, SF, description="Report check, one more")
+    await page.get_by_test_id("report-refresh").click()
+    await expect(total.get_by_test_id("report-alerts")).to_have_text(str(want_total["alerts"] + 1), timeout=TIMEOUT_MS)
+    await expect(total.get_by_test_id("report-accepted")).to_have_text(str(want_total["accepted"]))
+    await expect(rows).to_have_count(24)
+    await console.shot("17-report-refreshed")
+
+    # A report that cannot be fetched says so, instead of showing stale figures.
+    await page.route("**/securenow.v1.AnalyticsService/GetIncidentReport", lambda route: route.abort())
+    await page.get_by_test_id("report-refresh").click()
+    error = page.get_by_test_id("report-error")
+    await expect(error).to_contain_text("Could not load the report — UNAVAILABLE", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-table")).to_be_hidden()
+    await console.shot("18-report-error")
+    await page.unroute("**/securenow.v1.AnalyticsService/GetIncidentReport")
+    await page.get_by_test_id("report-refresh").click()
+    await expect(page.get_by_test_id("report-table")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(error).to_have_count(0)
+    await expect(total.get_by_test_id("report-alerts")).to_have_text(str(want_total["alerts"] + 1))
     assert console.log.page_errors == []
 
 

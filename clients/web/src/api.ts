@@ -3,6 +3,7 @@
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AgencyService } from "./gen/securenow/v1/agency_pb";
+import { AnalyticsService } from "./gen/securenow/v1/analytics_pb";
 import { AuthService } from "./gen/securenow/v1/auth_pb";
 import { ProviderService } from "./gen/securenow/v1/providers_pb";
 import { SearchService } from "./gen/securenow/v1/search_pb";
@@ -41,6 +42,7 @@ export const agency = createClient(AgencyService, transport);
 export const sos = createClient(SosService, transport);
 export const providers = createClient(ProviderService, transport);
 export const search = createClient(SearchService, transport);
+export const analytics = createClient(AnalyticsService, transport);
 
 /** Default deadline for unary calls (ms); streams have none. */
 export const UNARY_TIMEOUT_MS = 15_000;

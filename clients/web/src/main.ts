@@ -1,12 +1,13 @@
 // The console's shell: sign-in, then the view for the account's role — the live alert
-// board and incident search for dispatchers (POLICE / SECURITY_AGENCY with an agency),
-// provider verification for admins.
+// board, incident search and the response report for dispatchers (POLICE /
+// SECURITY_AGENCY with an agency), provider verification for admins.
 import { agency, UNARY_TIMEOUT_MS } from "./api";
 import { isAdmin, isDispatcher, onSessionEnded, session, signOut, type Session } from "./auth";
 import { ProvidersView } from "./admin";
 import { BoardView } from "./board";
 import { DetailView } from "./detail";
 import { DispatchFeed, type ConnectionState } from "./dispatch";
+import { ReportView } from "./report";
 import { SearchView } from "./search";
 import { UserRole } from "./gen/securenow/v1/users_pb";
 import { loginView } from "./login";
@@ -83,6 +84,7 @@ function dispatchView(current: Session): void {
     open(alertId);
     detail.element.scrollIntoView({ block: "nearest" });
   });
+  const report = new ReportView();
   const status = h("span", { class: "conn conn-connecting", "data-testid": "connection-status" }, "Connecting…");
   const banner = h("div", { class: "banner", role: "status", "data-testid": "connection-banner", hidden: true });
   const problems = h("div", { class: "problems", "data-testid": "app-error", "aria-live": "polite" });
@@ -130,7 +132,7 @@ function dispatchView(current: Session): void {
     shell(current, place, status),
     banner,
     problems,
-    h("main", { class: "dispatch" }, h("div", { class: "dispatch-main" }, search.element, board.element), detail.element),
+    h("main", { class: "dispatch" }, h("div", { class: "dispatch-main" }, search.element, board.element, report.element), detail.element),
   );
   agency
     .getDepartment({ departmentId: current.user.agencyId }, { timeoutMs: UNARY_TIMEOUT_MS })
@@ -143,6 +145,7 @@ function dispatchView(current: Session): void {
     feed.stop();
     detail.dispose();
     search.dispose();
+    report.dispose();
   };
 }
 
