@@ -4,6 +4,7 @@ its own; paging and input errors."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -193,7 +194,7 @@ def ts(value: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
-async def test_agencies_search_only_their_own_incidents(api: Api) -> None:
+async def test_agencies_search_only_their_own_incidents(api: Api, db_conn: asyncpg.Connection) -> None:
     admin = await api.admin()
     sf = await register_department(api, admin, SF, name="SFPD")
     la = await register_department(api, admin, LA, name="LAPD")
@@ -217,6 +218,13 @@ async def test_agencies_search_only_their_own_incidents(api: Api) -> None:
     # Admins search every department.
     everyone = await search(search_pb2.SearchIncidentsRequest(query="following"), metadata=admin.md)
     assert everyone.total_size == 2
+    # Searching other people's emergencies is audited: who asked what, and what it showed.
+    audited = await db_conn.fetch(
+        "SELECT actor_id, details FROM audit_log WHERE action = 'incident.search' ORDER BY id"
+    )
+    shown = [(str(r["actor_id"]), json.loads(r["details"])) for r in audited]
+    assert (sf.key_id, {"query": "following", "incidents": [hit.incident.id]}) in shown  # the CAD key
+    assert (admin.id, {"query": "following", "incidents": [r.incident.id for r in everyone.results]}) in shown
     # People who are not an agency may not search incidents at all.
     await expect_error(
         search(search_pb2.SearchIncidentsRequest(query="following"), metadata=person.md),

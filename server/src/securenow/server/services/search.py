@@ -25,6 +25,7 @@ from securenow.server.domain.sos import PoliceIncident, SosAlert
 from securenow.server.services.common import reads_of
 from securenow.server.services.dispatch import agency_of
 from securenow.server.services.providers import ProviderService
+from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.search_elastic import ElasticSearch
 from securenow.server.storage.search_postgres import PostgresSearch
@@ -145,10 +146,22 @@ class SearchService:
             if ranked is None:
                 ranked = await PostgresSearch(uow.conn).incidents(q)
             found = await uow.sos.incidents_with_alerts([h.id for h in ranked.hits])
-        results = []
-        for hit in ranked.hits:
-            pair = found.get(hit.id)
-            if pair is None or (department is not None and pair[0].police_department_id != department):
-                continue  # not visible to this caller (or gone): a stale search copy
-            results.append(IncidentResult(pair[0], pair[1], hit.score))
+            results = []
+            for hit in ranked.hits:
+                pair = found.get(hit.id)
+                if pair is None or (department is not None and pair[0].police_department_id != department):
+                    continue  # not visible to this caller (or gone): a stale search copy
+                results.append(IncidentResult(pair[0], pair[1], hit.score))
+            if results:
+                # Reading other people's emergencies is audited (as GetSosAlert is): who
+                # asked what, and which incidents it showed them.
+                await uow.audit.record(
+                    caller,
+                    AuditEntry(
+                        "incident.search",
+                        "police_incident",
+                        None,
+                        details={"query": q.text, "incidents": [r.incident.id for r in results]},
+                    ),
+                )
         return results, q.page.next_token(ranked.total), ranked.total
