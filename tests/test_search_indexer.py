@@ -6,13 +6,16 @@ here, so the documents go to a recording stand-in with the same interface
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 from google.protobuf import field_mask_pb2
 
 from securenow.server.bootstrap import App
 from securenow.server.storage.search_elastic import ElasticSearch
+from securenow.server.workers.leader import AdvisoryLeader
 from securenow.server.workers.search_indexer import SearchIndexer
 from securenow.v1 import providers_pb2
 from tests.conftest import DATABASE_URL
@@ -135,3 +138,31 @@ async def test_a_restarted_indexer_resumes_from_its_watermark(api: Api, app: App
         "After Restart",
         "Before Restart",
     ]
+
+
+async def test_an_unreachable_cluster_is_retried_and_the_lead_let_go(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = ElasticSearch("http://127.0.0.1:9", index_prefix="test-")  # nothing listens there
+    indexer = SearchIndexer(app.db, down, DATABASE_URL, interval=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(indexer.run(stop))
+    try:
+
+        async def complained() -> bool:
+            return any("search indexer" in r.getMessage() for r in caplog.records)
+
+        await wait_for(complained, within=10, what="the indexer to report the unreachable cluster")
+        # It let go of the lead: another replica's indexer can take it.
+        other = AdvisoryLeader(DATABASE_URL, "search-indexer")
+
+        async def acquired() -> bool:
+            return await other.try_acquire()
+
+        await wait_for(acquired, within=10, what="the indexer lead to be free")
+        await other.release()
+        assert not task.done()  # still running, backing off
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await down.close()

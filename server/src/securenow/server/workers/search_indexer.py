@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 60.0
 BATCH = 500
+MAX_BACKOFF_SECONDS = 60.0
 INDEXED = Counter("securenow_search_documents_indexed_total", "Documents written to Elasticsearch.", ["index"])
 LAG = Gauge("securenow_search_settled_lag_seconds", "How far behind now each feed's settled watermark is.", ["feed"])
 
@@ -57,6 +58,7 @@ class SearchIndexer:
 
     async def run(self, stop: asyncio.Event) -> None:
         leading = False
+        pause = self._interval
         while not stop.is_set():
             try:
                 if not leading:
@@ -65,16 +67,19 @@ class SearchIndexer:
                         await self.start()
                 if leading:
                     await self.step()
-            except (TransportError, ApiError, Unavailable, OSError) as exc:
-                log.warning("search indexer: %s; retrying", exc)
-                await self._leader.release()
-                leading = False
-            except Exception:
-                log.exception("search indexer failed; retrying")
+                pause = self._interval
+            except Exception as exc:
+                # Elasticsearch or PostgreSQL unreachable (or a bug): let go of the lead
+                # so another replica may try, and back off up to a minute.
+                pause = min(max(pause * 2, 1.0), MAX_BACKOFF_SECONDS)
+                if isinstance(exc, (TransportError, ApiError, Unavailable, OSError)):
+                    log.warning("search indexer: %s; retrying in %.0f s", exc, pause)
+                else:
+                    log.exception("search indexer failed; retrying in %.0f s", pause)
                 await self._leader.release()
                 leading = False
             try:
-                await asyncio.wait_for(stop.wait(), self._interval)
+                await asyncio.wait_for(stop.wait(), pause)
             except TimeoutError:
                 pass
         await self._leader.release()
