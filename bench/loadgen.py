@@ -331,20 +331,14 @@ async def unary_reads(
     return {"calls": calls, "errors": errors}
 
 
-async def nearby_latency(address: str, token: str, calls: int) -> dict[str, Any]:
+async def _latencies(calls: int, call: Callable[[int], Awaitable[int]]) -> dict[str, Any]:
+    """`calls` sequential calls of `call(i)` (which returns how many results it got)."""
     latencies = []
     found = 0
-    async with grpc.aio.insecure_channel(address) as ch:
-        providers = providers_pb2_grpc.ProviderServiceStub(ch)
-        meta = md(token)
-        for _ in range(calls):
-            point = common_pb2.LatLng(latitude=random.uniform(37.2, 37.8), longitude=random.uniform(-122.4, -121.6))
-            t0 = time.perf_counter()
-            resp = await providers.SearchNearbyProviders(
-                providers_pb2.SearchNearbyProvidersRequest(point=point, radius_m=2000, max_results=10), metadata=meta
-            )
-            latencies.append(time.perf_counter() - t0)
-            found += len(resp.results)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        found += await call(i)
+        latencies.append(time.perf_counter() - t0)
     return {
         "calls": calls,
         "avg_results": found / calls,
@@ -353,33 +347,44 @@ async def nearby_latency(address: str, token: str, calls: int) -> dict[str, Any]
     }
 
 
+def _random_bay_point() -> common_pb2.LatLng:
+    return common_pb2.LatLng(latitude=random.uniform(37.2, 37.8), longitude=random.uniform(-122.4, -121.6))
+
+
+async def nearby_latency(address: str, token: str, calls: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        providers = providers_pb2_grpc.ProviderServiceStub(ch)
+        meta = md(token)
+
+        async def call(i: int) -> int:
+            resp = await providers.SearchNearbyProviders(
+                providers_pb2.SearchNearbyProvidersRequest(point=_random_bay_point(), radius_m=2000, max_results=10),
+                metadata=meta,
+            )
+            return len(resp.results)
+
+        return await _latencies(calls, call)
+
+
 async def search_latency(address: str, token: str, calls: int) -> dict[str, Any]:
     """SearchProviders with text and a place (the PostgreSQL backend: tsvector + PostGIS)."""
-    latencies = []
-    found = 0
     async with grpc.aio.insecure_channel(address) as ch:
         search = search_pb2_grpc.SearchServiceStub(ch)
         meta = md(token)
-        for i in range(calls):
-            near = common_pb2.LatLng(latitude=random.uniform(37.2, 37.8), longitude=random.uniform(-122.4, -121.6))
-            t0 = time.perf_counter()
+
+        async def call(i: int) -> int:
             resp = await search.SearchProviders(
                 search_pb2.SearchProvidersRequest(
                     query=f"guards {random.randrange(100_000)}" if i % 2 else "bench guards",
-                    near=near,
+                    near=_random_bay_point(),
                     radius_m=5_000,
                     page_size=10,
                 ),
                 metadata=meta,
             )
-            latencies.append(time.perf_counter() - t0)
-            found += len(resp.results)
-    return {
-        "calls": calls,
-        "avg_results": found / calls,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-    }
+            return len(resp.results)
+
+        return await _latencies(calls, call)
 
 
 # Raw limit: an empty grpc.aio handler -------------------------------------------------------------

@@ -282,6 +282,21 @@ def open_streams(
     }
 
 
+def latency_figure(server: stack.Server, method: str, fn: Any, token: str, calls: int = 2000) -> dict[str, Any]:
+    """Sequential calls from a load-generator process, timed by the client and by the
+    server's own histogram (bucket upper bounds)."""
+    settled = quiesce()
+    before = server_histogram(server, method)
+    (measured,) = collect([spawn(fn, server.address, token, calls)])
+    after = server_histogram(server, method)
+    return {
+        "settled": settled,
+        **measured,
+        "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),
+        "server_p99_ms_at_most": bucket_quantile(before, after, 0.99),
+    }
+
+
 # Orchestration -------------------------------------------------------------------------------
 
 
@@ -323,28 +338,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"nearby search with {args.providers} on-duty providers ...", flush=True)
         provider_ids = await populate_providers(args.providers)
         out["unary_get_provider"] = unary_reads(server, fx.people[0], "GetProvider", provider_ids[:1000], seconds, 64)
-        settled = quiesce()
-        before = server_histogram(server, "SearchNearbyProviders")
-        (nearby,) = collect([spawn(loadgen.nearby_latency, server.address, fx.people[0], 2000)])
-        after = server_histogram(server, "SearchNearbyProviders")
-        out["nearby"] = {
-            "settled": settled,
-            "providers": args.providers,
-            **nearby,
-            "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),
-            "server_p99_ms_at_most": bucket_quantile(before, after, 0.99),
-        }
-        settled = quiesce()
-        before = server_histogram(server, "SearchProviders")
-        (search,) = collect([spawn(loadgen.search_latency, server.address, fx.people[0], 2000)])
-        after = server_histogram(server, "SearchProviders")
-        out["provider_search"] = {
-            "settled": settled,
-            "providers": args.providers,
-            **search,
-            "server_p50_ms_at_most": bucket_quantile(before, after, 0.50),
-            "server_p99_ms_at_most": bucket_quantile(before, after, 0.99),
-        }
+        out["nearby"] = latency_figure(server, "SearchNearbyProviders", loadgen.nearby_latency, fx.people[0])
+        out["nearby"]["providers"] = args.providers
+        out["provider_search"] = latency_figure(server, "SearchProviders", loadgen.search_latency, fx.people[0])
+        out["provider_search"]["providers"] = args.providers
         out["redis_benchmark_rps"] = raw_limits.redis_benchmark(stack.REDIS_URL)
     finally:
         server.stop()

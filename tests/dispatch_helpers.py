@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -182,3 +184,25 @@ class Cad:
         self._outbox.put_nowait(None)
         self.call.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def percentile_cont(values: list[float], fraction: float) -> float:
+    """PostgreSQL's percentile_cont (linear interpolation), as the incident report computes it."""
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def report_figures(inside: list[sos_pb2.SosAlert]) -> dict[str, Any]:
+    """What GetIncidentReport should say for the alerts of one bucket, from the alerts
+    as the API shows them."""
+    times = [a.response_time.ToTimedelta().total_seconds() for a in inside if a.HasField("response_time")]
+    return {
+        "alerts": len(inside),
+        "accepted": sum(1 for a in inside if a.HasField("response_time") or a.police_notified),
+        "escalated": sum(1 for a in inside if a.escalation_level > 0),
+        "cancelled": sum(1 for a in inside if a.status == common_pb2.SOS_STATUS_CANCELLED),
+        "median": percentile_cont(times, 0.5) if times else None,
+        "p90": percentile_cont(times, 0.9) if times else None,
+    }

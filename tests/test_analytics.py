@@ -23,7 +23,7 @@ from securenow.server.domain.geo import Point
 from securenow.server.domain.safety_score import IncidentCount, assess, cell_of
 from securenow.server.services.analytics import refresh_safety_scores
 from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, sos_pb2
-from tests.dispatch_helpers import LA, SF, dispatcher_of, location, register_department
+from tests.dispatch_helpers import LA, SF, dispatcher_of, location, register_department, report_figures
 from tests.helpers import Account, Api, ErrorDetails, expect_error, wait_for
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
@@ -429,13 +429,6 @@ async def test_maintenance_maps_every_cell_with_recent_alerts_and_lists_them_bes
 # Incident report ------------------------------------------------------------------
 
 
-def percentile_cont(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def expected_buckets(
     alerts: list[sos_pb2.SosAlert], start: datetime, interval: timedelta, count: int
 ) -> list[dict[str, Any]]:
@@ -444,18 +437,7 @@ def expected_buckets(
     for k in range(count):
         lo, hi = start + k * interval, start + (k + 1) * interval
         inside = [a for a in alerts if lo <= a.create_time.ToDatetime(tzinfo=UTC) < hi]
-        times = [a.response_time.ToTimedelta().total_seconds() for a in inside if a.HasField("response_time")]
-        out.append(
-            {
-                "start": lo,
-                "alerts": len(inside),
-                "accepted": sum(1 for a in inside if a.HasField("response_time") or a.police_notified),
-                "escalated": sum(1 for a in inside if a.escalation_level > 0),
-                "cancelled": sum(1 for a in inside if a.status == common_pb2.SOS_STATUS_CANCELLED),
-                "median": percentile_cont(times, 0.5) if times else None,
-                "p90": percentile_cont(times, 0.9) if times else None,
-            }
-        )
+        out.append({"start": lo, **report_figures(inside)})
     return out
 
 

@@ -23,7 +23,16 @@ from playwright.async_api import Locator, Page, expect
 from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
-from tests.dispatch_helpers import LA, SF, Department, dispatcher_of, location, raise_sos, register_department
+from tests.dispatch_helpers import (
+    LA,
+    SF,
+    Department,
+    dispatcher_of,
+    location,
+    raise_sos,
+    register_department,
+    report_figures,
+)
 from tests.helpers import PASSWORD, Account, Api, wait_for
 
 TIMEOUT_MS = 15_000  # generous for a loaded CI machine; passing steps take milliseconds
@@ -33,6 +42,13 @@ async def sign_in(page: Page, email: str, password: str) -> None:
     await page.get_by_test_id("email").fill(email)
     await page.get_by_test_id("password").fill(password)
     await page.get_by_test_id("sign-in-button").click()
+
+
+async def open_dispatch(console: Console, dispatcher: Account) -> None:
+    """Opens the console, signs the dispatcher in and waits for the live board."""
+    await console.page.goto(console.url)
+    await sign_in(console.page, dispatcher.user.email, PASSWORD)
+    await expect(console.page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
 
 
 async def all_events_acked(redis_client: aioredis.Redis, dept: Department) -> bool:
@@ -63,9 +79,7 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
     dispatcher = await dispatcher_of(api, admin, dept)
     person = await api.sign_up(first_name="Alice")
 
-    await page.goto(console.url)
-    await sign_in(page, dispatcher.user.email, PASSWORD)
-    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await open_dispatch(console, dispatcher)
     await expect(page.get_by_test_id("place")).to_have_text("Bay City PD", timeout=TIMEOUT_MS)
     await expect(page.get_by_test_id("board-empty")).to_be_visible()
     await expect(page.get_by_test_id("connection-banner")).to_be_hidden()
@@ -193,9 +207,7 @@ async def test_dispatcher_searches_the_departments_incidents_and_opens_one(api: 
     dispatcher = await dispatcher_of(api, admin, bay)
     person = await api.sign_up(first_name="Alice")
 
-    await page.goto(console.url)
-    await sign_in(page, dispatcher.user.email, PASSWORD)
-    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await open_dispatch(console, dispatcher)
     await expect(page.get_by_test_id("search-panel")).to_be_visible()
     await expect(page.get_by_test_id("search-more")).to_be_hidden()
 
@@ -299,9 +311,7 @@ async def test_search_pages_with_more_and_opens_an_alert_not_on_the_board(
     person = await api.sign_up()
     alerts = [await raise_sos(api, person, SF, description=f"Patrol check number {n:02d}") for n in range(1, 23)]
 
-    await page.goto(console.url)
-    await sign_in(page, dispatcher.user.email, PASSWORD)
-    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await open_dispatch(console, dispatcher)
     await expect(page.get_by_test_id("alert-row")).to_have_count(22, timeout=TIMEOUT_MS)
 
     # No text: newest first, a page of 20, then "More" for the rest.
@@ -374,14 +384,6 @@ def human_duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if secs else f"{minutes} min"
 
 
-def percentile_cont(values: list[float], fraction: float) -> float:
-    """PostgreSQL's percentile_cont (linear interpolation), as the report computes it."""
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def report_buckets(alerts: list[sos_pb2.SosAlert]) -> dict[str, dict[str, Any]]:
     """What the hourly report should show for these alerts, by bucket start (as the
     console's data-start: ISO 8601 in UTC with milliseconds); quiet hours are absent."""
@@ -389,18 +391,7 @@ def report_buckets(alerts: list[sos_pb2.SosAlert]) -> dict[str, dict[str, Any]]:
     for alert in alerts:
         hour = alert.create_time.ToDatetime(tzinfo=UTC).replace(minute=0, second=0, microsecond=0)
         by_hour.setdefault(hour.strftime("%Y-%m-%dT%H:%M:%S.000Z"), []).append(alert)
-    out: dict[str, dict[str, Any]] = {}
-    for start, inside in by_hour.items():
-        times = [a.response_time.ToTimedelta().total_seconds() for a in inside if a.HasField("response_time")]
-        out[start] = {
-            "alerts": len(inside),
-            "accepted": sum(1 for a in inside if a.HasField("response_time") or a.police_notified),
-            "escalated": sum(1 for a in inside if a.escalation_level > 0),
-            "cancelled": sum(1 for a in inside if a.status == common_pb2.SOS_STATUS_CANCELLED),
-            "median": percentile_cont(times, 0.5) if times else None,
-            "p90": percentile_cont(times, 0.9) if times else None,
-        }
-    return out
+    return {start: report_figures(inside) for start, inside in by_hour.items()}
 
 
 async def expect_counts(row: Locator, want: dict[str, Any]) -> None:
@@ -418,9 +409,7 @@ async def test_dispatcher_reads_the_response_report_of_the_department(
     dispatcher = await dispatcher_of(api, admin, bay)
     person = await api.sign_up(first_name="Alice")
 
-    await page.goto(console.url)
-    await sign_in(page, dispatcher.user.email, PASSWORD)
-    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await open_dispatch(console, dispatcher)
     panel = page.get_by_test_id("report-panel")
     rows, total = panel.get_by_test_id("report-row"), panel.get_by_test_id("report-total")
     # Loaded with the view: the last 7 days by day, every day listed though nothing happened.
@@ -634,9 +623,7 @@ async def test_access_token_is_refreshed_before_it_expires(api: Api, console: Co
     admin = await api.admin()
     dept = await register_department(api, admin, SF, ack_timeout_s=600)
     dispatcher = await dispatcher_of(api, admin, dept)
-    await page.goto(console.url)
-    await sign_in(page, dispatcher.user.email, PASSWORD)
-    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await open_dispatch(console, dispatcher)
     before = await page.evaluate("JSON.parse(sessionStorage.getItem('securenow.session'))")
     assert before["accessToken"]
     assert before["refreshToken"]

@@ -186,7 +186,7 @@ class AnalyticsRepo:
         args = _score_args(cell, radius_m, a, calculated_at, valid_until)
         if not a.risk_factors:
             row = await self.conn.fetchrow(UPDATE_SCORE_SQL, *args)
-            if row is None and not await self.conn.fetchval("SELECT 1 FROM safety_scores WHERE cell = $1", cell.name):
+            if row is None:  # not stored (or a newer computation is: this one is as good)
                 return SafetyScore(
                     cell.score_id,
                     cell.name,

@@ -14,7 +14,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from securenow.server.domain.search import Hit, HitPage, IncidentQuery, ProviderQuery
+from securenow.server.domain.search import Hit, HitPage, IncidentQuery, Page, ProviderQuery
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,25 @@ INCIDENT_MAPPINGS: dict[str, Any] = {
 }
 
 
-def _text_query(text: str, fields: list[str]) -> dict[str, Any]:
-    # simple_query_string takes the same everyday syntax as PostgreSQL's
-    # websearch_to_tsquery: "quoted phrases", `|` / OR, `-` to exclude; every word required.
-    return {"simple_query_string": {"query": text, "fields": fields, "default_operator": "and"}}
+def _request(
+    text: str, fields: list[str], filters: list[dict[str, Any]], sort: list[Any], page: Page
+) -> dict[str, Any]:
+    """One page of ids matching `filters` (and `text` over `fields`, best match first,
+    then `sort`). simple_query_string takes the same everyday syntax as PostgreSQL's
+    websearch_to_tsquery: "quoted phrases", `|` / OR, `-` to exclude; every word required."""
+    must: list[dict[str, Any]] = [{"match_all": {}}]
+    if text:
+        must = [{"simple_query_string": {"query": text, "fields": fields, "default_operator": "and"}}]
+        sort = ["_score", *sort]
+    return {
+        "query": {"bool": {"must": must, "filter": filters}},
+        "sort": sort,
+        "from_": page.offset,
+        "size": page.size,
+        "track_total_hits": True,
+        "track_scores": True,
+        "source": False,
+    }
 
 
 def provider_search_body(q: ProviderQuery) -> dict[str, Any]:
@@ -90,19 +105,9 @@ def provider_search_body(q: ProviderQuery) -> dict[str, Any]:
                 }
             }
         )
-        sort = [{"_geo_distance": {"location": point, "order": "asc", "unit": "m"}}, {"id": "asc"}]
-    must = [_text_query(q.text, ["company_name^3", "tags^2", "description"])] if q.text else []
-    if q.text:
-        sort = ["_score", {"rating": "desc"}, {"id": "asc"}]
-    return {
-        "query": {"bool": {"must": must or [{"match_all": {}}], "filter": filters}},
-        "sort": sort,
-        "from_": q.page.offset,
-        "size": q.page.size,
-        "track_total_hits": True,
-        "track_scores": True,
-        "source": False,
-    }
+        if not q.text:
+            sort = [{"_geo_distance": {"location": point, "order": "asc", "unit": "m"}}, {"id": "asc"}]
+    return _request(q.text, ["company_name^3", "tags^2", "description"], filters, sort, q.page)
 
 
 def incident_search_body(q: IncidentQuery) -> dict[str, Any]:
@@ -126,24 +131,11 @@ def incident_search_body(q: IncidentQuery) -> dict[str, Any]:
     if q.near is not None:
         point = {"lat": q.near.latitude, "lon": q.near.longitude}
         filters.append({"geo_distance": {"distance": f"{q.radius_m}m", "location": point}})
-    must = [_text_query(q.text, ["description^2", "resolution_notes"])] if q.text else [{"match_all": {}}]
-    sort: list[Any] = [{"timestamp": "desc"}, {"id": "asc"}]
-    if q.text:
-        sort = ["_score", *sort]
-    return {
-        "query": {"bool": {"must": must, "filter": filters}},
-        "sort": sort,
-        "from_": q.page.offset,
-        "size": q.page.size,
-        "track_total_hits": True,
-        "track_scores": True,
-        "source": False,
-    }
+    newest_first: list[Any] = [{"timestamp": "desc"}, {"id": "asc"}]
+    return _request(q.text, ["description^2", "resolution_notes"], filters, newest_first, q.page)
 
 
 class ElasticSearch:
-    name = "elasticsearch"
-
     def __init__(self, url: str, *, index_prefix: str) -> None:
         self.client = AsyncElasticsearch(url, request_timeout=5, retry_on_timeout=False, max_retries=1)
         self.providers_index = f"{index_prefix}providers"

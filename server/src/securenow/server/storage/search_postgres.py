@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from securenow.server.domain.search import Hit, HitPage, IncidentQuery, ProviderQuery
+from securenow.server.domain.search import Hit, HitPage, IncidentQuery, Page, ProviderQuery
 from securenow.server.storage.rows import Conn, geog_point
 
 PROVIDER_DOCUMENT = "p.search_document"  # stored, GIN-indexed (migration 07)
@@ -27,49 +27,31 @@ class _Args:
 
 
 class PostgresSearch:
-    name = "postgres"
-
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def providers(self, q: ProviderQuery) -> HitPage:
         arg = _Args()
         where = ["p.verification_status = 'verified'"]
-        score = "0::float8"
-        if q.text:
-            tsq = f"websearch_to_tsquery('english', {arg(q.text)})"
-            where.append(f"{PROVIDER_DOCUMENT} @@ {tsq}")
-            score = f"ts_rank_cd({PROVIDER_DOCUMENT}, {tsq})::float8"
         if q.business_types:
             where.append(f"p.business_type = ANY({arg([t.value for t in q.business_types])}::text[]::provider_type[])")
         if q.min_rating:
             where.append(f"p.rating >= {arg(q.min_rating)}")
         if q.tags:
             where.append(f"p.tags @> {arg(list(q.tags))}::text[]")
-        order = f"{score} DESC, p.rating DESC, p.id" if q.text else "p.rating DESC, p.id"
+        order = "p.rating DESC, p.id"
         if q.near is not None:
             point = geog_point(arg(q.near.longitude), arg(q.near.latitude))
             where.append(f"(ST_DWithin(p.location, {point}, {arg(q.radius_m)}) OR ST_Covers(p.service_area, {point}))")
             if not q.text:
                 order = f"ST_Distance(p.location, {point}) NULLS LAST, p.id"
-        rows = await self.conn.fetch(
-            f"""SELECT p.id, {score} AS score, count(*) OVER () AS total
-                FROM providers p WHERE {" AND ".join(where)}
-                ORDER BY {order} OFFSET {arg(q.page.offset)} LIMIT {arg(q.page.size)}""",
-            *arg.values,
-        )
-        return _page(rows)
+        return await self._ranked(arg, q.text, PROVIDER_DOCUMENT, "p.id", "providers p", where, order, q.page)
 
     async def incidents(self, q: IncidentQuery) -> HitPage:
         arg = _Args()
         where = ["TRUE"]
-        score = "0::float8"
         if q.department_id is not None:
             where.append(f"i.police_department_id = {arg(q.department_id)}")
-        if q.text:
-            tsq = f"websearch_to_tsquery('english', {arg(q.text)})"
-            where.append(f"{INCIDENT_DOCUMENT} @@ {tsq}")
-            score = f"ts_rank_cd({INCIDENT_DOCUMENT}, {tsq})::float8"
         if q.incident_types:
             where.append(f"i.incident_type = ANY({arg([t.value for t in q.incident_types])}::text[]::incident_type[])")
         if q.statuses:
@@ -83,16 +65,32 @@ class PostgresSearch:
         if q.near is not None:
             point = geog_point(arg(q.near.longitude), arg(q.near.latitude))
             where.append(f"ST_DWithin(a.location, {point}, {arg(q.radius_m)})")
-        order = f"{score} DESC, i.created_at DESC, i.id" if q.text else "i.created_at DESC, i.id"
+        source = "police_incidents i JOIN sos_alerts a ON a.id = i.sos_alert_id"
+        newest_first = "i.created_at DESC, i.id"
+        return await self._ranked(arg, q.text, INCIDENT_DOCUMENT, "i.id", source, where, newest_first, q.page)
+
+    async def _ranked(
+        self,
+        arg: _Args,
+        text: str,
+        document: str,
+        id_column: str,
+        source: str,
+        where: list[str],
+        order: str,
+        page: Page,
+    ) -> HitPage:
+        """One page of ids matching `where` (and `text`, best match first, then `order`)."""
+        score = "0::float8"
+        if text:
+            tsq = f"websearch_to_tsquery('english', {arg(text)})"
+            where = [*where, f"{document} @@ {tsq}"]
+            score = f"ts_rank_cd({document}, {tsq})::float8"
+            order = f"{score} DESC, {order}"
         rows = await self.conn.fetch(
-            f"""SELECT i.id, {score} AS score, count(*) OVER () AS total
-                FROM police_incidents i JOIN sos_alerts a ON a.id = i.sos_alert_id
-                WHERE {" AND ".join(where)}
-                ORDER BY {order} OFFSET {arg(q.page.offset)} LIMIT {arg(q.page.size)}""",
+            f"""SELECT {id_column} AS id, {score} AS score, count(*) OVER () AS total
+                FROM {source} WHERE {" AND ".join(where)}
+                ORDER BY {order} OFFSET {arg(page.offset)} LIMIT {arg(page.size)}""",
             *arg.values,
         )
-        return _page(rows)
-
-
-def _page(rows: list[Any]) -> HitPage:
-    return HitPage([Hit(str(r["id"]), float(r["score"])) for r in rows], int(rows[0]["total"]) if rows else 0)
+        return HitPage([Hit(str(r["id"]), float(r["score"])) for r in rows], int(rows[0]["total"]) if rows else 0)

@@ -6,9 +6,9 @@ Each feed (providers, incidents, alerts) is followed by `updated_at` in two pass
 - *settled*: rows changed up to SETTLE_SECONDS ago, indexed again once. A transaction
   that took `now()` early but committed late can land behind the fresh cursor; by the
   time it is SETTLE_SECONDS old it has committed (statements time out after 30 s), so
-  the settled pass catches it. Only the settled watermark is stored: after a restart
-  the last SETTLE_SECONDS are indexed again, which is harmless (documents carry their
-  row's `updated_at` as an external version).
+  the settled pass catches it. Only the settled watermark is stored (every 10 s): after
+  a restart the last SETTLE_SECONDS and a little more are indexed again, which is
+  harmless (documents carry their row's `updated_at` as an external version).
 
 A missing index is created and built from the beginning. While Elasticsearch is
 unreachable nothing advances; searches fall back to PostgreSQL meanwhile.
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SETTLE_SECONDS = 60.0
 BATCH = 500
 MAX_BACKOFF_SECONDS = 60.0
+STORE_EVERY = timedelta(seconds=10)
 INDEXED = Counter("securenow_search_documents_indexed_total", "Documents written to Elasticsearch.", ["index"])
 LAG = Gauge("securenow_search_settled_lag_seconds", "How far behind now each feed's settled watermark is.", ["feed"])
 
@@ -55,6 +56,7 @@ class SearchIndexer:
         self._settle = timedelta(seconds=settle_seconds)
         self._fresh: dict[str, Cursor] = {}
         self._settled: dict[str, Cursor] = {}
+        self._stored: dict[str, Cursor] = {}  # the settled watermarks as last written
 
     async def run(self, stop: asyncio.Event) -> None:
         leading = False
@@ -94,6 +96,7 @@ class SearchIndexer:
                 await repo.reset(kind)
             settled = await repo.settled()
         self._settled = {f.name: settled.get(f.name, START) for f in FEEDS}
+        self._stored = dict(self._settled)
         self._fresh = dict(self._settled)
         if created:
             log.info("search indexer: created %s; building from PostgreSQL", ", ".join(created))
@@ -109,10 +112,13 @@ class SearchIndexer:
             if settled.at < settle_to:
                 end, n = await self._index(feed, settled, settle_to)
                 written += n
-                if end != settled:
+                self._settled[feed.name] = end
+                if end.at - self._stored[feed.name].at >= STORE_EVERY:
+                    # Stored now and then, not every second: after a restart the
+                    # stretch since is only indexed again.
                     async with self._db.unit_of_work() as uow:
                         await SearchFeedRepo(uow.conn).save_settled(feed.name, end)
-                    self._settled[feed.name] = end
+                    self._stored[feed.name] = end
             fresh = max(self._fresh[feed.name], self._settled[feed.name], key=lambda c: (c.at, c.id))
             self._fresh[feed.name], n = await self._index(feed, fresh, now)
             written += n
