@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from securenow.server.runtime import Runtime
 from securenow.v1 import auth_pb2, common_pb2, sos_pb2, users_pb2
-from tests.helpers import PASSWORD, Api, unique_email, unique_phone
+from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
 
 GRPC_WEB = "application/grpc-web+proto"
 
@@ -149,3 +149,36 @@ async def test_cors_only_for_configured_origins(runtime: Runtime) -> None:
     _, headers, _, _ = await call(runtime, "securenow.v1.AuthService/SignIn", b"", origin="http://console.example")
     assert headers["Access-Control-Allow-Origin"] == "http://console.example"
     assert "grpc-status" in headers["Access-Control-Expose-Headers"]
+
+
+def watchers_of(runtime: Runtime, alert_id: str) -> int:
+    """Open WatchSos streams of one alert in the server (its in-memory fan-out)."""
+    return len(runtime.app.watch_hub._watchers.get(alert_id, ()))
+
+
+async def test_a_browser_that_goes_away_ends_its_watch_on_the_server(runtime: Runtime, api: Api) -> None:
+    # A quiet alert: no change would ever make the server write (and notice) again.
+    person = await api.sign_up()
+    raised = await api.sos.RaiseSos(
+        sos_pb2.RaiseSosRequest(
+            request_id=str(uuid.uuid4()),
+            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
+        ),
+        metadata=person.md,
+    )
+    alert_id = raised.alert.id
+    headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}"}
+    body = encode(sos_pb2.WatchSosRequest(alert_id=alert_id).SerializeToString())
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.SosService/WatchSos", data=body, headers=headers
+        )
+        _, length = struct.unpack(">BI", await resp.content.readexactly(5))
+        assert sos_pb2.WatchSosResponse.FromString(await resp.content.readexactly(length)).event == "snapshot"
+        assert watchers_of(runtime, alert_id) == 1
+        resp.close()  # the tab is closed: the socket goes away mid-stream
+
+    async def gone() -> bool:
+        return watchers_of(runtime, alert_id) == 0
+
+    await wait_for(gone, within=5, what="the server to drop the closed tab's watcher")

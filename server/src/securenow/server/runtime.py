@@ -179,8 +179,13 @@ class Runtime:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if http_addr is not None:
+            # handler_cancellation: a browser that goes away cancels its handler at once,
+            # and with it the loopback call (a quiet WatchSos would otherwise hold its
+            # watcher until the next write failed, possibly forever).
             self.http_runner = web.AppRunner(
-                build_http_app(self.grpc_web, self.app.settings.console_path), access_log=None
+                build_http_app(self.grpc_web, self.app.settings.console_path),
+                access_log=None,
+                handler_cancellation=True,
             )
             await self.http_runner.setup()
             sock = socket.create_server(_split(http_addr), reuse_port=self.app.settings.reuse_port)
