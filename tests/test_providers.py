@@ -578,6 +578,41 @@ async def test_on_duty_provider_is_found_nearby_until_off_duty(api: Api, redis_c
     assert await search(api, customer) == []
 
 
+async def test_suspending_the_owner_withdraws_the_provider_until_reinstated(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
+    admin = await api.admin()
+    owner, provider = await new_provider(api)
+    await verify(api, admin, provider.id)
+    await set_duty(api, owner, provider.id, True, CENTER)
+    customer = await api.sign_up()
+    assert [r.provider.id for r in await search(api, customer)] == [provider.id]
+
+    async with subscribed(redis_client, STATUS_CHANNEL) as pubsub:
+        await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=owner.id, reason="fraud"), metadata=admin.md)
+        status = await next_message(pubsub, lambda m: m.get("provider_id") == provider.id)
+    assert status["on_duty"] is False
+    assert status["reason"] == "owner_inactive"
+    # Nobody finds, lists or books a suspended owner's company; the admin still sees it.
+    assert await search(api, customer) == []
+    assert provider.id not in await list_ids(api, customer)
+    await expect_error(
+        api.providers.GetProvider(providers_pb2.GetProviderRequest(provider_id=provider.id), metadata=customer.md),
+        grpc.StatusCode.NOT_FOUND,
+        "PROVIDER_NOT_FOUND",
+    )
+    await expect_error(review(api, owner, provider.id, 5), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_SUSPENDED")
+    seen = await api.providers.GetProvider(providers_pb2.GetProviderRequest(provider_id=provider.id), metadata=admin.md)
+    assert seen.provider.id == provider.id
+
+    await api.users.ReinstateUser(users_pb2.ReinstateUserRequest(user_id=owner.id), metadata=admin.md)
+    assert provider.id in await list_ids(api, customer)
+    back = await api.providers.GetProvider(
+        providers_pb2.GetProviderRequest(provider_id=provider.id), metadata=customer.md
+    )
+    assert not back.provider.on_duty  # the owner signs in again and goes back on duty
+
+
 async def test_search_is_sorted_bounded_and_filtered(api: Api) -> None:
     admin = await api.admin()
     placed: dict[str, tuple[str, tuple[float, float]]] = {}

@@ -383,6 +383,28 @@ async def test_suspension_ends_access_at_once_and_reinstatement_restores_sign_in
     )
 
 
+async def test_a_session_read_racing_the_suspension_cannot_revive_the_session(api: Api) -> None:
+    """A request that read the session from PostgreSQL just before the suspension
+    committed writes that (now stale) state to the Redis cache afterwards; the token
+    must stay dead all the same."""
+    admin = await api.admin()
+    account = await api.sign_up()
+    session_id = api.app.access_tokens.decode(account.access_token).session_id
+    stale = await api.app.authenticator.session_state(session_id)  # read before the suspension
+    assert stale is not None
+    assert stale.live
+
+    await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=account.id), metadata=admin.md)
+    await api.app.live.put_session(session_id, stale.to_json())  # ... cached after it
+    api.app.live._local_sessions.clear()  # as in another process, which has no local copy
+
+    await expect_error(api.users.GetUser(me(), metadata=account.md), grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+    await expect_error(
+        api.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=account.refresh_token)),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
 async def test_suspend_needs_admin_and_an_existing_user(api: Api) -> None:
     admin = await api.admin()
     account = await api.sign_up()

@@ -72,7 +72,7 @@ class App:
             acquire_timeout=settings.db_acquire_timeout_seconds,
         )
         redis = connect_redis(settings.redis_url)
-        live = LiveState(redis)
+        live = LiveState(redis, session_cache_seconds=settings.session_cache_ttl_seconds)
         encryptor = FieldEncryptor(settings.data_keys)
         access_tokens = AccessTokenCodec(
             settings.derived_key("access-token"), timedelta(seconds=settings.access_token_ttl_seconds)
@@ -82,9 +82,7 @@ class App:
         ack_timeout = timedelta(seconds=settings.ack_timeout_seconds)
         dispatch = DispatchService(db, Router(live), default_ack_timeout=ack_timeout)
         sos = SosService(db, live, dispatch)
-        authenticator = Authenticator(
-            db, live, access_tokens, api_keys, session_cache_ttl=settings.session_cache_ttl_seconds
-        )
+        authenticator = Authenticator(db, live, access_tokens, api_keys)
         providers = ProviderService(db, live)
         elastic = None
         if settings.elasticsearch_url:

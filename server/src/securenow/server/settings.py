@@ -56,7 +56,8 @@ class Settings(BaseSettings):
 
     access_token_ttl_seconds: int = Field(default=900, gt=0)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
-    session_cache_ttl_seconds: int = Field(default=3600, gt=0)
+    # Bounds how long a cached session can outlive a revocation that could not reach Redis.
+    session_cache_ttl_seconds: int = Field(default=60, gt=0)
     sign_in_attempts_per_minute: int = Field(default=10, gt=0)
     # RecordEvents calls per user and minute (each up to 100 events).
     analytics_calls_per_minute: int = Field(default=120, gt=0)

@@ -103,10 +103,18 @@ class Provider:
     create_time: datetime
     update_time: datetime
     on_duty: bool = False
+    # False while the owning account is suspended or deleted: the company is then not
+    # offered to anyone (not found, listed, searched or bookable) until it is reinstated.
+    owner_active: bool = True
 
     @property
     def verified(self) -> bool:
         return self.verification_status is VerificationStatus.VERIFIED
+
+    @property
+    def offered(self) -> bool:
+        """Shown to and bookable by the public: verified, and its owner's account active."""
+        return self.verified and self.owner_active
 
 
 @dataclass

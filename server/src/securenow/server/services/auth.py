@@ -196,14 +196,12 @@ class Authenticator:
         access_tokens: AccessTokenCodec,
         api_keys: OpaqueSecretCodec,
         *,
-        session_cache_ttl: int,
         api_key_cache_seconds: float = 2.0,
     ) -> None:
         self._db = db
         self._live = live
         self._access = access_tokens
         self._api_keys = api_keys
-        self._session_cache_ttl = session_cache_ttl
         self._api_key_cache_seconds = api_key_cache_seconds
         self._api_key_cache: dict[str, tuple[float, Principal]] = {}
         # Verified access-token claims, so each token's signature is checked once.
@@ -239,12 +237,12 @@ class Authenticator:
         except Unavailable:
             cached = None  # Redis down: Postgres decides
         if cached is not None:
-            return SessionState.from_json(cached)
+            return None if cached.get("revoked") else SessionState.from_json(cached)
         async with self._db.reader() as uow:
             state = await uow.accounts.session_state(session_id)
         if state is not None:
             try:
-                await self._live.put_session(session_id, state.to_json(), self._session_cache_ttl)
+                await self._live.put_session(session_id, state.to_json())
             except Unavailable:
                 pass
         return state

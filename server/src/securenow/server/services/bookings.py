@@ -88,6 +88,8 @@ class BookingService:
             # be booked now (never verified, rejected, or back in review after a change).
             if not provider.verified:
                 raise FailedPrecondition("the provider is not verified yet", reason="PROVIDER_NOT_VERIFIED")
+            if not provider.owner_active:
+                raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
             if provider.user_id == caller.user_id:
                 raise FailedPrecondition("providers cannot book themselves", reason="SELF_BOOKING")
             price = quote(provider, valid)

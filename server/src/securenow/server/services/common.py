@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import AlreadyExists, Unavailable
@@ -45,9 +46,26 @@ def same_request(prior: PriorRequest, key: IdempotencyKey) -> str:
 
 
 async def forget_sessions(live: LiveState, session_ids: list[str]) -> None:
-    """Drops cached sessions after they were revoked in Postgres. If Redis is down the
-    cache entries expire with their TTL (and a Redis restart loses them anyway)."""
+    """Marks cached sessions revoked after they were revoked in Postgres. If Redis is down
+    the cache entries expire with their TTL (a minute by default)."""
     try:
         await live.drop_sessions(session_ids)
     except Unavailable:
         log.warning("could not drop cached sessions; they expire with the cache TTL")
+
+
+async def replace_sessions(live: LiveState, states: dict[str, dict[str, Any]]) -> None:
+    """Caches the new state of live sessions after a committed change (a new role)."""
+    try:
+        await live.replace_sessions(states)
+    except Unavailable:
+        log.warning("could not update cached sessions; they expire with the cache TTL")
+
+
+async def take_off_duty(live: LiveState, provider_id: str, *, reason: str) -> None:
+    """Takes a provider off duty after a change committed in Postgres; when Redis is down
+    the duty sweep (maintenance) and the checks on reads keep it from being offered."""
+    try:
+        await live.take_provider_off_duty(provider_id, reason)
+    except Unavailable:
+        log.warning("could not take provider %s off duty (%s): Redis unavailable", provider_id, reason)

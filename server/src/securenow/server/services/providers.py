@@ -61,7 +61,7 @@ class ProviderService:
 
     async def _visible(self, uow: UnitOfWork, caller: Principal, provider_id: str, *, lock: bool = False) -> Provider:
         provider = await uow.providers.get(provider_id, for_update=lock)
-        if provider is None or not (provider.verified or caller.is_admin or provider.user_id == caller.user_id):
+        if provider is None or not (provider.offered or caller.is_admin or provider.user_id == caller.user_id):
             raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
         return provider
 
@@ -111,7 +111,7 @@ class ProviderService:
                 caller, AuditEntry("provider.update", "provider", pid, details={"paths": paths, "re_review": review})
             )
         if review:
-            await self._live.take_provider_off_duty(pid)
+            await self._live.take_provider_off_duty(pid, "in_review")
         return (await self.with_duty([provider]))[0]
 
     async def list_providers(
@@ -164,7 +164,7 @@ class ProviderService:
                 aggregate_id=pid,
             )
         if decision is VerificationStatus.REJECTED:
-            await self._live.take_provider_off_duty(pid)
+            await self._live.take_provider_off_duty(pid, "rejected")
         return (await self.with_duty([provider]))[0]
 
     async def update_duty(
@@ -186,17 +186,18 @@ class ProviderService:
                 raise FailedPrecondition("only verified providers can go on duty", reason="PROVIDER_NOT_VERIFIED")
             await uow.audit.record(caller, AuditEntry("provider.duty", "provider", pid, details={"on_duty": on_duty}))
         if fix is not None:
-            await self._live.put_provider_on_duty(pid, fix.point)
+            status = {
+                "provider_id": pid,
+                "on_duty": True,
+                "business_type": provider.business_type.value,
+                "location": fix.point.to_json(),
+                "timestamp": time.time(),
+            }
+            await self._live.put_provider_on_duty(pid, fix.point, status)
         else:
-            await self._live.take_provider_off_duty(pid)
-        status = {
-            "provider_id": pid,
-            "on_duty": on_duty,
-            "business_type": provider.business_type.value,
-            "location": fix.point.to_json() if fix else None,
-            "timestamp": time.time(),
-        }
-        await self._live.publish(CHANNEL_PROVIDER_STATUS, status)
+            await self._live.take_provider_off_duty(
+                pid, "signed_off", business_type=provider.business_type.value, location=None
+            )
         return replace(provider, on_duty=on_duty)
 
     async def search_nearby(
@@ -234,7 +235,7 @@ class ProviderService:
         out = []
         for hit in hits:
             p = providers.get(hit.provider_id)
-            if p is None or not p.verified or (business_type is not None and p.business_type is not business_type):
+            if p is None or not p.offered or (business_type is not None and p.business_type is not business_type):
                 continue
             out.append((replace(p, on_duty=True), hit.distance_m, (hit.point.latitude, hit.point.longitude)))
             if len(out) == limit:

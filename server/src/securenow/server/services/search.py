@@ -104,8 +104,8 @@ class SearchService:
         results = []
         for hit in ranked.hits:
             provider = with_duty.get(hit.id)
-            if provider is None or not provider.verified:
-                continue  # the search copy was behind: it is not (or no longer) verified
+            if provider is None or not provider.offered:
+                continue  # the search copy was behind: it is not (or no longer) offered
             distance = None
             if near is not None and provider.base_location is not None:
                 distance = near.distance_m(provider.base_location)

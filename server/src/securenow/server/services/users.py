@@ -20,7 +20,7 @@ from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, 
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.security.encryption import FieldEncryptor
-from securenow.server.services.common import forget_sessions
+from securenow.server.services.common import forget_sessions, replace_sessions, take_off_duty
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database, UnitOfWork
@@ -33,6 +33,13 @@ class UserService:
         self._db = db
         self._live = live
         self._enc = encryptor
+
+    async def _withdraw(self, sessions: list[str], provider_id: str | None) -> None:
+        """After an account is suspended or deleted: its sessions end, and its provider
+        company (if any) leaves duty at once, so nobody finds or books it meanwhile."""
+        await forget_sessions(self._live, sessions)
+        if provider_id is not None:
+            await take_off_duty(self._live, provider_id, reason="owner_inactive")
 
     def _resolve(self, caller: Principal, user_id: str) -> str:
         if user_id in ("", "me"):
@@ -94,8 +101,9 @@ class UserService:
             await self._visible_user(uow, caller, target, lock=True)
             user = await uow.accounts.set_status(target, UserStatus.DELETED)
             sessions = await uow.accounts.revoke_user_sessions(target, "account deleted")
+            provider_id = await uow.providers.id_owned_by(target)
             await uow.audit.record(caller, AuditEntry("user.delete", "user", target))
-            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+            uow.after_commit(lambda: self._withdraw(sessions, provider_id))
         return user
 
     async def submit_kyc(self, caller: Principal, kyc: KycData) -> User:
@@ -152,8 +160,9 @@ class UserService:
                 return user
             user = await uow.accounts.set_status(target, UserStatus.SUSPENDED)
             sessions = await uow.accounts.revoke_user_sessions(target, "suspended")
+            provider_id = await uow.providers.id_owned_by(target)
             await uow.audit.record(caller, AuditEntry("user.suspend", "user", target, details={"reason": reason[:500]}))
-            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+            uow.after_commit(lambda: self._withdraw(sessions, provider_id))
         return user
 
     async def reinstate_user(self, caller: Principal, user_id: str) -> User:
@@ -204,9 +213,14 @@ class UserService:
                 if want is not role:
                     raise InvalidArgument.field("role", f"members of this agency have role {want.name}")
             user = await uow.accounts.set_role(target, role, agency or None)
-            sessions = await uow.accounts.user_session_ids(target)
+            # Live tokens act with the new role at once: their cached state is replaced.
+            states = {}
+            for session_id in await uow.accounts.user_session_ids(target):
+                state = await uow.accounts.session_state(session_id)
+                if state is not None:
+                    states[session_id] = state.to_json()
             await uow.audit.record(
                 caller, AuditEntry("user.set_role", "user", target, details={"role": role, "agency_id": agency})
             )
-            uow.after_commit(lambda: forget_sessions(self._live, sessions))
+            uow.after_commit(lambda: replace_sessions(self._live, states))
         return user

@@ -1,6 +1,6 @@
 """Redis live state, with the key names and channels of the seed design:
 
-    session:{session_id}            cached session (user_data), EX session_cache_ttl
+    session:{session_id}            cached session (user_data), EX session_cache_ttl; a tombstone once revoked
     rate_limit:{subject}:{action}   INCR + EXPIRE 60
     providers:locations             GEO set of on-duty providers
     providers:last_seen             ZSET provider_id -> unix time of the last location
@@ -69,9 +69,22 @@ class NearbyHit:
     point: Point
 
 
+def _off_duty(provider_id: str, reason: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"provider_id": provider_id, "on_duty": False, "reason": reason, **details, "timestamp": time.time()}
+
+
+# A revoked session's cache entry (see _drop_sessions); revocation is final, so it only
+# has to outlive any request that was reading the session when it was revoked.
+SESSION_TOMBSTONE = json.dumps({"revoked": True})
+SESSION_TOMBSTONE_SECONDS = 3600
+
+
 class LiveState:
-    def __init__(self, client: aioredis.Redis, *, local_session_seconds: float = 1.0) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, session_cache_seconds: int = 60, local_session_seconds: float = 1.0
+    ) -> None:
         self.redis = client
+        self._session_cache_seconds = session_cache_seconds
         # A one-second copy of session:{id} in this process spares a Redis round trip on
         # most calls. Revocations drop it here at once (drop_sessions); other processes
         # and replicas see them within that second.
@@ -98,8 +111,25 @@ class LiveState:
         return json.loads(raw) if raw else None
 
     @redis_call
-    async def put_session(self, session_id: str, data: dict[str, Any], ttl_seconds: int) -> None:
-        await self.redis.set(f"session:{session_id}", json.dumps(data), ex=ttl_seconds)
+    async def put_session(self, session_id: str, data: dict[str, Any]) -> None:
+        """Caches a session state read from Postgres. NX: a change written meanwhile (a
+        revocation's tombstone, a new role) wins over this possibly stale read."""
+        await self.redis.set(f"session:{session_id}", json.dumps(data), ex=self._session_cache_seconds, nx=True)
+
+    async def replace_sessions(self, states: dict[str, dict[str, Any]]) -> None:
+        """After a committed change to live sessions (a new role): the new state replaces
+        whatever is cached, so no earlier read can bring the old one back."""
+        for session_id in states:
+            self._local_sessions.pop(session_id, None)
+        await self._replace_sessions(states)
+
+    @redis_call
+    async def _replace_sessions(self, states: dict[str, dict[str, Any]]) -> None:
+        if states:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for session_id, data in states.items():
+                    pipe.set(f"session:{session_id}", json.dumps(data), ex=self._session_cache_seconds)
+                await pipe.execute()
 
     async def drop_sessions(self, session_ids: list[str]) -> None:
         for session_id in session_ids:
@@ -108,8 +138,14 @@ class LiveState:
 
     @redis_call
     async def _drop_sessions(self, session_ids: list[str]) -> None:
+        """Replaces the cached sessions with tombstones rather than deleting them, so a
+        request that read the session from Postgres just before the revocation cannot
+        put the live state back (put_session only fills an empty key)."""
         if session_ids:
-            await self.redis.delete(*(f"session:{s}" for s in session_ids))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for s in session_ids:
+                    pipe.set(f"session:{s}", SESSION_TOMBSTONE, ex=SESSION_TOMBSTONE_SECONDS)
+                await pipe.execute()
 
     # Rate limits ----------------------------------------------------------------
 
@@ -140,18 +176,23 @@ class LiveState:
 
     # Providers ------------------------------------------------------------------
 
+    # Every change of duty is announced on provider:status in the same MULTI as the
+    # change itself, so listeners never miss one (nor hear of one that did not happen).
+
     @redis_call
-    async def put_provider_on_duty(self, provider_id: str, point: Point) -> None:
+    async def put_provider_on_duty(self, provider_id: str, point: Point, status: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.geoadd(PROVIDERS_GEO, (point.longitude, point.latitude, provider_id))
             pipe.zadd(PROVIDERS_LAST_SEEN, {provider_id: time.time()})
+            pipe.publish(CHANNEL_PROVIDER_STATUS, json.dumps(status, default=str))
             await pipe.execute()
 
     @redis_call
-    async def take_provider_off_duty(self, provider_id: str) -> None:
+    async def take_provider_off_duty(self, provider_id: str, reason: str, **details: Any) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(PROVIDERS_GEO, provider_id)
             pipe.zrem(PROVIDERS_LAST_SEEN, provider_id)
+            pipe.publish(CHANNEL_PROVIDER_STATUS, json.dumps(_off_duty(provider_id, reason, details)))
             await pipe.execute()
 
     @redis_call
@@ -185,6 +226,9 @@ class LiveState:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(PROVIDERS_GEO, *stale)
                 pipe.zrem(PROVIDERS_LAST_SEEN, *stale)
+                for provider_id in stale:
+                    off = _off_duty(str(provider_id), "location_stale", {})
+                    pipe.publish(CHANNEL_PROVIDER_STATUS, json.dumps(off))
                 await pipe.execute()
         return len(stale)
 

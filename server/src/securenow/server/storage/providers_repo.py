@@ -24,7 +24,13 @@ from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
 
 PROVIDER_COLUMNS = """p.id, p.user_id, p.company_name, p.business_type, p.license_number, p.insurance_info,
     p.service_areas, p.rating, p.total_reviews, p.verification_status, p.availability_schedule,
-    p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at"""
+    p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at,
+    COALESCE((SELECT u.status = 'active' FROM users u WHERE u.id = p.user_id), TRUE) AS owner_active"""
+# The public sees a provider only while it is verified and its owner's account is active.
+OFFERED_SQL = (
+    "p.verification_status = 'verified' "
+    "AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id AND u.status <> 'active')"
+)
 
 
 def provider_from_row(r: asyncpg.Record) -> Provider:
@@ -47,6 +53,7 @@ def provider_from_row(r: asyncpg.Record) -> Provider:
         description=r["description"] or "",
         create_time=r["created_at"],
         update_time=r["updated_at"],
+        owner_active=r["owner_active"],
     )
 
 
@@ -116,6 +123,9 @@ class ProvidersRepo:
         row = await self.conn.fetchrow(f"SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1{lock}", provider_id)
         return provider_from_row(row) if row else None
 
+    async def id_owned_by(self, user_id: str) -> str | None:
+        return sid(await self.conn.fetchval("SELECT id FROM providers WHERE user_id = $1", user_id))
+
     async def get_many(self, provider_ids: list[str]) -> dict[str, Provider]:
         rows = await self.conn.fetch(
             f"SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = ANY($1::uuid[])", provider_ids
@@ -178,7 +188,7 @@ class ProvidersRepo:
             return f"${len(args)}"
 
         if not include_unverified:
-            where.append(f"(p.verification_status = 'verified' OR p.user_id = {arg(viewer_id)}::uuid)")
+            where.append(f"({OFFERED_SQL} OR p.user_id = {arg(viewer_id)}::uuid)")
         if business_type is not None:
             where.append(f"p.business_type = {arg(business_type.value)}")
         if verification is not None:

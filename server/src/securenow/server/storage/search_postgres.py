@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from securenow.server.domain.search import Hit, HitPage, IncidentQuery, Page, ProviderQuery
+from securenow.server.storage.providers_repo import OFFERED_SQL
 from securenow.server.storage.rows import Conn, geog_point
 
 PROVIDER_DOCUMENT = "p.search_document"  # stored, GIN-indexed (migration 07)
@@ -32,7 +33,7 @@ class PostgresSearch:
 
     async def providers(self, q: ProviderQuery) -> HitPage:
         arg = _Args()
-        where = ["p.verification_status = 'verified'"]
+        where = [OFFERED_SQL]
         if q.business_types:
             where.append(f"p.business_type = ANY({arg([t.value for t in q.business_types])}::text[]::provider_type[])")
         if q.min_rating:
