@@ -14,6 +14,7 @@ from securenow.server.services.analytics import AnalyticsService
 from securenow.server.services.audit import AuditService
 from securenow.server.services.auth import Authenticator, AuthService
 from securenow.server.services.bookings import BookingService
+from securenow.server.services.credentials import CredentialMonitor
 from securenow.server.services.dispatch import DispatchService
 from securenow.server.services.locations import LocationIngestor
 from securenow.server.services.providers import ProviderService
@@ -54,6 +55,7 @@ class App:
     locations: LocationIngestor
     dispatch_hub: DispatchHub
     watch_hub: AlertWatchHub
+    credentials: CredentialMonitor
     relay: OutboxRelay
     webhooks: WebhookSender
     maintenance: Maintenance
@@ -129,6 +131,7 @@ class App:
                 key_check_interval=settings.dispatch_key_check_interval_seconds,
             ),
             watch_hub=AlertWatchHub(settings.redis_url),
+            credentials=CredentialMonitor(db),
             relay=OutboxRelay(db, redis, settings.database_url),
             webhooks=WebhookSender(
                 db,

@@ -125,7 +125,9 @@ class Runtime:
         users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(app.users), server)
         providers_pb2_grpc.add_ProviderServiceServicer_to_server(ProviderServicer(app.providers), server)
         bookings_pb2_grpc.add_BookingServiceServicer_to_server(BookingServicer(app.bookings), server)
-        sos_pb2_grpc.add_SosServiceServicer_to_server(SosServicer(app.sos, app.locations, app.watch_hub), server)
+        sos_pb2_grpc.add_SosServiceServicer_to_server(
+            SosServicer(app.sos, app.locations, app.watch_hub, app.credentials), server
+        )
         search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(app.search), server)
         agency_pb2_grpc.add_AgencyServiceServicer_to_server(
             AgencyServicer(
@@ -183,7 +185,7 @@ class Runtime:
             # and with it the loopback call (a quiet WatchSos would otherwise hold its
             # watcher until the next write failed, possibly forever).
             self.http_runner = web.AppRunner(
-                build_http_app(self.grpc_web, self.app.settings.console_path),
+                build_http_app(self.grpc_web, self.app.settings.console_path, self.health),
                 access_log=None,
                 handler_cancellation=True,
             )
@@ -196,6 +198,7 @@ class Runtime:
         self._workers = [
             asyncio.create_task(app.dispatch_hub.run(stop), name="dispatch-hub"),
             asyncio.create_task(app.watch_hub.run(stop), name="watch-hub"),
+            asyncio.create_task(app.credentials.run(stop), name="credentials"),
             asyncio.create_task(app.locations.run(stop), name="locations"),
         ]
         if app.settings.run_workers:

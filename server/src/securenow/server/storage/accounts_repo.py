@@ -284,6 +284,17 @@ class AccountsRepo:
         )
         return [str(r["id"]) for r in rows]
 
+    async def ended_sessions(self, session_ids: list[str]) -> list[str]:
+        """Of these sessions, the ones no longer good: revoked, expired, unknown, or of an
+        account that is not active."""
+        rows = await self.conn.fetch(
+            """SELECT i.id FROM unnest($1::uuid[]) AS i(id)
+               LEFT JOIN auth_sessions s ON s.id = i.id LEFT JOIN users u ON u.id = s.user_id
+               WHERE s.id IS NULL OR s.revoked_at IS NOT NULL OR s.expires_at <= now() OR u.status <> 'active'""",
+            session_ids,
+        )
+        return [str(r["id"]) for r in rows]
+
     async def session_state(self, session_id: str) -> SessionState | None:
         row = await self.conn.fetchrow(
             """SELECT s.id, s.user_id, u.role, u.status, u.agency_id,

@@ -8,6 +8,7 @@ from securenow.server.domain.enums import SosStatus
 from securenow.server.domain.errors import InvalidArgument
 from securenow.server.domain.geo import validate_location
 from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.services.credentials import CredentialMonitor
 from securenow.server.services.locations import LocationIngestor
 from securenow.server.services.sos import SosService
 from securenow.server.storage.alert_watch import RESYNC, AlertWatchHub
@@ -17,13 +18,18 @@ from securenow.v1 import sos_pb2, sos_pb2_grpc
 
 TERMINAL = (SosStatus.RESOLVED, SosStatus.CANCELLED)
 TERMINAL_EVENTS = ("resolved", "cancelled")
+# Put on a watcher's queue by the CredentialMonitor (never a real event name).
+CREDENTIAL_ENDED = "\x00credential-ended"
 
 
 class SosServicer(sos_pb2_grpc.SosServiceServicer):
-    def __init__(self, sos: SosService, locations: LocationIngestor, watch_hub: AlertWatchHub) -> None:
+    def __init__(
+        self, sos: SosService, locations: LocationIngestor, watch_hub: AlertWatchHub, credentials: CredentialMonitor
+    ) -> None:
         self._sos = sos
         self._locations = locations
         self._watch = watch_hub
+        self._credentials = credentials
 
     async def RaiseSos(
         self, request: sos_pb2.RaiseSosRequest, context: grpc.aio.ServicerContext
@@ -87,6 +93,7 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
         principal = current_principal()
         alert_id = parse_uuid("alert_id", request.alert_id)
         queue = self._watch.watch(alert_id)  # before the snapshot: no change slips between
+        credential = self._credentials.register(principal, queue, CREDENTIAL_ENDED)
         try:
             alert, incident = await self._sos.watch_snapshot(principal, alert_id)
             yield sos_pb2.WatchSosResponse(
@@ -96,6 +103,9 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                 return  # nothing can change any more
             while True:
                 event = await queue.get()
+                ended = self._credentials.problem(credential)
+                if ended is not None:
+                    raise ended  # the key was revoked, the session ended or the account was suspended
                 # One message per change, showing the state as it is when sent.
                 alert, incident = await self._sos.watch_snapshot(principal, alert_id)
                 resync = event == RESYNC
@@ -107,6 +117,7 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                 if event in TERMINAL_EVENTS or (resync and alert.status in TERMINAL):
                     return
         finally:
+            self._credentials.unregister(credential)
             self._watch.unwatch(alert_id, queue)
 
     async def ListAlertLocations(

@@ -1,0 +1,81 @@
+"""Long-lived WatchSos streams end when the credential they were opened with ends
+(revoked API key, suspended account, signed-out session), even while the alert is quiet:
+a stream must not keep showing an emergency to someone who may no longer see it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import SF, raise_sos, register_department
+from tests.helpers import PASSWORD, Account, Api, error_details
+
+# The monitor checks every 2 s; this leaves room for a busy machine.
+ENDS_WITHIN_S = 15.0
+
+
+async def open_watch(api: Api, alert_id: str, md: tuple[tuple[str, str], ...]) -> grpc.aio.UnaryStreamCall:
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert_id), metadata=md)
+    first = await watch.read()
+    assert first.event == "snapshot"
+    return watch
+
+
+async def ended_with(watch: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:
+    """Reads until the stream ends (no change of the alert happens meanwhile)."""
+    try:
+        async with asyncio.timeout(ENDS_WITHIN_S):
+            while True:
+                msg = await watch.read()
+                assert msg is not grpc.aio.EOF, "the stream ended without an error"
+                assert msg.event == "snapshot", f"unexpected change {msg.event!r}"
+    except grpc.aio.AioRpcError as err:
+        return err.code(), error_details(err).reason
+    raise AssertionError("unreachable")
+
+
+async def test_suspending_the_person_ends_their_watch(api: Api) -> None:
+    admin = await api.admin()
+    await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+    watch = await open_watch(api, alert.id, person.md)
+
+    await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=person.id, reason="abuse"), metadata=admin.md)
+
+    assert await ended_with(watch) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+
+
+async def test_signing_out_ends_the_watch_of_that_session_only(api: Api) -> None:
+    admin = await api.admin()
+    await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+    signed_in = await api.auth.SignIn(auth_pb2.SignInRequest(email=person.user.email, password=PASSWORD))
+    other_device = Account(person.user, signed_in.access_token, signed_in.refresh_token)
+    watch = await open_watch(api, alert.id, person.md)
+    kept = await open_watch(api, alert.id, other_device.md)
+
+    await api.auth.SignOut(auth_pb2.SignOutRequest(), metadata=person.md)
+
+    assert await ended_with(watch) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+    # The other device's session is untouched: its stream still hears changes.
+    await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id), metadata=other_device.md)
+    async with asyncio.timeout(ENDS_WITHIN_S):
+        while (msg := await kept.read()).event == "snapshot":
+            pass
+    assert msg.event == "cancelled"
+
+
+async def test_revoking_the_api_key_ends_the_departments_watch(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+    watch = await open_watch(api, alert.id, dept.md)
+
+    await api.agency.RevokeApiKey(agency_pb2.RevokeApiKeyRequest(key_id=dept.key_id), metadata=admin.md)
+
+    assert await ended_with(watch) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")
