@@ -200,6 +200,41 @@ async def test_invalid_incident_transition_is_a_command_error_and_the_stream_sta
         await cad.close()
 
 
+async def test_a_command_that_fails_inside_the_server_is_an_internal_result_and_the_stream_stays_open(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        alert = await raise_sos(api, person, SF)
+        await cad.next_event("alert_raised")
+
+        async def broken_accept(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected fault")  # not a domain error: a bug or a crashed dependency
+
+        monkeypatch.setattr(api.app.dispatch, "accept", broken_accept)
+        failed = await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="U1"))
+        assert failed.code == grpc.StatusCode.INTERNAL.value[0]
+        assert failed.alert_id == alert.id
+        assert "internal error" in failed.message
+        assert "injected" not in failed.message  # no internals leak to the client
+        monkeypatch.undo()
+
+        # Same stream: the next command works, and new events still arrive.
+        ok = await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="U1"))
+        assert ok.code == 0
+        later = await raise_sos(api, person, SF)
+        while (msg := await cad.next()).WhichOneof("kind") != "alert_raised":
+            pass
+        assert msg.alert_raised.alert.id == later.id
+        assert cad.error is None
+        assert not cad.ended.is_set()
+    finally:
+        await cad.close()
+
+
 async def test_cancel_reaches_the_cad_and_the_watcher_and_only_the_owner_can_cancel(api: Api) -> None:
     admin = await api.admin()
     dept = await register_department(api, admin, SF)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -158,6 +159,8 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 kind = req.WhichOneof("kind")
                 if kind == "heartbeat":
                     continue
+                # _command answers every failure itself: only reading the client's
+                # messages can end this loop early.
                 result = await self._command(req, kind, sub, principal)
                 if result is not None:
                     sub.send(agency_pb2.StreamDispatchResponse(command_result=result))
@@ -170,16 +173,18 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
     async def _command(
         self, req: agency_pb2.StreamDispatchRequest, kind: str | None, sub: Subscription, principal: Principal
     ) -> agency_pb2.CommandResult | None:
+        if kind == "ack":
+            # Acks are never answered (results pair with commands, in order). A bad or
+            # lost ack only means the event comes again.
+            try:
+                await self._hub.ack(sub.department_id, req.ack.event_id)
+            except DomainError as err:
+                log.info("ignored an ack: %s", err.message)
+            except Exception:
+                log.exception("dispatch ack failed; the event will be redelivered")
+            return None
         alert_id = incident_id = ""
         try:
-            if kind == "ack":
-                # Acks are never answered (results pair with commands, in order). A bad
-                # or lost ack only means the event comes again.
-                try:
-                    await self._hub.ack(sub.department_id, req.ack.event_id)
-                except DomainError as err:
-                    log.info("ignored an ack: %s", err.message)
-                return None
             if kind == "accept":
                 alert_id = req.accept.alert_id
                 incident = await self._dispatch.accept(
@@ -204,6 +209,17 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
             raise InvalidArgument.field("kind", "subscribe is only allowed as the first message")
         except DomainError as err:
             return _command_result(err, alert_id, incident_id)
+        except Exception:
+            # A bug or an unexpected failure is this command's INTERNAL result, not the
+            # end of the stream: the CAD keeps its events and may send other commands.
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("dispatch command %s failed (error id %s)", kind, error_id, extra={"error_id": error_id})
+            return agency_pb2.CommandResult(
+                code=code_pb2.INTERNAL,
+                message=f"internal error {error_id}; it was logged",
+                alert_id=alert_id,
+                incident_id=incident_id,
+            )
 
     async def WatchDispatch(
         self, request: agency_pb2.WatchDispatchRequest, context: grpc.aio.ServicerContext
