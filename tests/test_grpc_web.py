@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 import struct
 import uuid
 from urllib.parse import unquote
 
 import aiohttp
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from securenow.server.runtime import Runtime
@@ -182,3 +184,108 @@ async def test_a_browser_that_goes_away_ends_its_watch_on_the_server(runtime: Ru
         return watchers_of(runtime, alert_id) == 0
 
     await wait_for(gone, within=5, what="the server to drop the closed tab's watcher")
+
+
+async def post(
+    runtime: Runtime, method: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
+    """A raw POST; the status comes from the trailer frame or, trailers-only, the headers."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{runtime.http_port}/{method}", data=body, headers=headers) as resp,
+    ):
+        raw = await resp.read()
+        if resp.headers.get("Content-Type", "").startswith("application/grpc-web-text"):
+            raw = b"".join(base64.b64decode(raw[i : i + 4]) for i in range(0, len(raw), 4))
+        if not resp.headers.get("Content-Type", "").startswith("application/grpc-web"):
+            return resp.status, dict(resp.headers), [], {}
+        messages, trailers = decode(raw)
+        if "grpc-status" in resp.headers:
+            trailers = {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith("grpc-")}
+        return resp.status, dict(resp.headers), messages, trailers
+
+
+def sign_up_body(first_name: str) -> bytes:
+    return encode(
+        auth_pb2.SignUpRequest(
+            email=unique_email(), phone=unique_phone(), first_name=first_name, last_name="User", password=PASSWORD
+        ).SerializeToString()
+    )
+
+
+async def test_only_grpc_web_protobuf_content_types_are_accepted(runtime: Runtime) -> None:
+    method, body = "securenow.v1.AuthService/SignUp", sign_up_body("Web")
+    for content_type in ("application/grpc-web+json", "application/grpc-web-text+json", "application/json", ""):
+        status, _, _, _ = await post(runtime, method, body, {"Content-Type": content_type})
+        assert status == 415, content_type
+    for content_type in ("application/grpc-web", "application/grpc-web+proto", "Application/gRPC-Web+proto"):
+        status, _, _, trailers = await post(runtime, method, sign_up_body("Web"), {"Content-Type": content_type})
+        assert (status, trailers["grpc-status"]) == (200, "0"), content_type
+    for content_type in ("application/grpc-web-text", "application/grpc-web-text+proto"):
+        status, _, _, trailers = await post(
+            runtime, method, base64.b64encode(sign_up_body("Web")), {"Content-Type": content_type}
+        )
+        assert (status, trailers["grpc-status"]) == (200, "0"), content_type
+
+
+async def test_large_bodies_get_a_grpc_status_in_text_mode_too(runtime: Runtime) -> None:
+    # 3.5 MiB is under the 4 MiB message limit, but 4.7 MiB once base64-encoded: it must
+    # reach the server (which refuses the name as too long), not stop at HTTP 413.
+    method = "securenow.v1.AuthService/SignUp"
+    text = {"Content-Type": "application/grpc-web-text"}
+    status, _, _, trailers = await post(runtime, method, base64.b64encode(sign_up_body("x" * 3_500_000)), text)
+    assert (status, trailers["grpc-status"]) == (200, "3")  # INVALID_ARGUMENT, from the server
+    details = status_pb2.Status.FromString(base64.b64decode(trailers["grpc-status-details-bin"]))
+    violations = error_details_pb2.BadRequest()
+    assert any(d.Unpack(violations) for d in details.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    assert "first_name" in {v.field for v in violations.field_violations}
+
+    # Over the message limit: RESOURCE_EXHAUSTED, as native gRPC answers, in both modes.
+    oversized = sign_up_body("x" * (4 * 1024 * 1024 + 10))
+    status, _, _, trailers = await post(runtime, method, base64.b64encode(oversized), text)
+    assert (status, trailers["grpc-status"]) == (200, "8")
+    status, _, _, trailers = await post(runtime, method, oversized, {"Content-Type": GRPC_WEB})
+    assert (status, trailers["grpc-status"]) == (200, "8")
+    # A frame header announcing more than the limit, with a short body.
+    lying = struct.pack(">BI", 0, 5 * 1024 * 1024) + b"x" * 10
+    status, _, _, trailers = await post(runtime, method, lying, {"Content-Type": GRPC_WEB})
+    assert (status, trailers["grpc-status"]) == (200, "8")
+
+
+async def test_bad_headers_are_answered_as_grpc_errors_never_http_500(runtime: Runtime) -> None:
+    method = "securenow.v1.UserService/GetUser"
+    body = encode(users_pb2.GetUserRequest(user_id="me").SerializeToString())
+    status, headers, _, trailers = await post(
+        runtime,
+        method,
+        body,
+        {"Content-Type": GRPC_WEB, "Authorization": "Bearer tökén", "Origin": "http://console.example"},
+    )
+    assert (status, trailers["grpc-status"]) == (200, "16")  # UNAUTHENTICATED
+    assert headers["Access-Control-Allow-Origin"] == "http://console.example"  # readable by the page
+    details = status_pb2.Status.FromString(base64.b64decode(trailers["grpc-status-details-bin"]))
+    info = error_details_pb2.ErrorInfo()
+    assert any(d.Unpack(info) for d in details.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR))
+    assert info.reason == "MALFORMED_CREDENTIALS"
+
+    status, _, _, trailers = await post(runtime, method, body, {"Content-Type": GRPC_WEB, "X-Request-Id": "ünï"})
+    assert (status, trailers["grpc-status"]) == (200, "3")  # INVALID_ARGUMENT
+    assert "x-request-id" in unquote(trailers["grpc-message"])
+
+    status, _, _, trailers = await post(runtime, method, b"\x00\x00", {"Content-Type": GRPC_WEB})
+    assert (status, trailers["grpc-status"]) == (200, "3")  # a truncated frame
+
+
+async def test_the_server_sees_the_browsers_address_not_a_forwarded_for_it_sent(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="securenow.access")  # the server's one line per call
+    body = encode(auth_pb2.SignInRequest(email="nobody@example.com", password=PASSWORD).SerializeToString())
+    headers = {"Content-Type": GRPC_WEB, "X-Forwarded-For": "203.0.113.9"}
+    _, _, _, trailers = await post(runtime, "securenow.v1.AuthService/SignIn", body, headers)
+    assert trailers["grpc-status"] == "16"
+    logged = [r for r in caplog.records if getattr(r, "rpc", "") == "/securenow.v1.AuthService/SignIn"]
+    assert logged, "the server logged no SignIn call"
+    fields = " ".join(str(v) for v in vars(logged[-1]).values())
+    assert "203.0.113.9" not in fields  # a browser cannot choose the address the server logs
+    assert "127.0.0.1" in fields  # this test's address (the browser's), as the gateway saw it

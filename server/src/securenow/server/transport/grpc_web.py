@@ -8,6 +8,11 @@ HTTP/2 channel to this process's own gRPC server, so it meets the same intercept
 native calls. Unary and server-streaming methods work; browsers cannot send client or
 bidirectional streams, so those answer UNIMPLEMENTED (the agency API has unary and
 server-streaming twins for browsers: WatchDispatch, AckDispatchEvent, AcceptSosAlert...).
+
+Whatever a browser sends, it gets a gRPC-Web status it can read (HTTP 415 only for a
+body that is not gRPC-Web protobuf at all): oversized bodies RESOURCE_EXHAUSTED, bad
+headers INVALID_ARGUMENT or UNAUTHENTICATED, a gateway fault INTERNAL. A browser that
+disconnects cancels its call (streams included) at once.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import base64
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -23,12 +28,30 @@ import grpc
 from aiohttp import web
 from google.protobuf import descriptor_pool
 
+from securenow.server.domain.errors import DomainError, Unauthenticated
+from securenow.server.transport.errors import to_rpc_status
+
 log = logging.getLogger(__name__)
 
+# Browser headers passed on as call metadata. x-forwarded-for is not among them: the
+# gateway sets it itself (see call_metadata).
 _FORWARDED_HEADERS = ("authorization", "x-request-id", "x-user-agent")
 _ALLOW_HEADERS = "content-type, x-grpc-web, x-user-agent, authorization, grpc-timeout, x-request-id"
 _EXPOSE_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin"
 _MAX_MESSAGE = 4 * 1024 * 1024
+# The gRPC-Web content types (without parameters) -> whether the body is base64 text.
+# Anything else (application/grpc-web+json...) would be forwarded as protobuf and
+# misread, so it is refused.
+CONTENT_TYPES = {
+    "application/grpc-web": False,
+    "application/grpc-web+proto": False,
+    "application/grpc-web-text": True,
+    "application/grpc-web-text+proto": True,
+}
+# A request is one message in one frame (5-byte header). Base64 text is 4/3 larger; a
+# little slack covers clients that pad each frame separately.
+MAX_BODY = _MAX_MESSAGE + 5
+MAX_TEXT_BODY = (MAX_BODY + 2) // 3 * 4 + 64
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -47,8 +70,10 @@ def parse_frames(body: bytes) -> list[tuple[int, bytes]]:
             raise ValueError("truncated gRPC-Web frame header")
         flag, length = struct.unpack_from(">BI", body, offset)
         offset += 5
-        if length > _MAX_MESSAGE or offset + length > len(body):
-            raise ValueError("truncated or oversized gRPC-Web frame")
+        if length > _MAX_MESSAGE:
+            raise MessageTooLarge(f"a message of {length} bytes is larger than the limit of {_MAX_MESSAGE}")
+        if offset + length > len(body):
+            raise ValueError("truncated gRPC-Web frame")
         frames.append((flag, body[offset : offset + length]))
         offset += length
     return frames
@@ -67,6 +92,50 @@ def parse_timeout(header: str | None) -> float | None:
     if not header or len(header) < 2 or header[-1] not in _TIMEOUT_UNITS or not header[:-1].isdigit():
         return None
     return int(header[:-1]) * _TIMEOUT_UNITS[header[-1]]
+
+
+def _printable_ascii(value: str) -> bool:
+    return all(" " <= ch <= "~" for ch in value)
+
+
+def call_metadata(request: web.Request, service: str) -> list[tuple[str, str]]:
+    """The call's metadata from the browser's headers. gRPC metadata values are printable
+    ASCII; anything else is the caller's mistake and answered as such (UNAUTHENTICATED
+    for credentials, as the server itself answers a malformed authorization), never
+    passed on to fail inside grpc.
+
+    x-forwarded-for is always the address this listener sees, replacing whatever the
+    browser sent: the server trusts it only from a loopback peer (this gateway), so a
+    browser-supplied value must never reach it."""
+    metadata = []
+    for header in _FORWARDED_HEADERS:
+        value = request.headers.get(header)
+        if value is None:
+            continue
+        if not _printable_ascii(value):
+            if header == "authorization":
+                raise _LocalStatus.of(
+                    Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS"), service
+                )
+            raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"header {header} must be printable ASCII")
+        metadata.append((header, value))
+    if request.remote:
+        metadata.append(("x-forwarded-for", request.remote))
+    return metadata
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, or RESOURCE_EXHAUSTED (as gRPC answers a message over the
+    limit) once it passes `limit` bytes: a gRPC-Web status, not a bare HTTP 413."""
+    too_large = _LocalStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 class GrpcWebGateway:
@@ -119,12 +188,14 @@ class GrpcWebGateway:
         return desc.client_streaming, desc.server_streaming
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        content_type = request.headers.get("Content-Type", "")
-        if not content_type.startswith("application/grpc-web"):
-            return web.Response(status=415, text="expected application/grpc-web")
-        text_mode = content_type.startswith("application/grpc-web-text")
+        text_mode = CONTENT_TYPES.get(request.content_type.lower())
+        if text_mode is None:
+            return web.Response(
+                status=415,
+                text=f"expected one of {', '.join(CONTENT_TYPES)}",
+                headers=self._cors(request),
+            )
         service, method = request.match_info["service"], request.match_info["method"]
-        path = f"/{service}/{method}"
         content = "application/grpc-web-text+proto" if text_mode else "application/grpc-web+proto"
         headers = {"Content-Type": content, "Cache-Control": "no-store", **self._cors(request)}
         response = web.StreamResponse(status=200, headers=headers)
@@ -134,27 +205,63 @@ class GrpcWebGateway:
                 await response.prepare(request)
             await response.write(base64.b64encode(chunk) if text_mode else chunk)
 
-        code, message, trailers = grpc.StatusCode.OK, "", ()
         try:
-            kind = self._method_kind(service, method)
-            if kind is None:
-                raise _LocalStatus(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
-            if kind[0]:
-                raise _LocalStatus(
-                    grpc.StatusCode.UNIMPLEMENTED, "browsers cannot send client streams; use the unary or watch variant"
-                )
-            body = await request.read()
-            try:
-                frames = parse_frames(base64.b64decode(body) if text_mode else body)
-            except ValueError as exc:
-                raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web body: {exc}") from None
-            messages = [payload for flag, payload in frames if flag == 0]
-            payload = messages[0] if messages else b""
-            metadata = [(h, request.headers[h]) for h in _FORWARDED_HEADERS if h in request.headers]
-            if request.remote:
-                metadata.append(("x-forwarded-for", request.remote))
-            timeout = parse_timeout(request.headers.get("grpc-timeout"))
-            assert self._channel is not None, "gateway not connected"
+            code, message, trailers = await self._forward(request, service, method, text_mode, response, send)
+        except _LocalStatus as status:
+            code, message, trailers = status.code, status.message, status.trailers
+        except ConnectionResetError:
+            return response  # the browser went away while we wrote; nobody to answer
+        except Exception:
+            # Whatever went wrong, the browser gets a gRPC status it can read.
+            log.exception("gRPC-Web call /%s/%s failed in the gateway", service, method)
+            code, message, trailers = grpc.StatusCode.INTERNAL, "internal error; it was logged", ()
+        block = trailer_block(code, message, trailers)
+        try:
+            if not response.prepared:
+                # Nothing was sent: a trailers-only response carries the status in its headers.
+                for line in block.decode().split("\r\n"):
+                    if line:
+                        key, _, value = line.partition(": ")
+                        response.headers[key] = value
+                await response.prepare(request)
+            else:
+                await send(frame(0x80, block))
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the browser went away before the status
+        return response
+
+    async def _forward(
+        self,
+        request: web.Request,
+        service: str,
+        method: str,
+        text_mode: bool,
+        response: web.StreamResponse,
+        send: Callable[[bytes], Awaitable[None]],
+    ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+        """Makes the call over loopback, sends its messages; returns its status."""
+        path = f"/{service}/{method}"
+        kind = self._method_kind(service, method)
+        if kind is None:
+            raise _LocalStatus(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
+        if kind[0]:
+            raise _LocalStatus(
+                grpc.StatusCode.UNIMPLEMENTED, "browsers cannot send client streams; use the unary or watch variant"
+            )
+        metadata = call_metadata(request, service.rpartition(".")[2])
+        body = await read_body(request, MAX_TEXT_BODY if text_mode else MAX_BODY)
+        try:
+            frames = parse_frames(base64.b64decode(body) if text_mode else body)
+        except MessageTooLarge as exc:
+            raise _LocalStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except ValueError as exc:
+            raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web body: {exc}") from None
+        messages = [payload for flag, payload in frames if flag == 0]
+        payload = messages[0] if messages else b""
+        timeout = parse_timeout(request.headers.get("grpc-timeout"))
+        assert self._channel is not None, "gateway not connected"
+        try:
             if kind[1]:
                 # Streams answer with headers at once: a quiet stream (no event yet) is
                 # still a live connection for the browser.
@@ -166,34 +273,32 @@ class GrpcWebGateway:
                     async for item in call:
                         await send(frame(0, item))
                 finally:
-                    call.cancel()  # the browser went away: end the server stream too
-                trailers = tuple(await call.trailing_metadata() or ())
-            else:
-                unary = self._channel.unary_unary(path, _identity, _identity)(
-                    payload, metadata=metadata, timeout=timeout
-                )
-                await send(frame(0, await unary))
-                trailers = tuple(await unary.trailing_metadata() or ())
+                    # The browser went away (the handler is cancelled then, see
+                    # runtime.py) or a write failed: end the server stream too.
+                    call.cancel()
+                return grpc.StatusCode.OK, "", tuple(await call.trailing_metadata() or ())
+            unary = self._channel.unary_unary(path, _identity, _identity)(payload, metadata=metadata, timeout=timeout)
+            await send(frame(0, await unary))
+            return grpc.StatusCode.OK, "", tuple(await unary.trailing_metadata() or ())
         except grpc.aio.AioRpcError as err:
-            code, message, trailers = err.code(), err.details() or "", tuple(err.trailing_metadata() or ())
-        except _LocalStatus as status:
-            code, message = status.code, status.message
-        block = trailer_block(code, message, trailers)
-        if not response.prepared:
-            # Nothing was sent: a trailers-only response carries the status in its headers.
-            for line in block.decode().split("\r\n"):
-                if line:
-                    key, _, value = line.partition(": ")
-                    response.headers[key] = value
-            await response.prepare(request)
-        else:
-            await send(frame(0x80, block))
-        await response.write_eof()
-        return response
+            return err.code(), err.details() or "", tuple(err.trailing_metadata() or ())
+
+
+class MessageTooLarge(ValueError):
+    """A frame announces a message over the gRPC message size limit."""
 
 
 class _LocalStatus(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    """A status the gateway answers itself, without calling the server."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, Any], ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailers = trailers
+
+    @classmethod
+    def of(cls, error: DomainError, service: str) -> _LocalStatus:
+        """The same status and google.rpc details the server sends for this error."""
+        code, status = to_rpc_status(error, service)
+        return cls(code, error.message, (("grpc-status-details-bin", status.SerializeToString()),))

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from securenow.server.supervisor import metrics_dir
-from securenow.server.transport.grpc_web import GrpcWebGateway
+from securenow.server.transport.grpc_web import MAX_TEXT_BODY, GrpcWebGateway
 
 # The console loads only its own scripts and styles and talks only to this origin.
 CONSOLE_HEADERS = {
@@ -61,7 +61,9 @@ class Console:
 
 
 def build_http_app(gateway: GrpcWebGateway, console_dir: Path) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024 + 1024)
+    # The gateway reads its bodies itself, with limits that answer a gRPC status
+    # (grpc_web.read_body); nothing else on this listener takes a body.
+    app = web.Application(client_max_size=MAX_TEXT_BODY)
     console = Console(console_dir)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
