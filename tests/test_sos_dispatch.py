@@ -437,3 +437,47 @@ async def test_a_silent_cad_stream_is_dropped_while_one_sending_heartbeats_stays
                 beating.cancel()
                 await silent.close()
                 await alive.close()
+
+
+async def test_concurrent_cancel_and_incident_update_of_one_alert_never_deadlock(api: Api) -> None:
+    """CancelSos and UpdateIncident lock the same alert and incident: in the same order,
+    so one waits for the other; each call is OK or refused, never UNAVAILABLE."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alerts = [await raise_sos(api, person, SF) for _ in range(40)]
+    incidents = []
+    for alert in alerts:
+        accepted = await api.agency.AcceptSosAlert(
+            agency_pb2.AcceptSosAlertRequest(alert_id=alert.id, assigned_unit="U1"), metadata=dept.md
+        )
+        incidents.append(accepted.incident)
+
+    async def outcome(call: object) -> grpc.StatusCode:
+        try:
+            await call  # type: ignore[misc]
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+    calls = []
+    for alert, incident in zip(alerts, incidents, strict=True):
+        calls.append(outcome(api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id), metadata=person.md)))
+        calls.append(
+            outcome(
+                api.agency.UpdateIncident(
+                    agency_pb2.UpdateIncidentRequest(
+                        incident_id=incident.id, status=common_pb2.INCIDENT_STATUS_ON_SCENE
+                    ),
+                    metadata=dept.md,
+                )
+            )
+        )
+    codes = await asyncio.gather(*calls)
+    cancels, updates = codes[0::2], codes[1::2]
+    assert set(cancels) == {grpc.StatusCode.OK}  # a responding alert can always be cancelled
+    assert set(updates) <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}
+    for alert in alerts:
+        got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+        assert got.alert.status == common_pb2.SOS_STATUS_CANCELLED
+        assert got.incident.status == common_pb2.INCIDENT_STATUS_RESOLVED

@@ -1,5 +1,8 @@
 """Alert assignment and the incident lifecycle: routing, escalation, accept, decline,
-incident updates. Every change writes its outbox events in the same transaction."""
+incident updates. Every change writes its outbox events in the same transaction.
+
+Row locks are always taken alert first, then its incident (as CancelSos does too), so
+concurrent changes of one alert wait for each other instead of deadlocking."""
 
 from __future__ import annotations
 
@@ -276,11 +279,16 @@ class DispatchService:
         assert status is not None
         agency = agency_of(principal)
         async with self._db.unit_of_work() as uow:
-            incident = await uow.sos.get_incident(iid, for_update=True)
-            if incident is None or incident.police_department_id != agency:
+            # Lock order everywhere: the alert, then its incident (cancel, accept,
+            # decline and escalation take them in that order; the reverse deadlocks).
+            found = await uow.sos.get_incident(iid)
+            if found is None or found.police_department_id != agency:
                 raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
-            alert = await uow.sos.get_alert(incident.sos_alert_id, for_update=True)
+            alert = await uow.sos.get_alert(found.sos_alert_id, for_update=True)
             assert alert is not None
+            incident = await uow.sos.get_incident(iid, for_update=True)
+            if incident is None or incident.police_department_id != agency:  # re-routed meanwhile
+                raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
             if not alert.is_open and status is not incident.status:
                 raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
             changes = check_incident_step(incident.status, status)
