@@ -152,6 +152,34 @@ async def test_alert_without_a_fix_is_routed_by_the_first_shared_location(api: A
         await cad.close()
 
 
+async def test_the_person_watching_sees_an_alert_without_a_fix_get_its_agency(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, None)
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    try:
+        first = await watch.read()
+        assert first.event == "snapshot"
+        assert first.alert.assigned_agency_id == ""
+        assert not first.HasField("incident")
+
+        async def one_fix():  # type: ignore[no-untyped-def]
+            yield sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location(SF))
+
+        assert (await api.sos.ShareLocation(one_fix(), metadata=person.md)).accepted_count == 1
+        seen = []
+        while not seen or seen[-1].event != "incident_updated":
+            seen.append(await asyncio.wait_for(watch.read(), 10))
+        routed = seen[-1]
+        assert {m.event for m in seen} <= {"location", "incident_updated"}
+        assert routed.alert.assigned_agency_id == dept.id
+        assert routed.incident.police_department_id == dept.id
+        assert routed.incident.status == common_pb2.INCIDENT_STATUS_REPORTED
+    finally:
+        watch.cancel()
+
+
 async def test_sharing_location_on_someone_elses_alert_is_not_found(api: Api) -> None:
     person, stranger = await api.sign_up(), await api.sign_up()
     alert = await raise_sos(api, person, None)

@@ -105,11 +105,14 @@ class DispatchService:
         return alert
 
     async def assign(
-        self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str
+        self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str, watch: str = "incident_updated"
     ) -> tuple[SosAlert, PoliceIncident | None]:
         """Routes the alert (or re-routes it, skipping `passed` agencies). When every
         candidate has passed, the round starts over. Emits alert_raised to the new
-        agency, and alert_escalated to the previous one when it changes hands."""
+        agency, and alert_escalated to the previous one when it changes hands; tells
+        the person's WatchSos with `watch` ("escalated", "declined"; the default,
+        "incident_updated", is the first routing of an alert raised without a fix:
+        it now has an agency and an incident)."""
         point = alert.location.point if alert.location else None
         previous = alert.assigned_agency_id
         route = await self._router.choose(uow, point, passed)
@@ -130,6 +133,7 @@ class DispatchService:
                 )
             )
             log.warning("no agency can take alert %s", alert.id)
+            await sos_events.watch(uow, alert.id, watch)
             return alert, incident
         agency = route.agency
         alert = await uow.sos.save_alert(
@@ -160,6 +164,7 @@ class DispatchService:
             await sos_events.alert_escalated(uow, alert, previous, reason)
         else:
             await sos_events.alert_raised(uow, alert, incident)
+        await sos_events.watch(uow, alert.id, watch)
         return alert, incident
 
     async def escalate_due(self, limit: int = 20) -> int:
@@ -179,7 +184,7 @@ class DispatchService:
         waited = int((datetime.now(UTC) - alert.create_time).total_seconds())
         alert = replace(alert, priority=raised_priority(alert.priority), escalation_level=alert.escalation_level + 1)
         reason = f"not accepted after {waited} s"
-        alert, _ = await self.assign(uow, alert, passed=passed, reason=reason)
+        alert, _ = await self.assign(uow, alert, passed=passed, reason=reason, watch="escalated")
         await uow.audit.record(
             None,
             AuditEntry(
@@ -189,7 +194,6 @@ class DispatchService:
                 details={"from": previous, "to": alert.assigned_agency_id, "priority": alert.priority},
             ),
         )
-        await sos_events.watch(uow, alert.id, "escalated")
 
     # Agency commands ----------------------------------------------------------------
 
@@ -254,9 +258,12 @@ class DispatchService:
             await uow.audit.record(principal, AuditEntry("sos.decline", "sos_alert", aid, details={"reason": reason}))
             # If nobody else can take it, the round starts over and it comes back here.
             await self.assign(
-                uow, alert, passed=[*alert.passed_agencies, agency], reason=f"declined: {reason or 'no reason'}"
+                uow,
+                alert,
+                passed=[*alert.passed_agencies, agency],
+                reason=f"declined: {reason or 'no reason'}",
+                watch="declined",
             )
-            await sos_events.watch(uow, aid, "declined")
 
     async def update_incident(
         self,
