@@ -110,7 +110,8 @@ async def redis_client(database: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture(scope="session")
 async def db_conn(database: str) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection for tests that check what was stored."""
-    conn = await asyncpg.connect(database)
+    # Lets clean_state empty audit_log, which otherwise refuses TRUNCATE (migration 08).
+    conn = await asyncpg.connect(database, server_settings={"securenow.allow_audit_truncate": "on"})
     yield conn
     await conn.close()
 

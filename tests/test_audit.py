@@ -3,11 +3,15 @@ into a hash chain whose tampering is detected."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 import asyncpg
 import grpc
 import pytest
 
-from securenow.v1 import auth_pb2, users_pb2
+from securenow.v1 import auth_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import SF, location, raise_sos, register_department
 from tests.helpers import Api, expect_error
 
 
@@ -50,6 +54,11 @@ async def test_audit_rows_cannot_be_changed_or_deleted(api: Api, db_conn: asyncp
         await db_conn.execute("UPDATE audit_log SET outcome = 'OK' WHERE id = (SELECT min(id) FROM audit_log)")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await db_conn.execute("DELETE FROM audit_log")
+    # Nor emptied: TRUNCATE skips row triggers, so it has a trigger of its own.
+    async with api.app.db.unit_of_work() as uow:  # a server connection, as any attacker's SQL would use
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await uow.conn.execute("TRUNCATE audit_log")
+    assert await db_conn.fetchval("SELECT count(*) FROM audit_log") > 0
 
 
 async def test_tampering_with_a_sealed_entry_is_detected(api: Api, db_conn: asyncpg.Connection) -> None:
@@ -65,3 +74,44 @@ async def test_tampering_with_a_sealed_entry_is_detected(api: Api, db_conn: asyn
         await db_conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     _, broken = await api.app.audit.seal_and_verify()
     assert broken == target
+
+
+async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+
+    async def fixes() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+        for i in range(3):
+            yield sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location((SF[0] + i * 1e-4, SF[1])))
+
+    shared = await api.sos.ShareLocation(fixes(), metadata=person.md)
+    assert shared.accepted_count == 3
+    await api.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=person.refresh_token))
+    # The department looks through its alerts, reads the trail and watches the alert.
+    await api.sos.ListSosAlerts(sos_pb2.ListSosAlertsRequest(), metadata=dept.md)
+    await api.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=dept.md)
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=dept.md)
+    assert (await watch.read()).event == "snapshot"
+    watch.cancel()
+    # The person reading their own alert is not someone else's emergency: not audited.
+    await api.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md)
+
+    rows = await db_conn.fetch("SELECT actor_type, actor_id, action, resource_id, details FROM audit_log")
+    by_action: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        by_action.setdefault(r["action"], []).append(r)
+    (sharing,) = by_action["sos.share_location"]
+    assert sharing["actor_id"] == person.id
+    assert json.loads(sharing["details"]) == {"alert_ids": [alert.id], "accepted": 3}
+    (refresh,) = by_action["auth.refresh"]
+    assert refresh["actor_id"] == person.id
+    (listing,) = by_action["sos.list"]
+    assert listing["actor_id"] == dept.key_id
+    assert json.loads(listing["details"])["alert_ids"] == [alert.id]
+    for action in ("sos.trail_read", "sos.watch"):
+        (row,) = by_action[action]
+        assert (row["actor_type"], row["actor_id"], row["resource_id"]) == ("api_key", dept.key_id, alert.id)

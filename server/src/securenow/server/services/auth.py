@@ -168,6 +168,10 @@ class AuthService:
                 await uow.accounts.add_refresh_token(new.id, row.session_id, new.digest, row.session_expires_at)
                 await uow.accounts.touch_last_active(user.id)
                 access, expire = self._access.issue(user.id, row.session_id, user.role.value, now)
+                await uow.audit.record(
+                    Principal(PrincipalKind.USER, user.id, user.role, session_id=row.session_id),
+                    AuditEntry("auth.refresh", "session", row.session_id),
+                )
         if reused_session is not None:
             await forget_sessions(self._live, [reused_session])
             raise Unauthenticated(

@@ -66,9 +66,7 @@ class SosService:
             if found is None or not can_read(principal, found[0]):
                 raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
             alert, incident = found
-            if principal.kind is PrincipalKind.API_KEY or principal.user_id != alert.user_id:
-                # Reading someone else's emergency is sensitive: audited.
-                await uow.audit.record(principal, AuditEntry("sos.read", "sos_alert", aid))
+            await _audit_other_party(uow, principal, alert, "sos.read")
         return alert, incident
 
     async def list_alerts(
@@ -85,6 +83,10 @@ class SosService:
         page = page_request(page_size, page_token, filters=("alerts", user_id, agency_id, status))
         async with reads_of(self._db, principal) as uow:
             alerts, cursor = await uow.sos.list_alerts(page, user_id=user_id, agency_id=agency_id, status=status)
+            if user_id is None:
+                # An agency or an admin looking through people's emergencies: audited.
+                details = {"status": status.value if status else None, "alert_ids": [a.id for a in alerts]}
+                await uow.audit.record(principal, AuditEntry("sos.list", "sos_alert", None, details=details))
         return alerts, page.next_token(cursor)
 
     async def cancel(self, principal: Principal, alert_id: str, reason: str) -> SosAlert:
@@ -128,11 +130,30 @@ class SosService:
             raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
         return aid
 
-    async def watch_snapshot(self, principal: Principal, alert_id: str) -> tuple[SosAlert, PoliceIncident | None]:
+    async def record_sharing(self, principal: Principal, alert_ids: set[str], accepted: int) -> None:
+        """One audit entry per ShareLocation stream (not per fix): who shared, for which alerts."""
+        async with self._db.reader() as uow:
+            await uow.audit.record(
+                principal,
+                AuditEntry(
+                    "sos.share_location",
+                    "user",
+                    principal.user_id,
+                    details={"alert_ids": sorted(alert_ids), "accepted": accepted},
+                ),
+            )
+
+    async def watch_snapshot(
+        self, principal: Principal, alert_id: str, *, opening: bool = False
+    ) -> tuple[SosAlert, PoliceIncident | None]:
+        """The alert as a watcher sees it now; `opening` for the stream's first snapshot
+        (watching someone else's emergency is audited once per stream)."""
         async with reads_of(self._db, principal) as uow:
             found = await uow.sos.get_alert_with_incident(alert_id)
-        if found is None or not can_read(principal, found[0]):
-            raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+            if found is None or not can_read(principal, found[0]):
+                raise NotFound("alert not found", reason="ALERT_NOT_FOUND")
+            if opening:
+                await _audit_other_party(uow, principal, found[0], "sos.watch")
         return found
 
     async def list_locations(
@@ -141,8 +162,9 @@ class SosService:
         aid = parse_uuid("alert_id", alert_id)
         page = page_request(page_size, page_token, filters=("locations", aid), default=500, maximum=5000)
         async with reads_of(self._db, principal) as uow:
-            await self._readable(uow, principal, aid)
+            alert = await self._readable(uow, principal, aid)
             fixes, cursor = await uow.sos.list_locations(aid, page)
+            await _audit_other_party(uow, principal, alert, "sos.trail_read")
         return fixes, page.next_token(cursor)
 
     async def route_if_unassigned(self, alert_id: str) -> None:
@@ -152,3 +174,9 @@ class SosService:
             if alert is None or alert.assigned_agency_id is not None or alert.location is None or not alert.is_open:
                 return
             await self._dispatch.assign(uow, alert, passed=[], reason="first location fix")
+
+
+async def _audit_other_party(uow: UnitOfWork, principal: Principal, alert: SosAlert, action: str) -> None:
+    """Reading someone else's emergency (an agency, an admin) is sensitive: audited."""
+    if principal.kind is PrincipalKind.API_KEY or principal.user_id != alert.user_id:
+        await uow.audit.record(principal, AuditEntry(action, "sos_alert", alert.id))

@@ -85,6 +85,8 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
             accepted += 1
         if last:
             await self._locations.sync(last)
+        if accepted:
+            await self._sos.record_sharing(principal, allowed, accepted)
         return sos_pb2.ShareLocationResponse(accepted_count=accepted)
 
     async def WatchSos(
@@ -95,7 +97,7 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
         queue = self._watch.watch(alert_id)  # before the snapshot: no change slips between
         credential = self._credentials.register(principal, queue, CREDENTIAL_ENDED)
         try:
-            alert, incident = await self._sos.watch_snapshot(principal, alert_id)
+            alert, incident = await self._sos.watch_snapshot(principal, alert_id, opening=True)
             yield sos_pb2.WatchSosResponse(
                 alert=convert_sos.alert(alert), event="snapshot", incident=convert_sos.incident(incident)
             )
