@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate the Python code for protos/securenow/v1 (messages, gRPC stubs, .pyi stubs).
+"""Generate the Python code for protos/securenow/v1 (messages, gRPC stubs, .pyi stubs,
+and the py.typed marker that makes type checkers use the stubs).
 
 The generated package `securenow.v1` lives in clients/python/src and is committed, so
 the client package installs without build tools. `--check` regenerates into a
@@ -25,6 +26,7 @@ PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = Path("securenow") / "v1"
 OUT_ROOT = ROOT / "clients" / "python" / "src"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+EXTRA_FILES = ("__init__.py", "py.typed")
 
 
 def generate(out_root: Path) -> None:
@@ -46,13 +48,16 @@ def generate(out_root: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     (out_root / PACKAGE_DIR / "__init__.py").write_text('"""Generated SecureNow API (securenow.v1). Do not edit."""\n')
+    # PEP 561: without this marker type checkers ignore the .pyi stubs of an installed
+    # package, and code using securenow.v1 (or the SDK's return types) sees Any.
+    (out_root / PACKAGE_DIR / "py.typed").write_text("")
 
 
 def generated_files(root: Path) -> set[str]:
     pkg = root / PACKAGE_DIR
     if not pkg.exists():
         return set()
-    return {p.name for p in pkg.iterdir() if p.name.endswith(GENERATED_SUFFIXES) or p.name == "__init__.py"}
+    return {p.name for p in pkg.iterdir() if p.name.endswith(GENERATED_SUFFIXES) or p.name in EXTRA_FILES}
 
 
 def main() -> int:
