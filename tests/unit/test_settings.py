@@ -7,7 +7,7 @@ import base64
 import pytest
 from pydantic import ValidationError
 
-from securenow.server.settings import Settings, SettingsError
+from securenow.server.settings import Settings
 
 
 def test_production_requires_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,8 +17,25 @@ def test_production_requires_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(env="production")
     with pytest.raises(ValidationError, match="at least 32"):
         Settings(env="production", secret_key="short", data_key=base64.b64encode(b"k" * 32).decode())
-    ok = Settings(env="production", secret_key="x" * 40, data_key=base64.b64encode(b"k" * 32).decode())
+    with pytest.raises(ValidationError, match="SECURENOW_DATABASE_URL"):
+        # The default database URL carries the development password.
+        Settings(env="production", secret_key="x" * 40, data_key=base64.b64encode(b"k" * 32).decode())
+    ok = Settings(
+        env="production",
+        secret_key="x" * 40,
+        data_key=base64.b64encode(b"k" * 32).decode(),
+        database_url="postgresql://app:s3cret@db/securenow",
+    )
     assert not ok.allow_http_webhooks
+
+
+def test_a_bad_setting_is_reported_without_echoing_secrets() -> None:
+    data_key = base64.b64encode(b"k" * 32).decode()
+    with pytest.raises(ValidationError) as err:
+        Settings(env="production", secret_key="short-but-secret", data_key=data_key)
+    assert "at least 32" in str(err.value)
+    assert "short-but-secret" not in str(err.value)
+    assert data_key not in str(err.value)
 
 
 def test_development_generates_ephemeral_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,8 +47,11 @@ def test_development_generates_ephemeral_secrets(monkeypatch: pytest.MonkeyPatch
 
 
 def test_data_key_must_be_32_bytes_of_base64() -> None:
-    with pytest.raises(SettingsError, match="32 bytes"):
-        Settings(data_key=base64.b64encode(b"short").decode()).data_keys  # noqa: B018
+    # Refused when the settings are read, before the server touches anything.
+    with pytest.raises(ValidationError, match="32 bytes"):
+        Settings(data_key=base64.b64encode(b"short").decode())
+    with pytest.raises(ValidationError, match="base64"):
+        Settings(data_key="not base64!")
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,8 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SECURENOW_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a bad setting's error must not echo the other settings (secrets).
+    model_config = SettingsConfigDict(env_prefix="SECURENOW_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     env: Environment = Environment.DEVELOPMENT
     database_url: str = "postgresql://securenow:securenow@127.0.0.1:5432/securenow"
@@ -111,6 +112,11 @@ class Settings(BaseSettings):
                 raise SettingsError("production mode needs " + ", ".join(f"SECURENOW_{n.upper()}" for n in missing))
             if len(self._secret_key_bytes) < 32:
                 raise SettingsError("SECURENOW_SECRET_KEY must be at least 32 characters")
+            if "database_url" not in self.model_fields_set:
+                # The default URL carries the development password.
+                raise SettingsError("production mode needs SECURENOW_DATABASE_URL")
+        if self.data_key is not None or self.data_keys_old is not None:
+            _ = self.data_keys  # a malformed key is a bad setting now, not an error at first use
         return self
 
     @cached_property

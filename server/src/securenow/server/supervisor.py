@@ -8,8 +8,10 @@ Prometheus multiprocess directory so /metrics adds all of them up."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,9 @@ def supervise(processes: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="securenow-metrics-")
     env = {
         **os.environ,
+        # Development without configured keys: one ephemeral pair for all processes, or a
+        # token issued by one would be refused by the others (production requires both).
+        **{name: value for name, value in _ephemeral_keys().items() if not os.environ.get(name)},
         "SECURENOW_PROCESSES": "1",
         "SECURENOW_REUSE_PORT": "true",
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
@@ -66,6 +71,13 @@ def supervise(processes: int) -> int:
             if child.poll() is None:
                 child.kill()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _ephemeral_keys() -> dict[str, str]:
+    return {
+        "SECURENOW_SECRET_KEY": secrets.token_urlsafe(48),
+        "SECURENOW_DATA_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
 
 
 def metrics_dir() -> Path | None:
