@@ -180,6 +180,51 @@ async def test_the_person_watching_sees_an_alert_without_a_fix_get_its_agency(ap
         watch.cancel()
 
 
+async def test_fixes_shared_after_a_cancel_do_not_extend_the_trail_or_reach_the_cad(api: Api, redis_client) -> None:  # type: ignore[no-untyped-def]
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person, other = await api.sign_up(), await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    phone: asyncio.Queue[sos_pb2.ShareLocationRequest | None] = asyncio.Queue()
+
+    async def fixes():  # type: ignore[no-untyped-def]
+        while (item := await phone.get()) is not None:
+            yield item
+
+    try:
+        alert = await raise_sos(api, person, SF)
+        await cad.next_event("alert_raised")
+        sharing = asyncio.ensure_future(api.sos.ShareLocation(fixes(), metadata=person.md))
+        before = (SF[0] + 0.001, SF[1])
+        phone.put_nowait(sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location(before)))
+        assert (await cad.next_event("alert_location")).alert_location.alert_id == alert.id
+        await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id), metadata=person.md)
+        assert (await cad.next_event("alert_cancelled")).alert_cancelled.alert_id == alert.id
+
+        # The phone has not noticed yet and keeps sending, at its own pace, for longer
+        # than the forwarding interval.
+        after = [(SF[0] + 0.002 + i * 0.0005, SF[1]) for i in range(6)]
+        for point in after:
+            phone.put_nowait(sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location(point)))
+            await asyncio.sleep(0.3)  # the phone's pace, not a wait for the server
+        phone.put_nowait(None)
+        assert (await sharing).accepted_count == 1 + len(after)  # stored once it answers
+
+        barrier = await raise_sos(api, other, SF)
+        seen = await cad.events_until(barrier.id)
+        assert [m.WhichOneof("kind") for m in seen] == ["alert_raised"]  # no alert_location after the cancel
+        trail = await api.sos.ListAlertLocations(
+            sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md
+        )
+        assert [round(loc.point.latitude, 6) for loc in trail.locations] == [round(before[0], 6)]
+        got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+        assert abs(got.alert.location.point.latitude - before[0]) < 1e-9
+        # The person's own live location still follows them.
+        assert (await redis_client.get(f"user:location:{person.id}")).startswith(f"{after[-1][0]},")
+    finally:
+        await cad.close()
+
+
 async def test_sharing_location_on_someone_elses_alert_is_not_found(api: Api) -> None:
     person, stranger = await api.sign_up(), await api.sign_up()
     alert = await raise_sos(api, person, None)

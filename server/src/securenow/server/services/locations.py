@@ -3,7 +3,9 @@
 Fixes from every stream go into one buffer; a flusher writes them every few
 milliseconds: `user:location:{user_id}` in Redis, the alert trails (COPY), the
 alerts' and users' latest positions, and alert_location events for the handling
-agency, paced per alert (latest wins, at most one per `forward_interval`).
+agency, paced per alert (latest wins, at most one per `forward_interval`). Fixes for
+an alert that was cancelled or resolved meanwhile neither join its trail nor reach
+the agency.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prometheus_client import Counter
 
 from securenow.server.domain.errors import Unavailable
 from securenow.server.domain.geo import LocationFix
+from securenow.server.domain.sos import OPEN_STATUSES
 from securenow.server.services import sos_events
 from securenow.server.services.sos import SosService
 from securenow.server.storage.live_state import LiveState
@@ -117,21 +120,27 @@ class LocationIngestor:
         unrouted: list[str] = []
         if trail or latest_user or forward:
             async with self._db.unit_of_work() as uow:
+                # An alert's trail ends with the alert: fixes still streaming after a
+                # cancel or resolve only move the person's own live location.
+                alert_ids = sorted({a for a, _ in trail} | set(forward))
+                owners = await uow.sos.owners(alert_ids) if alert_ids else {}
+                still_open = {a for a, (_, _, status) in owners.items() if status in OPEN_STATUSES}
+                trail = [(a, f) for a, f in trail if a in still_open]
                 if trail:
                     await uow.sos.add_locations(trail)
-                    await uow.sos.set_latest_locations(list(latest_alert.items()))
+                    # Sorted: concurrent flushes (other replicas) lock alert rows in one order.
+                    await uow.sos.set_latest_locations(
+                        sorted((a, f) for a, f in latest_alert.items() if a in still_open)
+                    )
                 if latest_user:
                     await uow.sos.set_user_locations(list(latest_user.items()))
-                if forward:
-                    owners = await uow.sos.owners(list(forward))
-                    for alert_id, fix in forward.items():
-                        owner = owners.get(alert_id)
-                        if owner is None:
-                            continue
-                        _, agency, _ = owner
-                        if agency is None:
-                            unrouted.append(alert_id)
-                        await sos_events.alert_location(uow, alert_id, agency, fix)
+                for alert_id, fix in forward.items():
+                    if alert_id not in still_open:
+                        continue
+                    _, agency, _ = owners[alert_id]
+                    if agency is None:
+                        unrouted.append(alert_id)
+                    await sos_events.alert_location(uow, alert_id, agency, fix)
         for alert_id in forward:
             self._last_forward[alert_id] = now
             self._due.pop(alert_id, None)
