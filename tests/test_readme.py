@@ -1,7 +1,7 @@
 """The walkthroughs in the READMEs, run as a newcomer would run them: the demo data of
 `make run`, the two-terminal demo (reference CAD connector + clients/examples/raise_sos.py),
 the marketplace example (clients/examples/book_a_guard.py), the README's API session
-and the SDK README's example. Code blocks are taken from the
+and the SDK README's two examples (a person; a CAD consumer). Code blocks are taken from the
 README files themselves, so a README that drifts from the code fails here."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 from securenow.server.runtime import Runtime
+from securenow.v1 import common_pb2, sos_pb2
 from tests.conftest import DATABASE_URL, REDIS_URL, TEST_DATA_KEY, TEST_SECRET_KEY
+from tests.dispatch_helpers import raise_sos
+from tests.helpers import Api, wait_for
 from tests.sdk_helpers import LineReader, connector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +148,46 @@ async def test_sdk_readme_example_runs_as_written(runtime: Runtime, tmp_path: Pa
     assert re.fullmatch(r"raised [0-9a-f-]{36}", lines[0]), out
     assert lines[1:3] == ["snapshot SOS_STATUS_ACTIVE", "cancelled SOS_STATUS_CANCELLED"], out
     assert lines[3].startswith("INVALID_ARGUMENT INVALID_ARGUMENT {'location.point.latitude': "), out
+
+
+async def test_sdk_readme_dispatch_consumer_accepts_and_keeps_its_cursor(
+    runtime: Runtime, api: Api, tmp_path: Path
+) -> None:
+    # Run from a directory laid out like the repository after `make run`: var/demo-cad.key.
+    await seed_demo(tmp_path / "var" / "demo-cad.key")
+    consumer = python_blocks(ROOT / "clients/python/README.md")[1]
+    assert "FileCursorStore" in consumer
+    script = tmp_path / "consumer.py"
+    script.write_text(consumer)
+    env = {**os.environ, "SECURENOW_ADDR": f"127.0.0.1:{runtime.grpc_port}", "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        out = LineReader(proc.stdout)
+        # A person in the demo department's San Francisco jurisdiction raises an SOS.
+        person = await api.sign_up(phone="+14155550199")  # not one of the demo accounts' numbers
+        alert = await raise_sos(api, person, (37.7793, -122.4193), description="README consumer check")
+        line = await out.until(f"accept {alert.id}", what="the consumer accepting the alert")
+        assert line.split() == ["accept", alert.id, "->", "OK"], out.lines
+        got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+        assert got.alert.status == common_pb2.SOS_STATUS_RESPONDING
+        assert got.incident.assigned_unit == "Unit 12"
+        assert got.incident.estimated_arrival_minutes == 5
+
+        # The event was acked: the cursor file holds its id, for the next run to resume after.
+        cursor_file = tmp_path / "var" / "my-cad.cursor"
+
+        async def cursor() -> str:
+            return cursor_file.read_text().strip() if cursor_file.exists() else ""
+
+        assert re.fullmatch(r"\d+-\d+", await wait_for(cursor, what="the cursor file")), cursor_file.read_text()
+    finally:
+        proc.kill()  # the example runs until stopped, like a real connector
+        await proc.wait()
