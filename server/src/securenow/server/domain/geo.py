@@ -98,6 +98,8 @@ def validate_location(v: Validator, name: str, loc: LocationInput, *, now: datet
             lv.add("speed_mps", "must be between 0 and 500")
         if len(loc.address) > 500:
             lv.add("address", "must be at most 500 characters")
+        else:
+            lv.characters("address", loc.address)
         if loc.time is not None and loc.time > now + MAX_CLOCK_SKEW:
             lv.add("time", "must not be in the future")
     return LocationFix(

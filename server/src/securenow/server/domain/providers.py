@@ -155,15 +155,17 @@ def validate_provider(
     v = Validator()
     want = set(paths) if paths is not None else set(UPDATABLE_FIELDS) | {"business_type"}
     with v.nested(prefix) as p:
-        company = p.text("company_name", draft.company_name, required="company_name" in want, max_len=255)
+        company = p.text(
+            "company_name", draft.company_name, required="company_name" in want, max_len=255, single_line=True
+        )
         if "business_type" in want and draft.business_type is None:
             p.add("business_type", "is required")
-        license_number = p.text("license_number", draft.license_number, max_len=100)
+        license_number = p.text("license_number", draft.license_number, max_len=100, single_line=True)
         insurance = draft.insurance
         if "insurance" in want and insurance is not None:
             with p.nested("insurance") as iv:
-                iv.text("insurer", insurance.insurer, max_len=200)
-                iv.text("policy_number", insurance.policy_number, max_len=100)
+                iv.text("insurer", insurance.insurer, max_len=200, single_line=True)
+                iv.text("policy_number", insurance.policy_number, max_len=100, single_line=True)
         area = validate_area_geojson(p, "service_area_geojson", draft.service_area_geojson, required=False)
         schedule = []
         for i, w in enumerate(draft.availability_schedule):

@@ -64,6 +64,8 @@ def _text(v: Validator, query: str) -> str:
     text = " ".join(query.split())
     if len(text) > MAX_QUERY_LENGTH:
         v.add("query", f"must be at most {MAX_QUERY_LENGTH} characters")
+    else:
+        v.characters("query", text)
     return text
 
 
@@ -100,6 +102,10 @@ def provider_query(
         v.add("tags", f"must name at most {MAX_TAGS} tags")
     if any(len(t) > 50 for t in cleaned_tags):
         v.add("tags", "each tag must be at most 50 characters")
+    else:
+        for t in cleaned_tags:
+            if not v.characters("tags", t, single_line=True):
+                break  # one violation names the field
     kinds = tuple(sorted(set(business_types)))
     filters = ("search_providers", clean, near, radius, kinds, min_rating, cleaned_tags)
     page = _page(v, page_size, page_token, filters)

@@ -167,8 +167,12 @@ def validate_raise(req: RaiseRequest, *, now: datetime | None = None) -> ValidRa
         if not key or len(key) > 64:
             v.add("metadata", "keys must be 1..64 characters")
             break
+        if not v.characters("metadata", key, single_line=True):
+            break  # the key itself is unprintable: the violation names the map, not the key
         if len(value) > 512:
             v.add(f"metadata[{key}]", "must be at most 512 characters")
+        else:
+            v.characters(f"metadata[{key}]", value)
     v.check()
     return ValidRaise(
         location=fix,

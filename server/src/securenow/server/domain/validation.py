@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 
 from securenow.server.domain.errors import FieldViolation, InvalidArgument
 
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
-PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
+EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]{2,}")
+PHONE_RE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164
 REQUEST_ID_NAME = "request_id"
+# Control characters no text field may hold: PostgreSQL text cannot store NUL at all
+# (the insert fails), and the others (escape sequences, backspace...) only serve to
+# forge log lines or confuse a dispatcher's screen. Tab, line feed and carriage return
+# stay allowed in multi-line text (descriptions, notes).
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+LINE_BREAK_RE = re.compile(r"[\t\n\r]")
 
 
 @dataclass
@@ -40,11 +46,33 @@ class Validator:
             return False
         return True
 
-    def text(self, name: str, value: str, *, required: bool = False, max_len: int = 255, min_len: int = 0) -> str:
+    def characters(self, name: str, value: str, *, single_line: bool = False) -> bool:
+        """False (with a violation) when `value` holds a control character; single-line
+        text (names, labels, keys) refuses tabs and line breaks too."""
+        if CONTROL_RE.search(value):
+            self.add(name, "must not contain control characters")
+            return False
+        if single_line and LINE_BREAK_RE.search(value):
+            self.add(name, "must be one line of text (no tabs or line breaks)")
+            return False
+        return True
+
+    def text(
+        self,
+        name: str,
+        value: str,
+        *,
+        required: bool = False,
+        max_len: int = 255,
+        min_len: int = 0,
+        single_line: bool = False,
+    ) -> str:
         value = value.strip()
         if not value:
             if required:
                 self.add(name, "is required")
+            return value
+        if not self.characters(name, value, single_line=single_line):
             return value
         if len(value) > max_len:
             self.add(name, f"must be at most {max_len} characters")
@@ -57,7 +85,7 @@ class Validator:
         if not value:
             if required:
                 self.add(name, "is required")
-        elif len(value) > 255 or not EMAIL_RE.match(value):
+        elif len(value) > 255 or not EMAIL_RE.fullmatch(value):
             self.add(name, "must be a valid e-mail address")
         return value
 
@@ -66,7 +94,7 @@ class Validator:
         if not value:
             if required:
                 self.add(name, "is required")
-        elif not PHONE_RE.match(value):
+        elif not PHONE_RE.fullmatch(value):
             self.add(name, "must be an E.164 phone number such as +15551234567")
         return value
 
@@ -101,5 +129,13 @@ def parse_uuid(name: str, value: str) -> str:
     """A single id argument: returns the canonical UUID or raises INVALID_ARGUMENT."""
     v = Validator()
     out = v.uuid(name, value)
+    v.check()
+    return out
+
+
+def parse_text(name: str, value: str, *, max_len: int, single_line: bool = False) -> str:
+    """A single free-text argument (a reason, a note): stripped, or INVALID_ARGUMENT."""
+    v = Validator()
+    out = v.text(name, value, max_len=max_len, single_line=single_line)
     v.check()
     return out

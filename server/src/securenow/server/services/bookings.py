@@ -18,7 +18,7 @@ from securenow.server.domain.bookings import (
 from securenow.server.domain.enums import BookingStatus, PaymentStatus
 from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from securenow.server.domain.paging import page_request
-from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.domain.validation import Validator, parse_text, parse_uuid
 from securenow.server.services.common import replayed_resource
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -166,8 +166,7 @@ class BookingService:
         return await self._transition(caller, booking_id, BookingStatus.COMPLETED, _is_provider, "complete")
 
     async def cancel(self, caller: Principal, booking_id: str, reason: str) -> Booking:
-        if len(reason) > 500:
-            raise InvalidArgument.field("reason", "must be at most 500 characters")
+        reason = parse_text("reason", reason, max_len=500)
 
         def party(c: Principal, b: Booking) -> bool:
             return _is_customer(c, b) or _is_provider(c, b)

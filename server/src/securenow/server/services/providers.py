@@ -24,7 +24,7 @@ from securenow.server.domain.providers import (
     needs_review,
     validate_provider,
 )
-from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.domain.validation import Validator, parse_text, parse_uuid
 from securenow.server.services.common import replayed_resource
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -148,6 +148,7 @@ class ProviderService:
         self, caller: Principal, provider_id: str, decision: VerificationStatus | None, note: str
     ) -> Provider:
         pid = parse_uuid("provider_id", provider_id)
+        note = parse_text("note", note, max_len=500)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
             raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
         async with self._db.unit_of_work() as uow:

@@ -18,7 +18,7 @@ from securenow.server.domain.accounts import (
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from securenow.server.domain.paging import page_request
-from securenow.server.domain.validation import Validator, parse_uuid
+from securenow.server.domain.validation import Validator, parse_text, parse_uuid
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.services.common import forget_sessions, replace_sessions, take_off_duty
 from securenow.server.storage.audit_repo import AuditEntry
@@ -150,6 +150,7 @@ class UserService:
 
     async def suspend_user(self, caller: Principal, user_id: str, reason: str) -> User:
         target = parse_uuid("user_id", user_id)
+        reason = parse_text("reason", reason, max_len=500)
         if target == caller.user_id:
             raise FailedPrecondition("admins cannot suspend themselves", reason="SELF_SUSPEND")
         async with self._db.unit_of_work() as uow:
@@ -179,6 +180,7 @@ class UserService:
         self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str
     ) -> User:
         target = parse_uuid("user_id", user_id)
+        note = parse_text("note", note, max_len=500)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
             raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
         async with self._db.unit_of_work() as uow:

@@ -2,7 +2,9 @@
 
 Driver errors never leave this package untranslated: lost connections, timeouts and
 shutdowns become `Unavailable` (the caller may retry), constraint violations become
-the domain errors the repositories name.
+the domain errors the repositories name, and values the database refuses (a NUL in
+text, a number beyond bigint) become `InvalidArgument`: the caller's mistake, never
+INTERNAL, even where validation missed it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from securenow.server.domain.errors import Unavailable
+from securenow.server.domain.errors import InvalidArgument, Unavailable
 from securenow.server.storage.accounts_repo import AccountsRepo
 from securenow.server.storage.agency_repo import AgencyRepo
 from securenow.server.storage.analytics_repo import AnalyticsRepo
@@ -50,10 +52,43 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Errors that mean "a value in the request cannot be stored or compared": the request's
+# fault. Validation names the field first; these are the safety net behind it.
+_BAD_VALUE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,  # NUL in text
+    asyncpg.exceptions.UntranslatableCharacterError,  # \u0000 in jsonb
+    asyncpg.exceptions.StringDataRightTruncationError,
+    asyncpg.exceptions.NumericValueOutOfRangeError,
+    asyncpg.exceptions.InvalidTextRepresentationError,
+    asyncpg.exceptions.DatetimeFieldOverflowError,
+)
+
+
 def translate_unavailable(exc: BaseException) -> Unavailable | None:
     if isinstance(exc, _UNAVAILABLE_ERRORS):
         return Unavailable(f"database unavailable: {type(exc).__name__}")
     return None
+
+
+def translate_bad_value(exc: BaseException) -> InvalidArgument | None:
+    """INVALID_ARGUMENT for a value PostgreSQL refused. The field is unknown here, so the
+    violation names the request; the warning says which check is missing (never the
+    value itself: it may be personal data)."""
+    # asyncpg raises the base DataError itself when it cannot encode an argument (an
+    # integer beyond bigint); the server's subclasses of it are listed above.
+    if not (isinstance(exc, _BAD_VALUE_ERRORS) or type(exc) is asyncpg.exceptions.DataError):
+        return None
+    sqlstate = getattr(exc, "sqlstate", None)
+    log.warning(
+        "the database refused a value that validation let through (%s, sqlstate %s)", type(exc).__name__, sqlstate
+    )
+    return InvalidArgument.field(
+        "request", "holds a value the database cannot store (a control character or an out-of-range number)"
+    )
+
+
+def translate_error(exc: BaseException) -> Unavailable | InvalidArgument | None:
+    return translate_unavailable(exc) or translate_bad_value(exc)
 
 
 async def _keep_session(conn: Conn) -> None:
@@ -183,9 +218,9 @@ class UnitOfWork:
     ) -> None:
         try:
             if self._tx is None:
-                unavailable = translate_unavailable(exc) if exc is not None else None
-                if unavailable is not None:
-                    raise unavailable from exc
+                translated = translate_error(exc) if exc is not None else None
+                if translated is not None:
+                    raise translated from exc
             elif exc is None:
                 try:
                     await self._tx.commit()
@@ -197,9 +232,9 @@ class UnitOfWork:
                     await self._tx.rollback()
                 except _UNAVAILABLE_ERRORS:
                     pass
-                unavailable = translate_unavailable(exc)
-                if unavailable is not None:
-                    raise unavailable from exc
+                translated = translate_error(exc)
+                if translated is not None:
+                    raise translated from exc
         finally:
             await self._release()
         if exc is None:
