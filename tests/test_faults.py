@@ -370,6 +370,62 @@ async def test_cad_connection_cut_mid_burst_resumes_everything_in_order(
         await proxy.close()
 
 
+async def test_cad_on_a_killed_replica_resumes_on_the_other_in_order(
+    faults_db: str, redis_proc: RedisProcess, servers
+) -> None:  # type: ignore[no-untyped-def]
+    """Two replicas (own processes, own ports, both running the workers) share PostgreSQL
+    and Redis. Phones raise on B; the CAD reads from A and acknowledges a few events
+    behind. A is killed with SIGKILL mid-burst (its relay may be the leader); the CAD
+    reconnects to B from its cursor and gets every alert, in order, the unacknowledged
+    ones again."""
+    a = ServerProcess(faults_db, redis_proc.url)
+    b = ServerProcess(faults_db, redis_proc.url)
+    servers.extend([a, b])
+    await asyncio.gather(a.start(), b.start())
+    async with grpc.aio.insecure_channel(b.address) as phone_ch:
+        api, admin, person = await accounts(b, phone_ch)
+        dept = await register_department(api, admin, SF)
+        raised: list[str] = []
+
+        async def burst() -> None:
+            for _ in range(RAISES):
+                raised.append((await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id)
+
+        raising = asyncio.create_task(burst())
+        received: list[str] = []
+        seen: set[str] = set()
+        unacked: list[str] = []
+        last_acked = ""
+        redelivered = 0
+        for address in (a.address, b.address):
+            async with grpc.aio.insecure_channel(address) as cad_ch:
+                cad = Cad(cad_ch, dept.api_key, resume_after=last_acked)
+                try:
+                    while len(received) < RAISES:
+                        if address == a.address and len(received) >= RAISES // 3:
+                            await a.kill()  # the CAD's server dies with events unacknowledged
+                            break
+                        msg = await cad.next_event("alert_raised", within=20)
+                        if msg.event_id in seen:
+                            redelivered += 1
+                            continue
+                        seen.add(msg.event_id)
+                        received.append(msg.alert_raised.alert.id)
+                        unacked.append(msg.event_id)
+                        if len(unacked) > 5:  # acknowledge a few events behind, as a busy CAD does
+                            last_acked = unacked.pop(0)
+                            cad.ack(last_acked)
+                finally:
+                    await cad.close()
+        await raising
+    print(
+        f"\nreplica killed under the CAD: {len(raised)} raised on B, {len(received)} received "
+        f"({redelivered} unacknowledged events delivered again by B), in order"
+    )
+    assert received == raised
+    assert redelivered > 0  # the events A had sent but the CAD had not acknowledged
+
+
 def child_pids(parent: int) -> set[int]:
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
