@@ -356,6 +356,21 @@ async def test_request_id_replay_creates_one_booking(api: Api, db_conn: asyncpg.
     assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 1
 
 
+async def test_a_retry_after_the_start_time_passed_still_gets_the_booking(api: Api) -> None:
+    """A phone that lost the answer retries later; by then the booking's start may be in
+    the past, which a new booking may not be. The retry answers with the booking made."""
+    _, _, prov, customer = await setup(api)
+    start = datetime.now(UTC) + timedelta(seconds=2)
+    req = booking_request(prov.id, start, request_id=str(uuid.uuid4()))
+    first = (await api.bookings.CreateBooking(req, metadata=customer.md)).booking
+    await asyncio.sleep((start - datetime.now(UTC)).total_seconds() + 0.1)  # until the start has passed
+
+    again = (await api.bookings.CreateBooking(req, metadata=customer.md)).booking
+    assert again == first
+    fresh = booking_request(prov.id, start, request_id=str(uuid.uuid4()))
+    await expect_invalid(api.bookings.CreateBooking(fresh, metadata=customer.md), "start_time")
+
+
 # Status ------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from securenow.server.domain.enums import BookingStatus, PaymentStatus
 from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_text, parse_uuid
-from securenow.server.services.common import replayed_resource
+from securenow.server.services.common import replayed_resource, same_request
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import CHANNEL_BOOKING_UPDATE
@@ -72,10 +72,22 @@ class BookingService:
         )
         await uow.outbox.add(CHANNEL_BOOKING_UPDATE, action, _booking_event(after, action), aggregate_id=after.id)
 
+    async def _earlier(self, caller: Principal, key: IdempotencyKey) -> Booking | None:
+        async with self._db.reader() as uow:
+            prior = await uow.idempotency.find(caller.id, "CreateBooking", key)
+            return None if prior is None else await self._load(uow, caller, same_request(prior, key))
+
     async def create(self, caller: Principal, req: BookingRequest, key: IdempotencyKey | None) -> Booking:
         if caller.user_id is None:
             raise PermissionDenied("bookings are made by user accounts", reason="NOT_A_USER")
-        valid = validate_booking_request(req)
+        try:
+            valid = validate_booking_request(req)
+        except InvalidArgument:
+            # A late retry of a booking that was made (its start time may have passed
+            # since) answers with that booking, as any retry does.
+            if key is not None and (earlier := await self._earlier(caller, key)) is not None:
+                return earlier
+            raise
         new_id = str(uuid.uuid4())
         async with self._db.unit_of_work() as uow:
             prior = await replayed_resource(uow, caller, "CreateBooking", key, new_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from securenow.server.storage.rows import Conn, must
+from securenow.server.storage.rows import Conn
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,12 @@ class IdempotencyRepo:
 
     async def prior(self, principal_id: str, operation: str, key: IdempotencyKey) -> PriorRequest:
         """The earlier request with this key (which must exist)."""
+        prior = await self.find(principal_id, operation, key)
+        if prior is None:
+            raise LookupError("expected an earlier request")
+        return prior
+
+    async def find(self, principal_id: str, operation: str, key: IdempotencyKey) -> PriorRequest | None:
         row = await self.conn.fetchrow(
             """SELECT request_hash, resource_id FROM idempotency_keys
                WHERE principal_id = $1 AND operation = $2 AND request_id = $3""",
@@ -50,8 +56,7 @@ class IdempotencyRepo:
             operation,
             key.request_id,
         )
-        row = must(row)
-        return PriorRequest(bytes(row["request_hash"]), str(row["resource_id"]))
+        return None if row is None else PriorRequest(bytes(row["request_hash"]), str(row["resource_id"]))
 
     async def delete_older_than_days(self, days: int) -> int:
         result = await self.conn.execute(
