@@ -82,11 +82,20 @@ def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return out
 
 
-def from_ts(msg: Message, field: str) -> datetime | None:
+def from_ts(msg: Message, field: str, name: str | None = None) -> datetime | None:
+    """An optional Timestamp field (None when unset). Outside protobuf's range (years
+    0001..9999, nanos below one second) it is INVALID_ARGUMENT naming `name`, the
+    field's full path in the request (default: `field`). Every Timestamp a client
+    sends is read through here."""
     if not msg.HasField(field):
         return None
     value: timestamp_pb2.Timestamp = getattr(msg, field)
-    return value.ToDatetime(tzinfo=UTC)
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.field(
+            name or field, "is not a valid timestamp (years 0001 to 9999, nanos below 1,000,000,000)"
+        ) from None
 
 
 def duration(value: timedelta | None) -> duration_pb2.Duration | None:
@@ -146,13 +155,14 @@ def location(fix: LocationFix | None) -> common_pb2.Location | None:
     )
 
 
-def location_input(msg: common_pb2.Location) -> LocationInput:
+def location_input(msg: common_pb2.Location, name: str = "location") -> LocationInput:
+    """A client's Location; `name` is its path in the request (for error details)."""
     return LocationInput(
         latitude=msg.point.latitude,
         longitude=msg.point.longitude,
         has_point=msg.HasField("point"),
         accuracy_m=msg.accuracy_m,
-        time=from_ts(msg, "time"),
+        time=from_ts(msg, "time", f"{name}.time"),
         heading_deg=msg.heading_deg,
         speed_mps=msg.speed_mps,
         address=msg.address,
@@ -266,7 +276,7 @@ def provider_draft(msg: providers_pb2.Provider) -> ProviderDraft:
             insurer=i.insurer,
             policy_number=i.policy_number,
             coverage=money_from_pb(i.coverage) if i.HasField("coverage") else None,
-            expire_time=from_ts(i, "expire_time"),
+            expire_time=from_ts(i, "expire_time", "provider.insurance.expire_time"),
         )
     return ProviderDraft(
         company_name=msg.company_name,
