@@ -9,11 +9,13 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from securenow.v1 import agency_pb2
-from tests.dispatch_helpers import SF, raise_sos, register_department
+from tests.dispatch_helpers import SF, Cad, raise_sos, register_department
 from tests.helpers import Api, wait_for
+from tests.processes import free_port
 
 
 class HookServer:
@@ -91,3 +93,36 @@ async def test_failing_webhook_is_retried_then_dead_lettered(api: Api, hook: Hoo
     assert row["attempts"] == max_attempts
     assert row["last_error"] == "HTTP 500"
     assert hook.received.qsize() == max_attempts  # every attempt reached the endpoint, then no more
+
+
+async def test_webhooks_keep_flowing_while_the_relay_cannot_reach_redis(api: Api, hook: HookServer, db_conn) -> None:  # type: ignore[no-untyped-def]
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, webhook_url=hook.url)
+    person = await api.sign_up()
+    relay = api.app.relay
+    # Fault injection: the relay's Redis is a port nobody listens on (the rest of the
+    # server keeps its Redis, so RaiseSos is not disturbed).
+    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    real, relay._redis = relay._redis, dead
+    try:
+        alert = await raise_sos(api, person, SF)
+        headers, body = await asyncio.wait_for(hook.received.get(), 10)
+        event = json.loads(body)
+        assert verify(dept.webhook_secret, headers, body)
+        assert event["event_type"] == "alert_raised"
+        assert event["data"]["alert"]["id"] == alert.id
+        published = await db_conn.fetchval(
+            "SELECT published_at FROM outbox WHERE event_type = 'alert_raised' AND aggregate_id = $1", alert.id
+        )
+        assert published is None  # the webhook did not wait for Redis
+    finally:
+        relay._redis = real
+        await dead.aclose()
+    # Redis is back for the relay: the CAD stream gets the same event, with the same id.
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        msg = await cad.next_event("alert_raised")
+        assert msg.event_id == event["event_id"]
+        assert msg.alert_raised.alert.id == alert.id
+    finally:
+        await cad.close()

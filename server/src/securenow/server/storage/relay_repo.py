@@ -56,7 +56,11 @@ class RelayRepo:
     async def claim_new(self, limit: int) -> list[OutboxEvent]:
         """Takes the oldest unpublished events without a sequence number and gives each
         dispatch event the next number of its department, in id order: one statement,
-        so one round trip and one commit on the delivery path."""
+        so one round trip and one commit on the delivery path.
+
+        The same statement creates the webhook deliveries (one per numbered event whose
+        department has a webhook_url; location updates are too frequent): webhooks
+        depend on Postgres only, so they keep flowing while Redis is down."""
         rows = await self.conn.fetch(
             """WITH batch AS (
                    SELECT id, department_id FROM outbox
@@ -75,7 +79,16 @@ class RelayRepo:
                    UPDATE outbox o SET dept_seq = t.last_seq - c.c + n.n
                    FROM numbered n JOIN counts c USING (department_id) JOIN tops t USING (department_id)
                    WHERE o.id = n.id
-                   RETURNING o.id, o.dept_seq)
+                   RETURNING o.id, o.dept_seq, o.department_id, o.event_type, o.created_at, o.payload),
+               hooks AS (
+                   INSERT INTO webhook_deliveries (outbox_id, department_id, event_id, event_type, body)
+                   SELECT a.id, a.department_id, a.dept_seq || '-0', a.event_type,
+                          jsonb_build_object('event_id', a.dept_seq || '-0', 'event_type', a.event_type,
+                                             'event_time', a.created_at, 'department_id', a.department_id,
+                                             'data', a.payload)
+                   FROM assigned a JOIN police_departments d ON d.id = a.department_id
+                   WHERE d.webhook_url IS NOT NULL AND a.event_type <> 'alert_location'
+                   ON CONFLICT (outbox_id, department_id) DO NOTHING)
                SELECT o.id, o.topic, o.event_type, o.aggregate_id, o.department_id, o.payload,
                       a.dept_seq, o.created_at
                FROM batch b JOIN outbox o ON o.id = b.id LEFT JOIN assigned a ON a.id = b.id
@@ -85,22 +98,8 @@ class RelayRepo:
         return [_event(r) for r in rows]
 
     async def mark_published(self, ids: list[int]) -> None:
-        """Marks events published and creates their webhook deliveries (one per dispatch
-        event whose department has a webhook_url; location updates are too frequent)."""
-        await self.conn.execute(
-            """WITH published AS (
-                   UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])
-                   RETURNING id, department_id, dept_seq, event_type, created_at, payload)
-               INSERT INTO webhook_deliveries (outbox_id, department_id, event_id, event_type, body)
-               SELECT p.id, p.department_id, p.dept_seq || '-0', p.event_type,
-                      jsonb_build_object('event_id', p.dept_seq || '-0', 'event_type', p.event_type,
-                                         'event_time', p.created_at, 'department_id', p.department_id,
-                                         'data', p.payload)
-               FROM published p JOIN police_departments d ON d.id = p.department_id
-               WHERE p.dept_seq IS NOT NULL AND d.webhook_url IS NOT NULL AND p.event_type <> 'alert_location'
-               ON CONFLICT (outbox_id, department_id) DO NOTHING""",
-            ids,
-        )
+        """Marks events published to Redis (their webhooks exist since claim_new)."""
+        await self.conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
 
     async def unacked_dispatch(self) -> list[OutboxEvent]:
         """Every dispatch event a department has not acknowledged, in stream order."""

@@ -4,12 +4,15 @@ republishing) and the seed's Pub/Sub channels.
 
 One relay leads at a time (advisory lock); it wakes on NOTIFY securenow_outbox.
 Per loop:
-  1. If Redis lost its data (the epoch key is gone), rebuild every department's
+  1. Claim new events and number them; the same statement creates their webhook
+     deliveries. This needs Postgres only, so webhooks flow while Redis is down.
+  2. If Redis lost its data (the epoch key is gone), rebuild every department's
      stream from the unacknowledged events in Postgres, in order.
-  2. Publish events that already have a sequence number but never reached Redis.
-  3. Otherwise claim new events, number them (committed first), publish, mark published.
+  3. Publish what is numbered but not in Redis yet (left over from a failed publish,
+     or just claimed), in order per department, then mark it published.
 A crash anywhere repeats at most a publish; an XADD of an id the stream already has
-is that repeat and is skipped. Nothing committed is ever skipped.
+is that repeat and is skipped. Nothing committed is ever skipped. While Redis is
+unreachable the relay keeps leading and numbering, and publishes once it is back.
 
 Right after its XADDs the relay reads the new entries into the consumer group (as
 consumer "relay"), so every published event is in the group's pending list until a CAD
@@ -112,6 +115,7 @@ class OutboxRelay:
         # taking over from a leader that died; otherwise the query for them is skipped.
         self._leftovers_possible = True
         self._epoch_checked_at = 0.0
+        self._redis_ok = True
         self.on_published: Callable[[], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -158,34 +162,53 @@ class OutboxRelay:
 
     async def step(self) -> int:
         """One pass; returns how many events were published."""
-        now = time.monotonic()
-        if now - self._epoch_checked_at > EPOCH_CHECK_INTERVAL:
-            # Redis losing its data is rare: checking a few times a second is enough, as
-            # the rebuild republishes everything unacknowledged (including what was
-            # published in between).
-            self._epoch_checked_at = now
-            if not await self._redis.exists(DISPATCH_EPOCH_KEY):
-                await self._rebuild_streams()
-        pending: list[OutboxEvent] = []
+        leftovers: list[OutboxEvent] = []
         if self._leftovers_possible:
             async with self._db.reader() as uow:
-                pending = await RelayRepo(uow.conn).sequenced_unpublished(BATCH)
-            self._leftovers_possible = len(pending) == BATCH
-        if not pending:
-            async with self._db.reader() as uow:  # one statement: its own transaction
-                pending = await RelayRepo(uow.conn).claim_new(BATCH)
-        if not pending:
-            return 0
+                leftovers = await RelayRepo(uow.conn).sequenced_unpublished(BATCH)
+        # Numbering, and the webhook deliveries made by the same statement, need only
+        # Postgres: they go on while Redis is down.
+        async with self._db.reader() as uow:  # one statement: its own transaction
+            claimed = await RelayRepo(uow.conn).claim_new(BATCH)
+        # A full batch of leftovers may have cut a department short: nothing numbered
+        # after it may reach its stream first (stream ids only grow).
+        pending = leftovers if len(leftovers) == BATCH else leftovers + claimed
         try:
-            await self._publish(sorted(pending, key=lambda e: (e.department_id or "", e.dept_seq or 0, e.id)))
+            if await self._redis_lost_data():
+                await self._rebuild_streams()
+            if pending:
+                await self._publish(sorted(pending, key=lambda e: (e.department_id or "", e.dept_seq or 0, e.id)))
+        except (RedisError, OSError) as exc:
+            self._leftovers_possible = True
+            self._epoch_checked_at = 0.0  # Redis may come back empty: check first
+            if self._redis_ok:
+                log.warning("outbox relay: Redis unavailable (%s); publishing waits", type(exc).__name__)
+            self._redis_ok = False
+            return 0
         except BaseException:
             self._leftovers_possible = True
             raise
+        if not self._redis_ok:
+            log.info("outbox relay: Redis reachable again")
+            self._redis_ok = True
+        self._leftovers_possible = len(leftovers) == BATCH
+        if not pending:
+            return 0
         async with self._db.reader() as uow:  # one statement: its own transaction
             await RelayRepo(uow.conn).mark_published([e.id for e in pending])
         if self.on_published is not None:
             self.on_published()
         return len(pending)
+
+    async def _redis_lost_data(self) -> bool:
+        now = time.monotonic()
+        if now - self._epoch_checked_at <= EPOCH_CHECK_INTERVAL:
+            return False
+        # Redis losing its data is rare: checking a few times a second is enough, as the
+        # rebuild republishes everything unacknowledged (including what was published
+        # in between).
+        self._epoch_checked_at = now
+        return not await self._redis.exists(DISPATCH_EPOCH_KEY)
 
     async def _publish(self, events: list[OutboxEvent]) -> None:
         # MULTI/EXEC: no reader ever sees an entry in a stream before it is in the
