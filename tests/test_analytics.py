@@ -146,6 +146,25 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
     assert json.loads(audit[0]["details"])["count"] == 3
 
 
+async def test_a_retried_batch_is_stored_once(api: Api, db_conn: asyncpg.Connection) -> None:
+    person = await api.sign_up()
+    batch = analytics_pb2.RecordEventsRequest(
+        events=[analytics_pb2.AnalyticsEvent(event_type="app_open"), analytics_pb2.AnalyticsEvent(event_type="tap")],
+        request_id=str(uuid.uuid4()),
+    )
+    first = await api.analytics.RecordEvents(batch, metadata=person.md)
+    again = await api.analytics.RecordEvents(batch, metadata=person.md)  # the answer was lost; the app retries
+    assert first.accepted_count == again.accepted_count == 2
+    assert await db_conn.fetchval("SELECT count(*) FROM analytics_events") == 2
+    other = analytics_pb2.RecordEventsRequest(
+        events=[analytics_pb2.AnalyticsEvent(event_type="scroll")], request_id=batch.request_id
+    )
+    await expect_error(
+        api.analytics.RecordEvents(other, metadata=person.md), grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"
+    )
+    assert await db_conn.fetchval("SELECT count(*) FROM analytics_events") == 2
+
+
 async def test_a_client_looping_on_record_events_is_slowed_down(api: Api, db_conn: asyncpg.Connection) -> None:
     person, other = await api.sign_up(), await api.sign_up()
     limit = api.app.settings.analytics_calls_per_minute

@@ -544,6 +544,9 @@ async def test_review_updates_the_provider_rating_once(api: Api, db_conn: asyncp
     assert (reviewed.rating, reviewed.review) == (4, "On time")
     rated = await get_provider(api, customer, prov.id)
     assert (rated.rating, rated.total_reviews) == (4.0, 1)
+    # The same review again is a retry (the phone lost the answer): the same result.
+    assert (await review(api, customer, first.id, 4, "On time")) == reviewed
+    assert (await get_provider(api, customer, prov.id)).total_reviews == 1
     await expect_error(review(api, customer, first.id, 1), grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_REVIEWED")
     assert (await get_provider(api, customer, prov.id)).total_reviews == 1
 

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from securenow.v1 import common_pb2 as securenow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csecurenow/v1/analytics.proto\x12\x0csecurenow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\"\x8a\x02\n\x0e\x41nalyticsEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12+\n\nevent_data\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08location\x18\x05 \x01(\x0b\x32\x16.securenow.v1.Location\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12,\n\x0b\x64\x65vice_info\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"C\n\x13RecordEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.securenow.v1.AnalyticsEvent\".\n\x14RecordEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\"?\n\nRiskFactor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x95\x02\n\x0bSafetyScore\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x08location\x18\x02 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x05\x12.\n\x0crisk_factors\x18\x05 \x03(\x0b\x32\x18.securenow.v1.RiskFactor\x12\x17\n\x0frecommendations\x18\x06 \x03(\t\x12\x32\n\x0e\x63\x61lculate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10valid_until_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15GetSafetyScoreRequest\x12&\n\x08location\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\"I\n\x16GetSafetyScoreResponse\x12/\n\x0csafety_score\x18\x01 \x01(\x0b\x32\x19.securenow.v1.SafetyScore\"v\n\x17ListSafetyScoresRequest\x12\"\n\x04near\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x02 \x01(\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x18ListSafetyScoresResponse\x12\x30\n\rsafety_scores\x18\x01 \x03(\x0b\x32\x19.securenow.v1.SafetyScore\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x01\n\x18GetIncidentReportRequest\x12\x15\n\rdepartment_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x94\x02\n\x14IncidentReportBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61lert_count\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x03\x12\x17\n\x0f\x65scalated_count\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61ncelled_count\x18\x05 \x01(\x03\x12\x37\n\x14median_response_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11p90_response_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x19GetIncidentReportResponse\x12\x33\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\".securenow.v1.IncidentReportBucket2\x8f\x03\n\x10\x41nalyticsService\x12U\n\x0cRecordEvents\x12!.securenow.v1.RecordEventsRequest\x1a\".securenow.v1.RecordEventsResponse\x12[\n\x0eGetSafetyScore\x12#.securenow.v1.GetSafetyScoreRequest\x1a$.securenow.v1.GetSafetyScoreResponse\x12\x61\n\x10ListSafetyScores\x12%.securenow.v1.ListSafetyScoresRequest\x1a&.securenow.v1.ListSafetyScoresResponse\x12\x64\n\x11GetIncidentReport\x12&.securenow.v1.GetIncidentReportRequest\x1a\'.securenow.v1.GetIncidentReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csecurenow/v1/analytics.proto\x12\x0csecurenow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\"\x8a\x02\n\x0e\x41nalyticsEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12+\n\nevent_data\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08location\x18\x05 \x01(\x0b\x32\x16.securenow.v1.Location\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12,\n\x0b\x64\x65vice_info\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"W\n\x13RecordEventsRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.securenow.v1.AnalyticsEvent\x12\x12\n\nrequest_id\x18\x02 \x01(\t\".\n\x14RecordEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\"?\n\nRiskFactor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x95\x02\n\x0bSafetyScore\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x08location\x18\x02 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x05\x12.\n\x0crisk_factors\x18\x05 \x03(\x0b\x32\x18.securenow.v1.RiskFactor\x12\x17\n\x0frecommendations\x18\x06 \x03(\t\x12\x32\n\x0e\x63\x61lculate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10valid_until_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15GetSafetyScoreRequest\x12&\n\x08location\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\"I\n\x16GetSafetyScoreResponse\x12/\n\x0csafety_score\x18\x01 \x01(\x0b\x32\x19.securenow.v1.SafetyScore\"v\n\x17ListSafetyScoresRequest\x12\"\n\x04near\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x02 \x01(\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x18ListSafetyScoresResponse\x12\x30\n\rsafety_scores\x18\x01 \x03(\x0b\x32\x19.securenow.v1.SafetyScore\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x01\n\x18GetIncidentReportRequest\x12\x15\n\rdepartment_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x94\x02\n\x14IncidentReportBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61lert_count\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x03\x12\x17\n\x0f\x65scalated_count\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61ncelled_count\x18\x05 \x01(\x03\x12\x37\n\x14median_response_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11p90_response_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x19GetIncidentReportResponse\x12\x33\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\".securenow.v1.IncidentReportBucket2\x8f\x03\n\x10\x41nalyticsService\x12U\n\x0cRecordEvents\x12!.securenow.v1.RecordEventsRequest\x1a\".securenow.v1.RecordEventsResponse\x12[\n\x0eGetSafetyScore\x12#.securenow.v1.GetSafetyScoreRequest\x1a$.securenow.v1.GetSafetyScoreResponse\x12\x61\n\x10ListSafetyScores\x12%.securenow.v1.ListSafetyScoresRequest\x1a&.securenow.v1.ListSafetyScoresResponse\x12\x64\n\x11GetIncidentReport\x12&.securenow.v1.GetIncidentReportRequest\x1a\'.securenow.v1.GetIncidentReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYTICSEVENT']._serialized_start=169
   _globals['_ANALYTICSEVENT']._serialized_end=435
   _globals['_RECORDEVENTSREQUEST']._serialized_start=437
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=504
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=506
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=552
-  _globals['_RISKFACTOR']._serialized_start=554
-  _globals['_RISKFACTOR']._serialized_end=617
-  _globals['_SAFETYSCORE']._serialized_start=620
-  _globals['_SAFETYSCORE']._serialized_end=897
-  _globals['_GETSAFETYSCOREREQUEST']._serialized_start=899
-  _globals['_GETSAFETYSCOREREQUEST']._serialized_end=962
-  _globals['_GETSAFETYSCORERESPONSE']._serialized_start=964
-  _globals['_GETSAFETYSCORERESPONSE']._serialized_end=1037
-  _globals['_LISTSAFETYSCORESREQUEST']._serialized_start=1039
-  _globals['_LISTSAFETYSCORESREQUEST']._serialized_end=1157
-  _globals['_LISTSAFETYSCORESRESPONSE']._serialized_start=1159
-  _globals['_LISTSAFETYSCORESRESPONSE']._serialized_end=1260
-  _globals['_GETINCIDENTREPORTREQUEST']._serialized_start=1263
-  _globals['_GETINCIDENTREPORTREQUEST']._serialized_end=1451
-  _globals['_INCIDENTREPORTBUCKET']._serialized_start=1454
-  _globals['_INCIDENTREPORTBUCKET']._serialized_end=1730
-  _globals['_GETINCIDENTREPORTRESPONSE']._serialized_start=1732
-  _globals['_GETINCIDENTREPORTRESPONSE']._serialized_end=1812
-  _globals['_ANALYTICSSERVICE']._serialized_start=1815
-  _globals['_ANALYTICSSERVICE']._serialized_end=2214
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=524
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=526
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=572
+  _globals['_RISKFACTOR']._serialized_start=574
+  _globals['_RISKFACTOR']._serialized_end=637
+  _globals['_SAFETYSCORE']._serialized_start=640
+  _globals['_SAFETYSCORE']._serialized_end=917
+  _globals['_GETSAFETYSCOREREQUEST']._serialized_start=919
+  _globals['_GETSAFETYSCOREREQUEST']._serialized_end=982
+  _globals['_GETSAFETYSCORERESPONSE']._serialized_start=984
+  _globals['_GETSAFETYSCORERESPONSE']._serialized_end=1057
+  _globals['_LISTSAFETYSCORESREQUEST']._serialized_start=1059
+  _globals['_LISTSAFETYSCORESREQUEST']._serialized_end=1177
+  _globals['_LISTSAFETYSCORESRESPONSE']._serialized_start=1179
+  _globals['_LISTSAFETYSCORESRESPONSE']._serialized_end=1280
+  _globals['_GETINCIDENTREPORTREQUEST']._serialized_start=1283
+  _globals['_GETINCIDENTREPORTREQUEST']._serialized_end=1471
+  _globals['_INCIDENTREPORTBUCKET']._serialized_start=1474
+  _globals['_INCIDENTREPORTBUCKET']._serialized_end=1750
+  _globals['_GETINCIDENTREPORTRESPONSE']._serialized_start=1752
+  _globals['_GETINCIDENTREPORTRESPONSE']._serialized_end=1832
+  _globals['_ANALYTICSSERVICE']._serialized_start=1835
+  _globals['_ANALYTICSSERVICE']._serialized_end=2234
 # @@protoc_insertion_point(module_scope)

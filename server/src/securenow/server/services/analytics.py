@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from securenow.server.domain.accounts import Principal
@@ -24,8 +25,9 @@ from securenow.server.domain.safety_score import (
     cell_of,
 )
 from securenow.server.domain.validation import Validator
-from securenow.server.services.common import reads_of
+from securenow.server.services.common import reads_of, replayed_resource
 from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
 
@@ -63,7 +65,7 @@ class AnalyticsService:
         self._live = live
         self._calls_per_minute = calls_per_minute
 
-    async def record_events(self, caller: Principal, events: list[EventInput]) -> int:
+    async def record_events(self, caller: Principal, events: list[EventInput], key: IdempotencyKey | None) -> int:
         if caller.user_id is None:
             raise PermissionDenied("events belong to a user account", reason="ROLE_NOT_ALLOWED")
         valid = validate_events(events, datetime.now(UTC))
@@ -71,6 +73,9 @@ class AnalyticsService:
         # a client looping on RecordEvents gets RESOURCE_EXHAUSTED with a retry delay.
         await self._live.hit_rate_limit(caller.user_id, "record_events", self._calls_per_minute)
         async with self._db.unit_of_work() as uow:
+            # The batch's id stands for the resource; a retry (same id, same events) was stored.
+            if await replayed_resource(uow, caller, "RecordEvents", key, str(uuid.uuid4())) is not None:
+                return len(valid)
             await uow.analytics.add_events(caller.user_id, valid)
             await uow.audit.record(
                 caller,

@@ -210,6 +210,8 @@ class BookingService:
             if booking.status is not BookingStatus.COMPLETED:
                 raise FailedPrecondition("only completed bookings can be reviewed", reason="BOOKING_NOT_COMPLETED")
             if booking.rating:
+                if (booking.rating, booking.review) == (rating, text):
+                    return booking  # a retry of the review that was stored: its result again
                 raise FailedPrecondition("the booking was already reviewed", reason="ALREADY_REVIEWED")
             after = await uow.bookings.set_review(booking, rating, text)
             await uow.providers.refresh_rating(booking.provider_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import grpc
 
 from securenow.server.services.analytics import AnalyticsService
-from securenow.server.transport import convert_analytics
+from securenow.server.transport import convert, convert_analytics
 from securenow.server.transport.context import current_principal
 from securenow.v1 import analytics_pb2, analytics_pb2_grpc
 
@@ -16,7 +16,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_pb2.RecordEventsRequest, context: grpc.aio.ServicerContext
     ) -> analytics_pb2.RecordEventsResponse:
         accepted = await self._analytics.record_events(
-            current_principal(), [convert_analytics.event_input(i, e) for i, e in enumerate(request.events)]
+            current_principal(),
+            [convert_analytics.event_input(i, e) for i, e in enumerate(request.events)],
+            convert.idempotency_key(request),
         )
         return analytics_pb2.RecordEventsResponse(accepted_count=accepted)
 
