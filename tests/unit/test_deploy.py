@@ -1,21 +1,26 @@
 """Deployment files, checked as a reviewer would: Dockerfile, .dockerignore,
 docker-compose.yml and deploy/envoy.yaml agree with each other and with the server.
 
-No Docker engine is needed: the files are parsed, not run. `envoy --mode validate`
-runs only where an `envoy` binary is on PATH.
+No Docker engine is needed: the files are parsed, not run. deploy/envoy.yaml is parsed
+strictly into Envoy's own API messages (xds-protos); `envoy --mode validate` (which also
+checks value constraints) runs only where an `envoy` binary is on PATH.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -782,6 +787,113 @@ def test_grpc_routes_never_cut_streams(envoy: dict[str, Any]) -> None:
 
 def test_envoy_admin_is_loopback_only(envoy: dict[str, Any]) -> None:
     assert envoy["admin"]["address"]["socket_address"]["address"] in ("127.0.0.1", "::1")
+
+
+# Parses Envoy YAML files strictly into envoy.config.bootstrap.v3.Bootstrap, loading the
+# module of every `@type` first so each typed_config is checked against its own message.
+# Prints {file: error or ""} as JSON. Runs in a subprocess with xds-protos on its path.
+PARSE_ENVOY = """
+import importlib, json, pkgutil, sys
+import yaml
+from google.protobuf import json_format
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+def type_urls(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "@type":
+                yield value
+            else:
+                yield from type_urls(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from type_urls(value)
+
+def parse(path):
+    data = yaml.safe_load(open(path))
+    for url in sorted(set(type_urls(data))):
+        package = url.rpartition("/")[2].rpartition(".")[0]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            return f"unknown @type {url}"
+        for info in pkgutil.iter_modules(module.__path__):
+            if info.name.endswith("_pb2"):
+                importlib.import_module(package + "." + info.name)
+    try:
+        json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+    except json_format.ParseError as exc:
+        return str(exc)[:500]
+    return ""
+
+print(json.dumps({path: parse(path) for path in sys.argv[1:]}))
+"""
+
+
+def pinned(package: str) -> str:
+    for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() == package:
+            return version.strip()
+    raise AssertionError(f"{package} is not pinned in requirements/constraints.txt")
+
+
+def xds_protos() -> Path:
+    """xds-protos, installed on first use into a directory of its own (see
+    requirements/envoy-schema.txt for why not into the environment itself)."""
+    target = Path(sys.prefix) / "xds-protos" / pinned("xds-protos")
+    if (target / "envoy").is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
+    requirements = ROOT / "requirements"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    pip += ["--target", str(staging), "-c", str(requirements / "constraints.txt")]
+    installed = subprocess.run(
+        [*pip, "-r", str(requirements / "envoy-schema.txt")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if installed.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AssertionError(f"could not install xds-protos (PyPI needed once):\n{installed.stderr}")
+    try:
+        staging.rename(target)
+    except OSError:  # another run installed it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def parse_envoy_configs(*paths: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(xds_protos())}
+    command = [sys.executable, "-c", PARSE_ENVOY, *map(str, paths)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    parsed: dict[str, str] = json.loads(result.stdout)
+    return parsed
+
+
+def test_envoy_config_parses_strictly_as_an_envoy_bootstrap(tmp_path: Path, envoy: dict[str, Any]) -> None:
+    """Every field name, enum and typed_config of deploy/envoy.yaml is Envoy's (a typo
+    fails here even where no `envoy` binary is installed)."""
+    broken = {
+        "field-typo": lambda c: c["static_resources"]["clusters"][0].update(conect_timeout="1s"),
+        "typed-config-typo": lambda c: hcm(c["static_resources"]["listeners"][0])["http_filters"][0][
+            "typed_config"
+        ].update(emit_dynamic_metdata=True),
+        "unknown-type": lambda c: c["static_resources"]["clusters"][0]["typed_extension_protocol_options"][
+            HTTP_PROTOCOL_OPTIONS
+        ].update({"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v9.HttpProtocolOptions"}),
+        "bad-enum": lambda c: c["static_resources"]["clusters"][0].update(lb_policy="LEAST_REQUESTS"),
+    }
+    files = {}
+    for name, mutate in broken.items():
+        config = deepcopy(envoy)
+        mutate(config)
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump(config))
+    errors = parse_envoy_configs(ENVOY_FILE, *files.values())
+    assert errors[str(ENVOY_FILE)] == "", errors[str(ENVOY_FILE)]
+    for name, path in files.items():
+        assert errors[str(path)], f"the {name} mutation of envoy.yaml parsed: the check is not strict"
 
 
 def test_envoy_validates_the_config() -> None:
