@@ -93,7 +93,9 @@ def command(service: dict[str, Any]) -> list[str]:
 
 
 def with_defaults(value: str) -> str:
-    """Resolves `${VAR:-default}` / `${VAR-default}` to the default, as compose would with VAR unset."""
+    """Resolves `${VAR:-default}` / `${VAR-default}` to the default, as compose would with
+    VAR unset, and a required `${VAR:?message}` to a stand-in value (`var`)."""
+    value = re.sub(r"\$\{(\w+):?\?[^}]*\}", lambda m: m[1].lower(), value)
     return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
 
 
@@ -434,7 +436,8 @@ def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
     assert migrate == ["migrate"]
     assert set(depends_on(services["migrate"])) == {"postgres"}
     for name, replica in replicas.items():
-        assert {"postgres", "redis", "migrate"} <= set(depends_on(replica)), name
+        # Elasticsearch too: replicas search it (SECURENOW_ELASTICSEARCH_URL) from the start.
+        assert {"postgres", "redis", "elasticsearch", "migrate"} <= set(depends_on(replica)), name
     assert set(replicas) <= set(depends_on(services["envoy"])), "envoy must wait for every replica"
 
 
@@ -487,10 +490,21 @@ def test_production_secrets_are_required_never_literal(services: dict[str, dict[
             assert match, f"{name}: {secret} must be ${{{secret}:?message}}, got {env.get(secret)!r}"
             assert match["name"] == secret
             assert match["message"].strip(), f"{name}: {secret} needs an error message"
+        # The database password is a secret too: required, never a default.
+        password = re.search(r"\$\{POSTGRES_PASSWORD[^}]*\}", env["SECURENOW_DATABASE_URL"])
+        assert password, f"{name}: SECURENOW_DATABASE_URL must take ${{POSTGRES_PASSWORD:?message}}"
+        assert REQUIRED_VAR.match(password[0]), f"{name}: POSTGRES_PASSWORD must be required, got {password[0]}"
         for key, value in env.items():
             if key.startswith("SECURENOW_") and SECRET_NAME.search(key):
                 assert re.fullmatch(r"\$\{\w+(:?[?-][^}]*)?\}", value), f"{name}: {key} holds a literal value"
                 assert not re.fullmatch(r"\$\{\w+:?-.+\}", value), f"{name}: {key} has a non-empty default"
+
+
+def test_postgres_password_is_required(services: dict[str, dict[str, Any]]) -> None:
+    value = environment(services["postgres"]).get("POSTGRES_PASSWORD", "")
+    match = REQUIRED_VAR.match(value)
+    assert match, f"postgres: POSTGRES_PASSWORD must be ${{POSTGRES_PASSWORD:?message}}, got {value!r}"
+    assert match["name"] == "POSTGRES_PASSWORD"
 
 
 def test_replicas_share_one_config_with_distinct_instance_ids(services: dict[str, dict[str, Any]]) -> None:
