@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 from playwright.async_api import Locator, Page, expect
 
+from securenow.client import SecureNowClient
 from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
@@ -33,7 +33,7 @@ from tests.dispatch_helpers import (
     register_department,
     report_figures,
 )
-from tests.helpers import PASSWORD, Account, Api, wait_for
+from tests.helpers import PASSWORD, Account, Api, unique_email, unique_phone, wait_for
 
 TIMEOUT_MS = 15_000  # generous for a loaded CI machine; passing steps take milliseconds
 
@@ -57,27 +57,36 @@ async def all_events_acked(redis_client: aioredis.Redis, dept: Department) -> bo
     return int(info["pending"]) == 0
 
 
-async def collect(watch: grpc.aio.UnaryStreamCall, into: list[sos_pb2.WatchSosResponse]) -> None:
+@pytest.fixture
+async def phone(runtime: Runtime) -> AsyncIterator[SecureNowClient]:
+    """The person's app: the Python SDK, as the issue says the tests use it."""
+    async with SecureNowClient(f"127.0.0.1:{runtime.grpc_port}") as client:
+        yield client
+
+
+async def collect(watch: AsyncIterator[sos_pb2.WatchSosResponse], into: list[sos_pb2.WatchSosResponse]) -> None:
     async for msg in watch:
         into.append(msg)
 
 
-async def share_locations(api: Api, person: Account, alert_id: str, points: list[tuple[float, float]]) -> None:
+async def share_locations(phone: SecureNowClient, alert_id: str, points: list[tuple[float, float]]) -> None:
     async def fixes() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
         for point in points:
             yield sos_pb2.ShareLocationRequest(alert_id=alert_id, location=location(point))
 
-    await api.sos.ShareLocation(fixes(), metadata=person.md)
+    await phone.sos.ShareLocation(fixes())
 
 
 async def test_dispatcher_works_an_sos_live_while_the_person_watches(
-    api: Api, runtime: Runtime, console: Console, redis_client: aioredis.Redis
+    api: Api, runtime: Runtime, console: Console, redis_client: aioredis.Redis, phone: SecureNowClient
 ) -> None:
     page = console.page
     admin = await api.admin()
     dept = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
     dispatcher = await dispatcher_of(api, admin, dept)
-    person = await api.sign_up(first_name="Alice")
+    await phone.sign_up(
+        email=unique_email(), phone=unique_phone(), password=PASSWORD, first_name="Alice", last_name="Walker"
+    )
 
     await open_dispatch(console, dispatcher)
     await expect(page.get_by_test_id("place")).to_have_text("Bay City PD", timeout=TIMEOUT_MS)
@@ -85,12 +94,12 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
     await expect(page.get_by_test_id("connection-banner")).to_be_hidden()
     await console.shot("01-dispatcher-signed-in")
 
-    # Raised from Python; it must reach the open page over WatchDispatch, without a reload.
+    # Raised and watched from the person's app (the SDK's raise_sos and watch_sos); it must
+    # reach the open page over WatchDispatch, without a reload.
     await page.evaluate("window.__sameDocument = true")
-    alert = await raise_sos(api, person, SF, description="Someone is following me")
-    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    alert = await phone.raise_sos(location=location(SF), description="Someone is following me")
     seen: list[sos_pb2.WatchSosResponse] = []
-    collector = asyncio.create_task(collect(watch, seen))
+    collector = asyncio.create_task(collect(phone.watch_sos(alert.id), seen))
     try:
         await wait_for(lambda: _first(seen), what="the person's WatchSos snapshot")
         row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
@@ -121,7 +130,7 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
         await expect(detail.get_by_test_id("resolve-button")).to_be_disabled()
 
         # The person moves; alert_location events extend the trail live.
-        await share_locations(api, person, alert.id, [(SF[0] + 0.001, SF[1] + 0.0005), (SF[0] + 0.002, SF[1] + 0.001)])
+        await share_locations(phone, alert.id, [(SF[0] + 0.001, SF[1] + 0.0005), (SF[0] + 0.002, SF[1] + 0.001)])
         await expect(detail.get_by_test_id("trail")).to_have_attribute(
             "data-points", re.compile(r"^([2-9]|\d{2,})$"), timeout=TIMEOUT_MS
         )
@@ -164,18 +173,17 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
         await expect(row.get_by_test_id("alert-status")).to_have_text("Resolved")
         await console.shot("05-resolved")
 
-        # The person saw each step, in order; their watch ends with the resolution.
+        # The person saw each step, in order; the SDK's watch ends by itself with the resolution.
         await asyncio.wait_for(collector, 10)
     finally:
         collector.cancel()
-        watch.cancel()
     steps = [(m.event, m.incident.status) for m in seen if m.event not in ("snapshot", "location")]
     assert steps == [
         ("accepted", common_pb2.INCIDENT_STATUS_DISPATCHED),
         ("incident_updated", common_pb2.INCIDENT_STATUS_ON_SCENE),
         ("resolved", common_pb2.INCIDENT_STATUS_RESOLVED),
     ], steps
-    final = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+    final = await phone.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id))
     assert final.alert.status == common_pb2.SOS_STATUS_RESOLVED
     assert final.incident.assigned_unit == "Unit-12"
     assert final.incident.resolution_notes == "Person safe, escorted home"
