@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import redis.asyncio as aioredis
 
+from securenow.server.domain.paging import use_token_key as use_page_token_key
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.security.tokens import API_KEY_PREFIX, REFRESH_PREFIX, AccessTokenCodec, OpaqueSecretCodec
 from securenow.server.services.agency import AgencyService
@@ -73,6 +74,7 @@ class App:
             max_size=settings.db_pool_max_size,
             acquire_timeout=settings.db_acquire_timeout_seconds,
         )
+        use_page_token_key(settings.derived_key("page-token"))  # every replica reads every replica's tokens
         redis = connect_redis(settings.redis_url)
         live = LiveState(redis, session_cache_seconds=settings.session_cache_ttl_seconds)
         encryptor = FieldEncryptor(settings.data_keys)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from securenow.server.domain.enums import AlertPriority, IncidentStatus, IncidentType, ProviderType
+from securenow.server.domain.errors import InvalidArgument
 from securenow.server.domain.geo import Point
-from securenow.server.domain.paging import PageRequest, page_request
+from securenow.server.domain.paging import PageRequest, cursor_int, page_request
 from securenow.server.domain.validation import Validator
 
 DEFAULT_PROVIDER_RADIUS_M = 25_000.0
@@ -42,12 +43,12 @@ def _page(v: Validator, page_size: int, page_token: str, filters: object) -> Pag
         v.add("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
         page_size = 0
     request = page_request(page_size, page_token, filters=filters, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-    offset = 0
-    if request.cursor is not None:
-        if len(request.cursor) != 1 or not isinstance(request.cursor[0], int) or request.cursor[0] < 0:
-            v.add("page_token", "is not a token from a previous response")
-        else:
-            offset = request.cursor[0]
+    try:
+        keyset = request.keyset(cursor_int(0, MAX_RESULT_WINDOW))
+    except InvalidArgument as bad:
+        v.violations.extend(bad.violations)
+        keyset = None
+    offset = keyset[0] if keyset is not None else 0
     return Page(offset, min(request.size, max(MAX_RESULT_WINDOW - offset, 0)), request)
 
 

@@ -12,7 +12,7 @@ from securenow.server.domain.accounts import EmergencyContact, User
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists
 from securenow.server.domain.geo import LocationFix
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
 from securenow.server.storage.rows import Conn, must, sid
 
 USER_COLUMNS = """u.id, u.email, u.phone, u.first_name, u.last_name, u.role, u.status, u.safety_score,
@@ -207,8 +207,9 @@ class AccountsRepo:
             if value is not None:
                 args.append(value.value)
                 where.append(f"u.{column} = ${len(args)}")
-        if page.cursor:
-            args += [datetime.fromisoformat(page.cursor[0]), page.cursor[1]]
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            args += after
             where.append(f"(u.created_at, u.id) < (${len(args) - 1}, ${len(args)}::uuid)")
         args.append(page.size + 1)
         rows = await self.conn.fetch(

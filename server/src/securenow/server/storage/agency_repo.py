@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from securenow.server.domain.agency import ApiKeyInfo, ApiKeySecret, ContactInfo, Department, NewDepartment
 from securenow.server.domain.enums import AgencyType, DepartmentStatus
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
 from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
 
 DEPARTMENT_COLUMNS = """d.id, d.department_name, d.agency_type, d.jurisdiction, d.contact_info, d.webhook_url,
@@ -84,8 +83,9 @@ class AgencyRepo:
     async def list_departments(self, page: PageRequest) -> tuple[list[Department], list[Any] | None]:
         args: list[Any] = []
         where = "TRUE"
-        if page.cursor:
-            args = [datetime.fromisoformat(page.cursor[0]), page.cursor[1]]
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            args = list(after)
             where = "(d.created_at, d.id) < ($1, $2::uuid)"
         args.append(page.size + 1)
         rows = await self.conn.fetch(

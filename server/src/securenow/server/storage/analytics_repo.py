@@ -11,7 +11,7 @@ import asyncpg
 from securenow.server.domain.analytics import ReportBucket, ReportWindow, ValidEvent
 from securenow.server.domain.enums import IncidentType
 from securenow.server.domain.geo import Point
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_int, cursor_uuid
 from securenow.server.domain.safety_score import (
     CELLS_PER_DEGREE,
     Assessment,
@@ -223,8 +223,9 @@ class AnalyticsRepo:
     ) -> tuple[list[SafetyScore], list[Any] | None]:
         args: list[Any] = [near.longitude, near.latitude, radius_m, page.size + 1]
         after = ""
-        if page.cursor:
-            args += [int(page.cursor[0]), str(page.cursor[1])]
+        keyset = page.keyset(cursor_int(0, 100), cursor_uuid)  # scores are 0..100
+        if keyset is not None:
+            args += keyset
             after = "AND (s.score < $5 OR (s.score = $5 AND s.id > $6::uuid))"
         rows = await self.conn.fetch(
             f"""SELECT {SCORE_COLUMNS} FROM safety_scores s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -12,7 +11,7 @@ from securenow.server.domain.enums import BookingStatus, PaymentStatus, ServiceT
 from securenow.server.domain.errors import FailedPrecondition
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.money import Money
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
 from securenow.server.storage.rows import Conn, geog_point, must
 
 BOOKING_COLUMNS = """b.id, b.user_id, b.provider_id, b.service_type, b.booking_date, b.duration, b.location_data,
@@ -141,10 +140,9 @@ class BookingsRepo:
             where.append(f"b.provider_id = {arg(provider_id)}")
         if status is not None:
             where.append(f"b.status = {arg(status.value)}")
-        if page.cursor:
-            where.append(
-                f"(b.booking_date, b.id) > ({arg(datetime.fromisoformat(page.cursor[0]))}, {arg(page.cursor[1])}::uuid)"
-            )
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            where.append(f"(b.booking_date, b.id) > ({arg(after[0])}, {arg(after[1])}::uuid)")
         rows = await self.conn.fetch(
             f"""SELECT {BOOKING_COLUMNS} FROM {FROM} WHERE {" AND ".join(where) or "TRUE"}
                 ORDER BY b.booking_date, b.id LIMIT {arg(page.size + 1)}""",

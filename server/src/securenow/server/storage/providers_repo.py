@@ -11,7 +11,7 @@ import asyncpg
 from securenow.server.domain.enums import ProviderType, ServiceType, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists
 from securenow.server.domain.geo import Point
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_decimal, cursor_uuid
 from securenow.server.domain.providers import (
     UPDATABLE_FIELDS,
     AvailabilityWindow,
@@ -197,8 +197,9 @@ class ProvidersRepo:
             where.append(f"p.pricing_info->'rates' ? {arg(service_type.value)}")
         if min_rating > 0:
             where.append(f"p.rating >= {arg(Decimal(str(min_rating)))}")
-        if page.cursor:
-            where.append(f"(p.rating, p.id) < ({arg(Decimal(str(page.cursor[0])))}, {arg(page.cursor[1])}::uuid)")
+        after = page.keyset(cursor_decimal, cursor_uuid)
+        if after is not None:
+            where.append(f"(p.rating, p.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
         rows = await self.conn.fetch(
             f"""SELECT {PROVIDER_COLUMNS} FROM providers p WHERE {" AND ".join(where)}
                 ORDER BY p.rating DESC, p.id DESC LIMIT {arg(page.size + 1)}""",

@@ -12,7 +12,7 @@ import asyncpg
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
 from securenow.server.domain.geo import LocationFix, Point
-from securenow.server.domain.paging import PageRequest
+from securenow.server.domain.paging import PageRequest, cursor_int, cursor_time, cursor_uuid
 from securenow.server.domain.sos import PoliceIncident, SosAlert
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -247,10 +247,9 @@ class SosRepo:
             where.append(f"a.assigned_agency = {arg(agency_id)}")
         if status is not None:
             where.append(f"a.status = {arg(status.value)}")
-        if page.cursor:
-            where.append(
-                f"(a.created_at, a.id) < ({arg(datetime.fromisoformat(page.cursor[0]))}, {arg(page.cursor[1])}::uuid)"
-            )
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            where.append(f"(a.created_at, a.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
         rows = await self.conn.fetch(
             f"""SELECT {ALERT_COLUMNS} FROM sos_alerts a WHERE {" AND ".join(where)}
                 ORDER BY a.created_at DESC, a.id DESC LIMIT {arg(page.size + 1)}""",
@@ -329,10 +328,9 @@ class SosRepo:
             where.append(f"i.police_department_id = {arg(department_id)}")
         if status is not None:
             where.append(f"i.status = {arg(status.value)}")
-        if page.cursor:
-            where.append(
-                f"(i.created_at, i.id) < ({arg(datetime.fromisoformat(page.cursor[0]))}, {arg(page.cursor[1])}::uuid)"
-            )
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            where.append(f"(i.created_at, i.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
         rows = await self.conn.fetch(
             f"""SELECT {INCIDENT_COLUMNS} FROM police_incidents i WHERE {" AND ".join(where)}
                 ORDER BY i.created_at DESC, i.id DESC LIMIT {arg(page.size + 1)}""",
@@ -388,7 +386,8 @@ class SosRepo:
         )
 
     async def list_locations(self, alert_id: str, page: PageRequest) -> tuple[list[LocationFix], list[Any] | None]:
-        after = int(page.cursor[0]) if page.cursor else 0
+        keyset = page.keyset(cursor_int(0, 2**63 - 1))  # a bigserial id
+        after = keyset[0] if keyset is not None else 0
         rows = await self.conn.fetch(
             """SELECT id, recorded_at, latitude AS lat, longitude AS lng, accuracy_m, heading_deg, speed_mps, address
                FROM sos_alert_locations WHERE alert_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
