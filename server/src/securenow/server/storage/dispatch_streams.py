@@ -153,7 +153,6 @@ class DispatchHub:
         self._subs: dict[str, set[Subscription]] = {}
         # Per department with subscribers here: the last stream entry id the reader took.
         self._cursors: dict[str, str] = {}
-        self._groups_ready: set[str] = set()
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
         # Bumped when a stream is added; the reader notes which generation its XREAD has.
@@ -213,15 +212,13 @@ class DispatchHub:
             yield from subs
 
     async def _ensure_group(self, department_id: str) -> None:
-        stream = dispatch_stream(department_id)
-        if stream in self._groups_ready:
-            return
+        """On every subscribe (one round trip), not once per process: Redis may have lost
+        the stream and its group since (the relay puts the events back)."""
         try:
-            await self._redis.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(dispatch_stream(department_id), DISPATCH_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._groups_ready.add(stream)
 
     async def _catch_up(self, department_id: str, resume_seq: int | None) -> list[DispatchEvent]:
         stream = dispatch_stream(department_id)
@@ -370,7 +367,6 @@ class DispatchHub:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("dispatch reader: Redis unavailable (%s); retrying", type(exc).__name__)
                 self._reader_id = None
-                self._groups_ready.clear()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -101,13 +101,47 @@ class RelayRepo:
         """Marks events published to Redis (their webhooks exist since claim_new)."""
         await self.conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", ids)
 
-    async def unacked_dispatch(self) -> list[OutboxEvent]:
-        """Every dispatch event a department has not acknowledged, in stream order."""
+    async def departments_with_unacked(self) -> list[str]:
+        """Departments with numbered events nobody acknowledged (published or not)."""
         rows = await self.conn.fetch(
-            f"""SELECT {COLUMNS} FROM outbox WHERE dept_seq IS NOT NULL AND acked_at IS NULL
-                ORDER BY department_id, dept_seq"""
+            """SELECT DISTINCT department_id FROM outbox WHERE dept_seq IS NOT NULL AND acked_at IS NULL
+               ORDER BY department_id"""
+        )
+        return [str(r["department_id"]) for r in rows]
+
+    async def unacked_of_department(
+        self, department_id: str, after_seq: int, limit: int, *, published_only: bool
+    ) -> list[OutboxEvent]:
+        """A department's unacknowledged events after `after_seq`, in stream order (a
+        page of them: streams are rebuilt in batches)."""
+        published = "AND published_at IS NOT NULL" if published_only else ""
+        rows = await self.conn.fetch(
+            f"""SELECT {COLUMNS} FROM outbox
+                WHERE department_id = $1 AND dept_seq > $2 AND dept_seq IS NOT NULL AND acked_at IS NULL {published}
+                ORDER BY dept_seq LIMIT $3""",
+            department_id,
+            after_seq,
+            limit,
         )
         return [_event(r) for r in rows]
+
+    async def unacked_published_ranges(self) -> list[tuple[str, int, int]]:
+        """(department, lowest seq, highest seq) of the published events each department
+        has not acknowledged: what its Redis stream must hold."""
+        rows = await self.conn.fetch(
+            """SELECT department_id, min(dept_seq) AS low, max(dept_seq) AS high FROM outbox
+               WHERE dept_seq IS NOT NULL AND acked_at IS NULL AND published_at IS NOT NULL
+               GROUP BY department_id"""
+        )
+        return [(str(r["department_id"]), int(r["low"]), int(r["high"])) for r in rows]
+
+    async def unacked_published_seqs(self, department_id: str) -> list[int]:
+        rows = await self.conn.fetch(
+            """SELECT dept_seq FROM outbox WHERE department_id = $1 AND dept_seq IS NOT NULL
+                 AND acked_at IS NULL AND published_at IS NOT NULL ORDER BY dept_seq""",
+            department_id,
+        )
+        return [int(r["dept_seq"]) for r in rows]
 
     async def open_alert_markers(self) -> list[tuple[str, str]]:
         """`sos:active:{id}` keys and values of every open alert (to restore Redis)."""

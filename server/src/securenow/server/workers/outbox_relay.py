@@ -13,6 +13,9 @@ Per loop:
 A crash anywhere repeats at most a publish; an XADD of an id the stream already has
 is that repeat and is skipped. Nothing committed is ever skipped. While Redis is
 unreachable the relay keeps leading and numbering, and publishes once it is back.
+Every `reconcile_interval` the relay also checks that each department's stream holds
+all its published, unacknowledged events (Redis can lose writes and keep the epoch),
+and rewrites a stream that does not (reconcile()).
 
 Right after its XADDs the relay reads the new entries into the consumer group (as
 consumer "relay"), so every published event is in the group's pending list until a CAD
@@ -43,6 +46,7 @@ from securenow.server.storage.dispatch_keys import (
     RELAY_CONSUMER,
     dispatch_stream,
     event_id,
+    seq_of,
 )
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.relay_repo import OutboxEvent, RelayRepo
@@ -80,9 +84,15 @@ def pubsub_channel(e: OutboxEvent) -> str | None:
 
 BATCH = 500
 EPOCH_CHECK_INTERVAL = 0.25
+# Entries per MULTI when a stream is rewritten from Postgres.
+REWRITE_BATCH = 1000
 
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
+REPAIRED = Counter(
+    "securenow_outbox_repaired_total",
+    "Published, unacknowledged events found missing from their Redis stream and published again.",
+)
 LAG = Histogram(
     "securenow_outbox_publish_lag_seconds",
     "From an event's commit to its publication in Redis.",
@@ -104,9 +114,18 @@ def stream_fields(e: OutboxEvent) -> dict[Any, Any]:
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, redis: aioredis.Redis, dsn: str, *, idle_poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        redis: aioredis.Redis,
+        dsn: str,
+        *,
+        idle_poll_seconds: float = 1.0,
+        reconcile_interval: float = 2.0,
+    ) -> None:
         self._db = db
-        self._redis = redis
+        # redis-py's annotations do not follow decode_responses; responses are str here.
+        self._redis: Any = redis
         self._leader = AdvisoryLeader(dsn, "outbox-relay")
         self._wake = asyncio.Event()
         self._idle_poll = idle_poll_seconds
@@ -116,6 +135,11 @@ class OutboxRelay:
         self._leftovers_possible = True
         self._epoch_checked_at = 0.0
         self._redis_ok = True
+        self._reconcile_interval = reconcile_interval
+        self._reconciled_at = 0.0
+        # Per department: the stream's shape when its entries were last checked one by
+        # one and found complete (no need to check again while it stays the same).
+        self._verified: dict[str, tuple[int, ...]] = {}
         self.on_published: Callable[[], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -154,6 +178,12 @@ class OutboxRelay:
             moved = await self.step()
             if moved:
                 STEP.observe(time.monotonic() - started)
+            if self._redis_ok and time.monotonic() - self._reconciled_at >= self._reconcile_interval:
+                self._reconciled_at = time.monotonic()
+                try:
+                    await self.reconcile()
+                except (RedisError, OSError) as exc:
+                    log.warning("outbox relay: reconciliation failed (%s); trying again later", type(exc).__name__)
             if moved < BATCH:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
@@ -255,41 +285,141 @@ class OutboxRelay:
             LAG.observe(max(0.0, now - e.created_at.timestamp()))
             PUBLISHED.labels("dispatch" if e.department_id else "pubsub").inc()
 
+    async def reconcile(self) -> int:
+        """Compares Postgres with Redis: every published event a department has not
+        acknowledged must be in its stream. Redis can lose its last writes and keep the
+        epoch (appendfsync everysec and a crash, a failover to a lagging replica), or a
+        superseded leader can publish past an event. A department whose stream lost
+        something has its stream rewritten from Postgres. Returns how many events were
+        missing.
+
+        Cheap when nothing is missing: one grouped query, and three O(1)/O(log n) Redis
+        commands per department with unacknowledged events. A stream whose ids run
+        without a gap from at or before the oldest such event to at or after the newest
+        holds them all (ids are the departments' consecutive sequence numbers). Only a
+        stream with gaps (after a rewrite, which leaves out acknowledged events) is
+        checked entry by entry, and not again while its shape stays the same."""
+        async with self._db.reader() as uow:
+            ranges = await RelayRepo(uow.conn).unacked_published_ranges()
+        if not ranges:
+            self._verified.clear()
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for department, _, _ in ranges:
+                stream = dispatch_stream(department)
+                pipe.xlen(stream)
+                pipe.xrange(stream, count=1)
+                pipe.xrevrange(stream, count=1)
+            shapes = await pipe.execute()
+        missing_total = 0
+        checked = set()
+        for i, (department, low, high) in enumerate(ranges):
+            length, first, last = shapes[3 * i : 3 * i + 3]
+            first_seq = (seq_of(first[0][0]) or 0) if first else 0
+            last_seq = (seq_of(last[0][0]) or 0) if last else 0
+            if first and first_seq <= low and last_seq >= high and length == last_seq - first_seq + 1:
+                continue  # gapless and covering every unacknowledged event
+            shape = (length, first_seq, last_seq, low, high)
+            checked.add(department)
+            if self._verified.get(department) == shape:
+                continue
+            missing = await self._missing_from_stream(department)
+            if not missing:
+                self._verified[department] = shape
+                continue
+            log.warning(
+                "outbox relay: %d published, unacknowledged events of department %s are missing from Redis"
+                " (first %s); rewriting its stream from Postgres",
+                len(missing),
+                department,
+                event_id(missing[0]),
+            )
+            REPAIRED.inc(len(missing))
+            missing_total += len(missing)
+            self._verified.pop(department, None)
+            await self._rewrite_stream(department, published_only=True)
+        for department in set(self._verified) - checked:
+            del self._verified[department]
+        return missing_total
+
+    async def _missing_from_stream(self, department: str) -> list[int]:
+        """The department's published, unacknowledged events its stream does not hold."""
+        async with self._db.reader() as uow:
+            seqs = await RelayRepo(uow.conn).unacked_published_seqs(department)
+        stream = dispatch_stream(department)
+        missing: list[int] = []
+        for start in range(0, len(seqs), REWRITE_BATCH):
+            chunk = seqs[start : start + REWRITE_BATCH]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for seq in chunk:
+                    pipe.xrange(stream, min=event_id(seq), max=event_id(seq), count=1)
+                found = await pipe.execute()
+            missing += [seq for seq, entries in zip(chunk, found, strict=True) if not entries]
+        return missing
+
+    async def _rewrite_stream(self, department: str, *, published_only: bool) -> list[int]:
+        """Replaces a department's stream with its unacknowledged events from Postgres,
+        in order, with their ids, in batches; returns their outbox ids. Each batch is a
+        MULTI that also reads its entries into the group's pending list (as in _publish),
+        and the first one deletes and recreates the stream and group, so a hub never
+        sees a stream without its group nor an entry that is not pending yet. A hub
+        subscribing between batches catches up on the earlier ones and reads the later
+        ones live. Acknowledgements Redis had but Postgres did not yet are lost: those
+        events come again (delivery is at least once)."""
+        stream = dispatch_stream(department)
+        outbox_ids: list[int] = []
+        after = 0
+        first = True
+        while True:
+            async with self._db.reader() as uow:
+                batch = await RelayRepo(uow.conn).unacked_of_department(
+                    department, after, REWRITE_BATCH, published_only=published_only
+                )
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if first:
+                    pipe.delete(stream)
+                    pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+                for e in batch:
+                    assert e.dept_seq is not None
+                    pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
+                if batch:
+                    pipe.xreadgroup(DISPATCH_GROUP, RELAY_CONSUMER, {stream: ">"})
+                await pipe.execute()
+            self._known_groups.add(stream)
+            first = False
+            outbox_ids += [e.id for e in batch]
+            if len(batch) < REWRITE_BATCH:
+                return outbox_ids
+            assert batch[-1].dept_seq is not None
+            after = batch[-1].dept_seq
+
     async def _rebuild_streams(self) -> None:
         """Redis lost the streams (restart without persistence, failover): rebuild them
-        from Postgres, in order, with the same ids, then mark the epoch."""
-        async with self._db.unit_of_work() as uow:
-            events = await RelayRepo(uow.conn).unacked_dispatch()
+        from Postgres, in order, with the same ids, department by department and in
+        batches, then restore the open-alert markers and mark the epoch (last: a relay
+        that dies halfway leaves no epoch, and the next one starts over)."""
+        async with self._db.reader() as uow:
+            departments = await RelayRepo(uow.conn).departments_with_unacked()
             markers = await RelayRepo(uow.conn).open_alert_markers()
-        departments = sorted({e.department_id for e in events if e.department_id})
         log.warning(
-            "outbox relay: Redis has no dispatch epoch; rebuilding %d streams with %d unacknowledged events"
+            "outbox relay: Redis has no dispatch epoch; rebuilding %d streams of unacknowledged events"
             " and %d open-alert markers",
             len(departments),
-            len(events),
             len(markers),
         )
         self._known_groups.clear()
-        # MULTI per batch: a hub recreating a lost group cannot slip between DEL and CREATE.
+        self._verified.clear()
+        rebuilt: list[int] = []
+        for department in departments:
+            rebuilt += await self._rewrite_stream(department, published_only=False)
         async with self._redis.pipeline(transaction=True) as pipe:
-            for department in departments:
-                stream = dispatch_stream(department)
-                pipe.delete(stream)
-                pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
-                self._known_groups.add(stream)
-            for e in events:
-                assert e.department_id is not None
-                assert e.dept_seq is not None
-                pipe.xadd(dispatch_stream(e.department_id), stream_fields(e), id=event_id(e.dept_seq))
-            if departments:
-                pipe.xreadgroup(DISPATCH_GROUP, RELAY_CONSUMER, {dispatch_stream(d): ">" for d in departments})
             for marker in markers:
                 pipe.set(*marker)
             pipe.set(DISPATCH_EPOCH_KEY, "1")
             await pipe.execute()
-        if events:
-            async with self._db.unit_of_work() as uow:
-                await RelayRepo(uow.conn).mark_published([e.id for e in events])
+        for start in range(0, len(rebuilt), REWRITE_BATCH):
+            async with self._db.reader() as uow:
+                await RelayRepo(uow.conn).mark_published(rebuilt[start : start + REWRITE_BATCH])
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -1,0 +1,92 @@
+"""The dispatch streams' promise when Redis and Postgres disagree: Redis loses writes
+but keeps the epoch, or an entry never makes it into a stream. Postgres is the truth;
+the relay's reconciliation puts back what is missing, in order, with the same ids."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from securenow.v1 import agency_pb2
+from tests.dispatch_helpers import SF, Cad, raise_sos, register_department
+from tests.helpers import Api, wait_for
+
+EPOCH = "dispatch:epoch"
+
+
+async def published(db_conn: asyncpg.Connection, alert_id: str) -> str:
+    """Waits until the alert's alert_raised is published; returns its event id."""
+
+    async def seq() -> int | None:
+        return await db_conn.fetchval(  # type: ignore[no-any-return]
+            """SELECT dept_seq FROM outbox WHERE event_type = 'alert_raised' AND aggregate_id = $1
+                 AND published_at IS NOT NULL""",
+            alert_id,
+        )
+
+    return f"{await wait_for(seq, what='alert_raised published')}-0"
+
+
+async def test_an_event_redis_lost_after_it_was_published_still_reaches_the_cad(
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF)
+    event_id = await published(db_conn, alert.id)
+    stream = f"dispatch:{dept.id}"
+    assert [e[0] for e in await redis_client.xrange(stream)] == [event_id]
+    # Redis loses the entry but keeps the epoch (appendfsync everysec and a crash, a
+    # failover to a replica that lagged): nothing tells the relay to rebuild.
+    await redis_client.xdel(stream, event_id)
+    assert await redis_client.exists(EPOCH)
+
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        msg = await cad.next_event("alert_raised", within=15)
+        assert msg.event_id == event_id
+        assert msg.alert_raised.alert.id == alert.id
+    finally:
+        await cad.close()
+
+
+async def test_a_stream_redis_lost_is_rewritten_in_order_without_what_was_acknowledged(
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alerts = [await raise_sos(api, person, SF, description=f"#{i}") for i in range(4)]
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        received = [await cad.next_event("alert_raised") for _ in alerts]
+        assert [m.alert_raised.alert.id for m in received] == [a.id for a in alerts]
+        cad.ack(received[1].event_id)
+        # Commands are processed in order: once this result is back, the ack is settled.
+        await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alerts[1].id))
+    finally:
+        await cad.close()
+
+    async def ack_stored() -> bool:
+        return bool(
+            await db_conn.fetchval(
+                "SELECT acked_at IS NOT NULL FROM outbox WHERE department_id = $1 AND dept_seq = 2", dept.id
+            )
+        )
+
+    await wait_for(ack_stored, what="the ack in Postgres")
+    await redis_client.delete(f"dispatch:{dept.id}")  # the whole stream is gone, the epoch is not
+    assert await redis_client.exists(EPOCH)
+
+    again = Cad(api.channel, dept.api_key)
+    try:
+        got = []
+        while len(got) < 3:
+            msg = await again.next(within=15)
+            if msg.WhichOneof("kind") == "alert_raised":
+                got.append((msg.event_id, msg.alert_raised.alert.id))
+        # Every unacknowledged one, in order, with its original id; not the acknowledged one.
+        assert got == [(received[i].event_id, alerts[i].id) for i in (0, 2, 3)]
+    finally:
+        await again.close()
