@@ -622,6 +622,34 @@ async def test_lost_dispatch_stream_shows_a_banner_and_resumes_from_the_cursor(
     assert console.log.page_errors == []
 
 
+async def test_a_silent_dispatch_stream_counts_as_lost_and_is_reopened(api: Api, console: Console) -> None:
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+
+    # The console gives up on a stream after 45 s without a message (the server sends a
+    # heartbeat every 15 s). Here 2 s: the open stream, quiet for 15 s, reads as a
+    # connection that died without being closed.
+    await page.goto(console.url)
+    await page.evaluate("localStorage.setItem('securenow.dispatch-watchdog-ms', '2000')")
+    await sign_in(page, dispatcher.user.email, PASSWORD)
+    status, banner = page.get_by_test_id("connection-status"), page.get_by_test_id("connection-banner")
+    await expect(status).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(banner).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(banner).to_contain_text("Connection lost — reconnecting…")
+    await expect(banner).to_contain_text("no message from the server for 2 s")
+    await console.shot("19-silent-stream")
+
+    # It reconnects by itself, and alerts still arrive.
+    await expect(status).to_have_text("Live", timeout=TIMEOUT_MS)
+    alert = await raise_sos(api, person, SF, description="after a silent stream")
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
+    await expect(row.get_by_test_id("alert-description")).to_have_text("after a silent stream", timeout=TIMEOUT_MS)
+    assert console.log.page_errors == []
+
+
 async def _first(items: list[sos_pb2.WatchSosResponse]) -> sos_pb2.WatchSosResponse | None:
     return items[0] if items else None
 

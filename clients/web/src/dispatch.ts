@@ -1,7 +1,8 @@
 // The live feed of a dispatcher's agency: loads existing incidents, then follows
 // AgencyService.WatchDispatch. Delivery is at least once, so events are deduplicated by
 // event_id, acknowledged after processing (AckDispatchEvent), and the last processed
-// id is kept in localStorage as the resume cursor for reconnects and reloads.
+// id is kept in localStorage as the resume cursor for reconnects and reloads. A stream
+// silent for longer than three heartbeats is treated as lost and reopened.
 import { Code } from "@connectrpc/connect";
 import { agency, sos, UNARY_TIMEOUT_MS } from "./api";
 import { refresh } from "./auth";
@@ -20,6 +21,25 @@ export type ConnectionState =
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const SEEN_LIMIT = 2_000;
+// The server sends a heartbeat on WatchDispatch every 15 s. A connection that carries
+// nothing for three of those is dead even if nobody closed it (a sleeping laptop, a NAT
+// or proxy that dropped the flow): it is aborted and reopened, instead of a "Live"
+// board that no longer updates.
+const WATCHDOG_MS = 45_000;
+// localStorage override of WATCHDOG_MS in milliseconds (at least 1000), for tests.
+const WATCHDOG_KEY = "securenow.dispatch-watchdog-ms";
+
+function watchdogMs(): number {
+  const override = Number(localStorage.getItem(WATCHDOG_KEY) ?? "");
+  return Number.isFinite(override) && override >= 1_000 ? override : WATCHDOG_MS;
+}
+
+/** The watchdog ended a connection that had gone quiet. */
+class SilentConnection extends Error {
+  constructor(silenceMs: number) {
+    super(`no message from the server for ${Math.round(silenceMs / 1000)} s`);
+  }
+}
 
 export class DispatchFeed {
   private abort = new AbortController();
@@ -91,19 +111,14 @@ export class DispatchFeed {
     while (!this.stopped) {
       let reason = "the server ended the stream";
       try {
-        const stream = agency.watchDispatch(
-          { resumeAfterEventId: this.cursor },
-          { signal: this.abort.signal, onHeader: () => this.onState({ kind: "live" }) },
-        );
-        for await (const message of stream) {
+        await this.connect(() => {
           attempt = 0;
           refreshed = false;
           this.onState({ kind: "live" });
-          if (message.event) await this.handle(message.event);
-        }
+        });
       } catch (err) {
         if (this.stopped) return;
-        reason = errorText(err);
+        reason = err instanceof SilentConnection ? err.message : errorText(err);
         if (isCode(err, Code.Unauthenticated) && !refreshed) {
           refreshed = true;
           try {
@@ -127,6 +142,51 @@ export class DispatchFeed {
       attempt += 1;
       this.onState({ kind: "reconnecting", reason, retryInMs: delay });
       await sleep(delay, this.abort.signal);
+    }
+  }
+
+  /** One WatchDispatch connection, followed until it ends; throws what ended it
+   * (SilentConnection when the watchdog did). */
+  private async connect(onMessage: () => void): Promise<void> {
+    const connection = new AbortController(); // ended by stop() or by the watchdog
+    const onStop = () => connection.abort();
+    this.abort.signal.addEventListener("abort", onStop, { once: true });
+    const silenceMs = watchdogMs();
+    let silent = false;
+    let watchdog: ReturnType<typeof setTimeout> | undefined;
+    const rearm = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        silent = true;
+        connection.abort();
+      }, silenceMs);
+    };
+    try {
+      rearm(); // also bounds the wait for the response headers
+      const stream = agency.watchDispatch(
+        { resumeAfterEventId: this.cursor },
+        {
+          signal: connection.signal,
+          onHeader: () => {
+            rearm();
+            this.onState({ kind: "live" });
+          },
+        },
+      );
+      for await (const message of stream) {
+        // Every message counts, heartbeats included. Nothing is read while an event is
+        // handled, so silence is not measured then.
+        clearTimeout(watchdog);
+        onMessage();
+        if (message.event) await this.handle(message.event);
+        rearm();
+      }
+    } catch (err) {
+      if (silent && !this.stopped) throw new SilentConnection(silenceMs);
+      throw err;
+    } finally {
+      clearTimeout(watchdog);
+      this.abort.signal.removeEventListener("abort", onStop);
     }
   }
 
