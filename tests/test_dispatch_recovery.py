@@ -4,7 +4,10 @@ the relay's reconciliation puts back what is missing, in order, with the same id
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from securenow.v1 import agency_pb2
@@ -90,3 +93,40 @@ async def test_a_stream_redis_lost_is_rewritten_in_order_without_what_was_acknow
         assert got == [(received[i].event_id, alerts[i].id) for i in (0, 2, 3)]
     finally:
         await again.close()
+
+
+async def test_an_event_a_superseded_relay_published_past_is_repaired_not_skipped(
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Split brain: a relay that lost its lock without noticing yet publishes event 3
+    before the new leader publishes event 2. Redis refuses 2 ("equal or smaller"),
+    which must not be taken for "already published"."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    first = await raise_sos(api, person, SF, description="first")
+    first_id = await published(db_conn, first.id)
+    assert first_id == "1-0"
+    stream = f"dispatch:{dept.id}"
+    [(_, fields)] = await redis_client.xrange(stream)
+    await redis_client.xadd(stream, fields, id="3-0")  # the old leader's event 3 (any content)
+
+    with caplog.at_level(logging.WARNING, logger="securenow.server.workers.outbox_relay"):
+        second = await raise_sos(api, person, SF, description="second")
+        assert await published(db_conn, second.id) == "2-0"
+
+        async def repaired() -> bool:
+            return [e[0] for e in await redis_client.xrange(stream)] == ["1-0", "2-0"]
+
+        await wait_for(repaired, within=15, what="the stream rewritten from Postgres")
+    assert "another relay published past them" in caplog.text
+
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        got = [await cad.next_event("alert_raised") for _ in range(2)]
+        assert [(m.event_id, m.alert_raised.alert.id) for m in got] == [("1-0", first.id), ("2-0", second.id)]
+        third = await raise_sos(api, person, SF, description="third")  # its id is free again
+        msg = await cad.next_event("alert_raised")
+        assert (msg.event_id, msg.alert_raised.alert.id) == ("3-0", third.id)
+    finally:
+        await cad.close()

@@ -86,6 +86,7 @@ BATCH = 500
 EPOCH_CHECK_INTERVAL = 0.25
 # Entries per MULTI when a stream is rewritten from Postgres.
 REWRITE_BATCH = 1000
+LEADERSHIP_CHECK_TIMEOUT = 2.0
 
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
@@ -197,9 +198,10 @@ class OutboxRelay:
             async with self._db.reader() as uow:
                 leftovers = await RelayRepo(uow.conn).sequenced_unpublished(BATCH)
         # Numbering, and the webhook deliveries made by the same statement, need only
-        # Postgres: they go on while Redis is down.
-        async with self._db.reader() as uow:  # one statement: its own transaction
-            claimed = await RelayRepo(uow.conn).claim_new(BATCH)
+        # Postgres: they go on while Redis is down. Leadership is confirmed meanwhile
+        # (in parallel: no added latency), so a relay that lost its lock without
+        # noticing yet does not publish.
+        claimed, _ = await asyncio.gather(self._claim(), self._confirm_leadership())
         # A full batch of leftovers may have cut a department short: nothing numbered
         # after it may reach its stream first (stream ids only grow).
         pending = leftovers if len(leftovers) == BATCH else leftovers + claimed
@@ -230,6 +232,21 @@ class OutboxRelay:
             self.on_published()
         return len(pending)
 
+    async def _claim(self) -> list[OutboxEvent]:
+        async with self._db.reader() as uow:  # one statement: its own transaction
+            return await RelayRepo(uow.conn).claim_new(BATCH)
+
+    async def _confirm_leadership(self) -> None:
+        """The advisory lock is held as long as the leader's session lives: a round trip
+        on it shows that it still does (a relay whose connection died or hangs, and whose
+        lock another relay may hold by now, fails here instead of publishing)."""
+        conn = self._leader.conn
+        if conn is None:
+            return  # step() driven directly, without run()
+        if conn.is_closed():
+            raise Unavailable("lost the relay's leader connection")
+        await conn.fetchval("SELECT 1", timeout=LEADERSHIP_CHECK_TIMEOUT)
+
     async def _redis_lost_data(self) -> bool:
         now = time.monotonic()
         if now - self._epoch_checked_at <= EPOCH_CHECK_INTERVAL:
@@ -247,12 +264,14 @@ class OutboxRelay:
         async with self._redis.pipeline(transaction=True) as pipe:
             new_groups = []
             streams: dict[Any, Any] = {}
+            xadds: dict[int, tuple[str, str]] = {}  # command index -> (stream, entry id)
             for e in events:
                 if e.department_id and e.dept_seq is not None:
                     stream = dispatch_stream(e.department_id)
                     if stream not in self._known_groups and stream not in new_groups:
                         pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                         new_groups.append(stream)
+                    xadds[len(pipe)] = (stream, event_id(e.dept_seq))
                     pipe.xadd(stream, stream_fields(e), id=event_id(e.dept_seq))
                     streams[stream] = ">"
                 marker = active_alert_marker(e)
@@ -269,21 +288,47 @@ class OutboxRelay:
                 # Into the pending list; also picks up entries an interrupted pass added.
                 pipe.xreadgroup(DISPATCH_GROUP, RELAY_CONSUMER, streams)
             results = await pipe.execute(raise_on_error=False)
-        for result in results:
+        rejected: list[tuple[str, str]] = []
+        for index, result in enumerate(results):
             if isinstance(result, ResponseError):
                 text = str(result)
-                if "BUSYGROUP" in text or "equal or smaller" in text:
-                    continue  # group exists / entry published by an earlier attempt
+                if "BUSYGROUP" in text:
+                    continue  # the group exists
+                if "equal or smaller" in text and index in xadds:
+                    rejected.append(xadds[index])  # published by an earlier attempt, or not?
+                    continue
                 if "NOGROUP" in text:
                     self._known_groups.clear()  # Redis lost the group: create it again
                 raise result
             if isinstance(result, Exception):
                 raise result
         self._known_groups.update(new_groups)
+        if rejected:
+            await self._check_rejected(rejected)
         now = time.time()
         for e in events:
             LAG.observe(max(0.0, now - e.created_at.timestamp()))
             PUBLISHED.labels("dispatch" if e.department_id else "pubsub").inc()
+
+    async def _check_rejected(self, rejected: list[tuple[str, str]]) -> None:
+        """An XADD refused because the stream already has a greater id is normally the
+        repeat of a publish that reached Redis before its pass failed. But a superseded
+        leader that did not notice yet may have published the next event first: then
+        this one is not in the stream at all. Such entries are left to reconcile(),
+        which runs at once and rewrites the stream with them in their place."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, entry_id in rejected:
+                pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+            found = await pipe.execute()
+        absent = [entry for entry, entries in zip(rejected, found, strict=True) if not entries]
+        if absent:
+            log.warning(
+                "outbox relay: %d events were refused by their streams and are not in them (first %s %s):"
+                " another relay published past them; repairing the streams",
+                len(absent),
+                *absent[0],
+            )
+            self._reconciled_at = 0.0
 
     async def reconcile(self) -> int:
         """Compares Postgres with Redis: every published event a department has not
