@@ -13,6 +13,9 @@ from securenow.server.domain.validation import Validator
 # A device clock may be off; fixes from further in the future than this are refused.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 EARTH_RADIUS_M = 6_371_008.8
+# A city's or a county's boundary is a few hundred kB at most. Longer text is refused
+# before parsing: json.loads on megabytes of nesting costs time and ends in RecursionError.
+MAX_GEOJSON_LENGTH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,12 @@ def validate_area_geojson(v: Validator, name: str, text: str, *, required: bool)
         if required:
             v.add(name, "is required")
         return None
+    if len(text) > MAX_GEOJSON_LENGTH:
+        v.add(name, f"must be at most {MAX_GEOJSON_LENGTH} characters")
+        return None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         v.add(name, "must be GeoJSON text")
         return None
     if isinstance(data, dict) and data.get("type") == "Feature":
@@ -141,14 +147,21 @@ def validate_area_geojson(v: Validator, name: str, text: str, *, required: bool)
             if not _valid_ring(ring):
                 v.add(name, "rings need at least 4 [longitude, latitude] positions and must be closed")
                 return None
-    return data
+    # Only the geometry is kept: foreign members (properties, bbox...) could be nested
+    # arbitrarily deep and nothing reads them.
+    return {"type": data["type"], "coordinates": data["coordinates"]}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _valid_ring(ring: Any) -> bool:
     if not isinstance(ring, list) or len(ring) < 4:
         return False
     for pos in ring:
-        if not (isinstance(pos, list) and len(pos) >= 2 and all(isinstance(c, (int, float)) for c in pos[:2])):
+        # [longitude, latitude] or with an altitude; nothing else may hide in a position.
+        if not (isinstance(pos, list) and 2 <= len(pos) <= 3 and all(_is_number(c) for c in pos)):
             return False
         if not (-180 <= pos[0] <= 180 and -90 <= pos[1] <= 90):
             return False
