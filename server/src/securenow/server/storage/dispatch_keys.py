@@ -8,6 +8,9 @@ DISPATCH_GROUP = "cad"
 RELAY_CONSUMER = "relay"
 # Present while Redis holds the dispatch streams; missing after Redis lost its data.
 DISPATCH_EPOCH_KEY = "dispatch:epoch"
+# Sequence numbers are bigint in PostgreSQL (dispatch_sequences) and at most 2**64 - 1
+# in a Redis stream id; anything from here up is no event id this server issued.
+MAX_SEQ = 2**63 - 1
 
 
 def dispatch_stream(department_id: str) -> str:
@@ -20,7 +23,12 @@ def event_id(seq: int) -> str:
 
 
 def seq_of(event_id_text: str) -> int | None:
+    """The sequence number of a client-supplied event id ("<seq>" or "<seq>-0"); None
+    when it cannot be one (callers answer INVALID_ARGUMENT), never a value Redis or
+    PostgreSQL would refuse."""
     head, sep, tail = event_id_text.partition("-")
-    if not head.isdigit() or (sep and tail != "0"):
+    # isascii: str.isdigit also accepts '²' and other digits int() or Redis reject.
+    if not (head.isascii() and head.isdigit()) or len(head) > 19 or (sep and tail != "0"):
         return None
-    return int(head)
+    seq = int(head)
+    return seq if seq <= MAX_SEQ else None

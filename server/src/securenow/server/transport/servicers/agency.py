@@ -225,7 +225,9 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self, request: agency_pb2.WatchDispatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agency_pb2.WatchDispatchResponse]:
         principal = current_principal()
-        sub = await self._hub.subscribe(principal, agency_of(principal), request.resume_after_event_id)
+        sub = await self._hub.subscribe(
+            principal, agency_of(principal), request.resume_after_event_id, field_name="resume_after_event_id"
+        )
         try:
             async for response in self._responses(sub, client_sends=False):
                 yield agency_pb2.WatchDispatchResponse(event=response)
