@@ -15,6 +15,9 @@ from securenow.server.domain.validation import Validator
 HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
 MAX_TAGS = 20
+# Seven days of a few shifts each; a longer list is a mistake (or an attack on the
+# validator and the JSONB column).
+MAX_AVAILABILITY_WINDOWS = 50
 # Fields of a provider its owner may change (UpdateProvider mask paths).
 UPDATABLE_FIELDS = (
     "company_name",
@@ -168,16 +171,19 @@ def validate_provider(
                 iv.text("policy_number", insurance.policy_number, max_len=100, single_line=True)
         area = validate_area_geojson(p, "service_area_geojson", draft.service_area_geojson, required=False)
         schedule = []
-        for i, w in enumerate(draft.availability_schedule):
-            with p.nested(f"availability_schedule[{i}]") as wv:
-                wv.int_range("day_of_week", w.day_of_week, 1, 7)
-                if not HHMM_RE.match(w.start_time):
-                    wv.add("start_time", "must be HH:MM")
-                if not HHMM_RE.match(w.end_time):
-                    wv.add("end_time", "must be HH:MM")
-                elif HHMM_RE.match(w.start_time) and w.end_time <= w.start_time:
-                    wv.add("end_time", "must be after start_time")
-            schedule.append(w)
+        if len(draft.availability_schedule) > MAX_AVAILABILITY_WINDOWS:
+            p.add("availability_schedule", f"at most {MAX_AVAILABILITY_WINDOWS} windows")
+        else:
+            for i, w in enumerate(draft.availability_schedule):
+                with p.nested(f"availability_schedule[{i}]") as wv:
+                    wv.int_range("day_of_week", w.day_of_week, 1, 7)
+                    if not HHMM_RE.fullmatch(w.start_time):
+                        wv.add("start_time", "must be HH:MM")
+                    if not HHMM_RE.fullmatch(w.end_time):
+                        wv.add("end_time", "must be HH:MM")
+                    elif HHMM_RE.fullmatch(w.start_time) and w.end_time <= w.start_time:
+                        wv.add("end_time", "must be after start_time")
+                schedule.append(w)
         pricing = _validate_pricing(p, draft) if "pricing" in want else Pricing()
         if draft.base_location is not None:
             p.lat_lng("base_location", draft.base_location.latitude, draft.base_location.longitude)
@@ -208,6 +214,9 @@ def _validate_pricing(p: Validator, draft: ProviderDraft) -> Pricing:
     rates: dict[ServiceType, Money] = {}
     currencies = set()
     with p.nested("pricing") as pv:
+        if len(draft.pricing_input) > len(ServiceType):
+            pv.add("rates", f"at most one rate per service type ({len(ServiceType)})")
+            return Pricing()
         for i, (service, currency, units, nanos) in enumerate(draft.pricing_input):
             with pv.nested(f"rates[{i}]") as rv:
                 if service is None:

@@ -14,6 +14,9 @@ from securenow.server.domain.errors import FieldViolation, InvalidArgument
 EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]{2,}")
 PHONE_RE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164
 REQUEST_ID_NAME = "request_id"
+# An error names at most this many violations: the details travel in a response
+# trailer, and a list of 100,000 bad entries would not fit in one.
+MAX_REPORTED_VIOLATIONS = 20
 # Control characters no text field may hold: PostgreSQL text cannot store NUL at all
 # (the insert fails), and the others (escape sequences, backspace...) only serve to
 # forge log lines or confuse a dispatcher's screen. Tab, line feed and carriage return
@@ -122,7 +125,7 @@ class Validator:
 
     def check(self) -> None:
         if self.violations:
-            raise InvalidArgument(list(self.violations))
+            raise InvalidArgument(self.violations[:MAX_REPORTED_VIOLATIONS])
 
 
 def parse_uuid(name: str, value: str) -> str:

@@ -8,7 +8,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from securenow.server.domain.accounts import SYSTEM, Principal, PrincipalKind, User, validate_sign_up
+from securenow.server.domain.accounts import (
+    MAX_PASSWORD_LENGTH,
+    SYSTEM,
+    Principal,
+    PrincipalKind,
+    User,
+    validate_sign_up,
+)
 from securenow.server.domain.enums import Role, UserStatus
 from securenow.server.domain.errors import (
     DomainError,
@@ -104,6 +111,9 @@ class AuthService:
         email = v.email("email", email, required=False) if email else ""
         phone = v.phone("phone", phone, required=False) if phone and not email else ""
         v.require("password", password)
+        if len(password) > MAX_PASSWORD_LENGTH:
+            # Tells nothing about the account: no account was ever given such a password.
+            v.add("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
         v.check()
         subject = email or phone
         await self._live.hit_rate_limit(subject, "sign_in", self._sign_in_limit)

@@ -125,7 +125,7 @@ class ProviderService:
         service_type: ServiceType | None,
         min_rating: float,
     ) -> tuple[list[Provider], str]:
-        if min_rating < 0 or min_rating > 5:
+        if not 0 <= min_rating <= 5:  # NaN fails this too
             raise InvalidArgument.field("min_rating", "must be between 0 and 5")
         page = page_request(
             page_size,
