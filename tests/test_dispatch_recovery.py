@@ -1,6 +1,8 @@
 """The dispatch streams' promise when Redis and Postgres disagree: Redis loses writes
 but keeps the epoch, or an entry never makes it into a stream. Postgres is the truth;
-the relay's reconciliation puts back what is missing, in order, with the same ids."""
+the relay's reconciliation puts back what is missing, in order, with the same ids.
+And the streams stay bounded: settled entries are trimmed, never unacknowledged ones,
+and a CAD resuming from before the trimmed part gets it from Postgres."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from securenow.server.workers import outbox_relay
+from securenow.server.workers.outbox_relay import OutboxRelay
 from securenow.v1 import agency_pb2
+from tests.conftest import DATABASE_URL
 from tests.dispatch_helpers import SF, Cad, raise_sos, register_department
 from tests.helpers import Api, wait_for
 
@@ -55,8 +60,9 @@ async def test_an_event_redis_lost_after_it_was_published_still_reaches_the_cad(
 
 
 async def test_a_stream_redis_lost_is_rewritten_in_order_without_what_was_acknowledged(
-    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outbox_relay, "REWRITE_BATCH", 2)  # several MULTIs for a few events
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
     person = await api.sign_up()
@@ -130,3 +136,74 @@ async def test_an_event_a_superseded_relay_published_past_is_repaired_not_skippe
         assert (msg.event_id, msg.alert_raised.alert.id) == ("3-0", third.id)
     finally:
         await cad.close()
+
+
+async def test_settled_entries_are_trimmed_and_an_old_cursor_resumes_from_postgres(
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    stream = f"dispatch:{dept.id}"
+    alerts = [await raise_sos(api, person, SF, description=f"#{i}") for i in range(4)]
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        received = [await cad.next_event("alert_raised") for _ in alerts]
+        ids = [m.event_id for m in received]
+        assert ids == ["1-0", "2-0", "3-0", "4-0"]
+        for i in (0, 1, 3):  # the third stays unacknowledged
+            cad.ack(ids[i])
+
+        async def acks_stored() -> bool:
+            acked = await db_conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE department_id = $1 AND acked_at IS NOT NULL", dept.id
+            )
+            return bool(acked == 3)
+
+        await wait_for(acks_stored, what="three acks in Postgres")
+
+        async def entries() -> list[str]:
+            return [e[0] for e in await redis_client.xrange(stream)]
+
+        # The relay's own trimmer, with the default delay, keeps recent acknowledged entries.
+        patient = OutboxRelay(api.app.db, api.app.redis, DATABASE_URL)
+        assert await patient.trim() == 0
+        assert await entries() == ids
+        # Without the delay: everything below the oldest unacknowledged entry goes, nothing from it on.
+        eager = OutboxRelay(api.app.db, api.app.redis, DATABASE_URL, keep_acked_seconds=0)
+        assert await eager.trim() == 2
+        assert await entries() == ["3-0", "4-0"]
+        cad.ack(ids[2])
+
+        async def all_acked() -> bool:
+            return not await db_conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE department_id = $1 AND acked_at IS NULL", dept.id
+            )
+
+        await wait_for(all_acked, what="every ack in Postgres")
+        assert await eager.trim() == 2
+        assert await entries() == []
+    finally:
+        await cad.close()
+
+    # A CAD resuming after event 1: events 2-4 are gone from Redis, and come from Postgres,
+    # in order, followed by new ones.
+    later = await raise_sos(api, person, SF, description="later")
+    resumed = Cad(api.channel, dept.api_key, resume_after="1-0")
+    try:
+        got = []
+        while len(got) < 4:
+            msg = await resumed.next()
+            if msg.WhichOneof("kind") == "alert_raised":
+                got.append(msg)
+        assert [(m.event_id, m.alert_raised.alert.id) for m in got] == [
+            ("2-0", alerts[1].id),
+            ("3-0", alerts[2].id),
+            ("4-0", alerts[3].id),
+            ("5-0", later.id),
+        ]
+        for replayed, original in zip(got[:3], received[1:], strict=True):  # the same events, not look-alikes
+            assert replayed.alert_raised == original.alert_raised
+            assert replayed.event_time == original.event_time
+    finally:
+        await resumed.close()

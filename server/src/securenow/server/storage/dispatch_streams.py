@@ -11,8 +11,9 @@ Semantics (what a CAD sees):
 - Every connection of a department receives every event of that department, whichever
   replica it is connected to; an ack from any of them settles the event (XACK, and
   acked_at in Postgres for recovery).
-- On subscribe: everything after `resume_after_event_id` (when given) plus every
-  unacknowledged event, in order; then live events.
+- On subscribe: everything after `resume_after_event_id` (when given; from Postgres
+  for the part the relay trimmed from the stream) plus every unacknowledged event, in
+  order; then live events.
 - Unacknowledged events idle for `redeliver_after` are claimed (XAUTOCLAIM) and sent
   again; this also takes over the pending events of a crashed process.
 - A subscription whose API key is revoked, or whose department is no longer
@@ -195,6 +196,9 @@ class DispatchHub:
         except (RedisError, OSError) as exc:
             self.unsubscribe(sub)
             raise Unavailable(f"dispatch streams unavailable: {type(exc).__name__}") from exc
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
         sub.start(backlog)
         if backlog:
             DELIVERED.labels("catch_up").inc(len(backlog))
@@ -235,6 +239,15 @@ class DispatchHub:
                 ev = _parse(entry_id, fields)
                 if ev is not None:
                     events[ev.seq] = ev
+            first = min(events) if events else None
+            if first is None or first > resume_seq + 1:
+                # What the stream no longer holds after the cursor (acknowledged, then
+                # trimmed) comes from Postgres, as long as the outbox keeps it.
+                async with self._db.reader() as uow:
+                    older = await RelayRepo(uow.conn).published_between(department_id, resume_seq, first)
+                for e in older:
+                    assert e.dept_seq is not None
+                    events.setdefault(e.dept_seq, DispatchEvent(e.dept_seq, e.event_type, e.created_at, e.payload))
         pending = await self._redis.xpending_range(stream, DISPATCH_GROUP, min="-", max="+", count=100_000)
         ids = [p["message_id"] for p in pending if seq_of(p["message_id"]) not in events]
         for start in range(0, len(ids), 1000):

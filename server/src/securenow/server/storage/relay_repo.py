@@ -135,6 +135,40 @@ class RelayRepo:
         )
         return [(str(r["department_id"]), int(r["low"]), int(r["high"])) for r in rows]
 
+    async def trim_points(self, keep_seconds: float) -> list[tuple[str, int]]:
+        """Per department: the lowest stream id it still needs, i.e. its oldest
+        unacknowledged event, or else the first one published within `keep_seconds`
+        (kept so that replicas still reading live get them). Departments with nothing
+        old enough are left out. Everything below the id is acknowledged and old."""
+        rows = await self.conn.fetch(
+            """SELECT department_id, least(oldest_unacked, newest_old + 1) AS keep_from FROM (
+                   SELECT s.department_id,
+                          (SELECT min(o.dept_seq) FROM outbox o WHERE o.department_id = s.department_id
+                             AND o.dept_seq IS NOT NULL AND o.acked_at IS NULL) AS oldest_unacked,
+                          (SELECT max(o.dept_seq) FROM outbox o WHERE o.department_id = s.department_id
+                             AND o.dept_seq IS NOT NULL
+                             AND o.published_at < now() - make_interval(secs => $1)) AS newest_old
+                   FROM dispatch_sequences s) d
+               WHERE newest_old IS NOT NULL""",
+            keep_seconds,
+        )
+        return [(str(r["department_id"]), int(r["keep_from"])) for r in rows]
+
+    async def published_between(self, department_id: str, after_seq: int, before_seq: int | None) -> list[OutboxEvent]:
+        """A department's published events with after_seq < seq < before_seq (None: no
+        upper bound), in order: what a CAD resuming from an old cursor needs that its
+        trimmed stream no longer holds."""
+        rows = await self.conn.fetch(
+            f"""SELECT {COLUMNS} FROM outbox
+                WHERE department_id = $1 AND dept_seq > $2 AND ($3::bigint IS NULL OR dept_seq < $3)
+                  AND published_at IS NOT NULL
+                ORDER BY dept_seq""",
+            department_id,
+            after_seq,
+            before_seq,
+        )
+        return [_event(r) for r in rows]
+
     async def unacked_published_seqs(self, department_id: str) -> list[int]:
         rows = await self.conn.fetch(
             """SELECT dept_seq FROM outbox WHERE department_id = $1 AND dept_seq IS NOT NULL

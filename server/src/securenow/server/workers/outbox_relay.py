@@ -15,7 +15,8 @@ is that repeat and is skipped. Nothing committed is ever skipped. While Redis is
 unreachable the relay keeps leading and numbering, and publishes once it is back.
 Every `reconcile_interval` the relay also checks that each department's stream holds
 all its published, unacknowledged events (Redis can lose writes and keep the epoch),
-and rewrites a stream that does not (reconcile()).
+and rewrites a stream that does not (reconcile()); every `trim_interval` it trims
+what is acknowledged and older than `keep_acked_seconds` from the streams (trim()).
 
 Right after its XADDs the relay reads the new entries into the consumer group (as
 consumer "relay"), so every published event is in the group's pending list until a CAD
@@ -90,6 +91,7 @@ LEADERSHIP_CHECK_TIMEOUT = 2.0
 
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
+TRIMMED = Counter("securenow_dispatch_entries_trimmed_total", "Settled entries trimmed from dispatch streams.")
 REPAIRED = Counter(
     "securenow_outbox_repaired_total",
     "Published, unacknowledged events found missing from their Redis stream and published again.",
@@ -123,6 +125,8 @@ class OutboxRelay:
         *,
         idle_poll_seconds: float = 1.0,
         reconcile_interval: float = 2.0,
+        trim_interval: float = 30.0,
+        keep_acked_seconds: float = 300.0,
     ) -> None:
         self._db = db
         # redis-py's annotations do not follow decode_responses; responses are str here.
@@ -141,6 +145,10 @@ class OutboxRelay:
         # Per department: the stream's shape when its entries were last checked one by
         # one and found complete (no need to check again while it stays the same).
         self._verified: dict[str, tuple[int, ...]] = {}
+        self._trim_interval = trim_interval
+        self._keep_acked = keep_acked_seconds
+        self._trimmed_at = 0.0
+        self._trimmed_to: dict[str, int] = {}  # per department: the last MINID applied
         self.on_published: Callable[[], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,6 +161,8 @@ class OutboxRelay:
                 LEADER.set(1)
                 self._leftovers_possible = True
                 self._epoch_checked_at = 0.0
+                self._trimmed_to.clear()
+                self._verified.clear()
                 log.info("outbox relay: leading")
                 conn = self._leader.conn
                 assert conn is not None
@@ -185,6 +195,12 @@ class OutboxRelay:
                     await self.reconcile()
                 except (RedisError, OSError) as exc:
                     log.warning("outbox relay: reconciliation failed (%s); trying again later", type(exc).__name__)
+            if self._redis_ok and time.monotonic() - self._trimmed_at >= self._trim_interval:
+                self._trimmed_at = time.monotonic()
+                try:
+                    await self.trim()
+                except (RedisError, OSError) as exc:
+                    log.warning("outbox relay: trimming failed (%s); trying again later", type(exc).__name__)
             if moved < BATCH:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
@@ -387,6 +403,25 @@ class OutboxRelay:
             del self._verified[department]
         return missing_total
 
+    async def trim(self) -> int:
+        """Drops stream entries that every consumer is done with: XTRIM MINID below each
+        department's oldest unacknowledged event, keeping acknowledged ones for
+        `keep_acked_seconds` after publication (replicas reading live may still be
+        behind). Never an unacknowledged entry. Returns how many entries went."""
+        async with self._db.reader() as uow:
+            points = await RelayRepo(uow.conn).trim_points(self._keep_acked)
+        due = [(d, keep_from) for d, keep_from in points if self._trimmed_to.get(d) != keep_from]
+        if not due:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for department, keep_from in due:
+                pipe.xtrim(dispatch_stream(department), minid=event_id(keep_from), approximate=False)
+            removed = await pipe.execute()
+        for department, keep_from in due:
+            self._trimmed_to[department] = keep_from
+        TRIMMED.inc(sum(removed))
+        return int(sum(removed))
+
     async def _missing_from_stream(self, department: str) -> list[int]:
         """The department's published, unacknowledged events its stream does not hold."""
         async with self._db.reader() as uow:
@@ -454,6 +489,7 @@ class OutboxRelay:
         )
         self._known_groups.clear()
         self._verified.clear()
+        self._trimmed_to.clear()
         rebuilt: list[int] = []
         for department in departments:
             rebuilt += await self._rewrite_stream(department, published_only=False)
