@@ -3,8 +3,10 @@
 1. authenticates the bearer credential (unless the method is public) and checks the
    caller's role against the access table (default deny);
 2. makes the caller available to the servicer (`context.current_principal()`);
-3. turns domain errors into status codes with google.rpc details, and anything
-   unexpected into a logged INTERNAL without internals in the message;
+3. turns domain errors into status codes with google.rpc details, request bytes that
+   are not the method's message into INVALID_ARGUMENT (grpcio itself would answer
+   UNKNOWN with its internal exception text), and anything unexpected into a logged
+   INTERNAL without internals in the message;
 4. counts calls and latency by method and status code (Prometheus), writes one
    JSON access-log line, and audits failed mutating calls.
 """
@@ -21,7 +23,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from securenow.server.domain.accounts import Principal
-from securenow.server.domain.errors import DomainError, PermissionDenied, Unauthenticated
+from securenow.server.domain.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated
 from securenow.server.transport.access import RULES, Rule
 from securenow.server.transport.context import set_principal
 from securenow.server.transport.errors import as_grpc_status, internal_status, to_rpc_status
@@ -44,6 +46,35 @@ Authenticate = Callable[[str], Awaitable[Principal]]
 AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
 # Outcomes of mutating calls that are not audited: nothing was attempted on an object.
 _NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+class _Undecodable:
+    """What a request deserializer hands over for bytes that are not its message."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's request deserializer, returning _UNDECODABLE instead of raising:
+    grpcio answers a raising deserializer with UNKNOWN "Unexpected <class
+    'DecodeError'>", while this lets the wrapped behaviour answer INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or invalid UTF-8 in a string field
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _undecodable() -> InvalidArgument:
+    return InvalidArgument.field("request", "is not a valid protobuf encoding of the method's request message")
 
 
 def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
@@ -121,6 +152,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, rule, context)
                 try:
                     await enter(call)
+                    if request is _UNDECODABLE:
+                        raise _undecodable()
                     return await inner_uu(request, context)
                 except BaseException as exc:
                     await self._fail(call, context, exc)
@@ -128,7 +161,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     await self._finish(call)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
             )
 
         if handler.unary_stream:
@@ -138,6 +171,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, rule, context)
                 try:
                     await enter(call)
+                    if request is _UNDECODABLE:
+                        raise _undecodable()
                     async for response in inner_us(request, context):
                         yield response
                 except BaseException as exc:
@@ -146,7 +181,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     await self._finish(call)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
             )
 
         if handler.stream_unary:
@@ -156,14 +191,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call = _Call(method, rule, context)
                 try:
                     await enter(call)
-                    return await inner_su(requests, context)
+                    return await inner_su(self._decoded(requests, call, context), context)
                 except BaseException as exc:
                     await self._fail(call, context, exc)
                 finally:
                     await self._finish(call)
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
+                stream_unary, _tolerant(handler.request_deserializer), handler.response_serializer
             )
 
         inner_ss = handler.stream_stream
@@ -172,7 +207,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(method, rule, context)
             try:
                 await enter(call)
-                async for response in inner_ss(requests, context):
+                async for response in inner_ss(self._decoded(requests, call, context), context):
                     yield response
             except BaseException as exc:
                 await self._fail(call, context, exc)
@@ -180,8 +215,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await self._finish(call)
 
         return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
+            stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer
         )
+
+    async def _decoded(
+        self, requests: AsyncIterator[Any], call: _Call, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """The client's messages; an undecodable one ends the call with INVALID_ARGUMENT
+        right here, so the answer does not depend on how the servicer treats errors
+        while reading (StreamDispatch, for one, ends quietly when its reader fails)."""
+        async for request in requests:
+            if request is _UNDECODABLE:
+                await self._fail(call, context, _undecodable())  # aborts: raises AbortError
+            yield request
 
     async def _fail(self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Classifies the exception, then aborts the RPC (or re-raises cancellation)."""
