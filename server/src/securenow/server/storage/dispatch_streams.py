@@ -239,12 +239,13 @@ class DispatchHub:
                 ev = _parse(entry_id, fields)
                 if ev is not None:
                     events[ev.seq] = ev
-            first = min(events) if events else None
-            if first is None or first > resume_seq + 1:
-                # What the stream no longer holds after the cursor (acknowledged, then
-                # trimmed) comes from Postgres, as long as the outbox keeps it.
+            last = max(events) if events else None
+            if last is None or len(events) != last - resume_seq:
+                # Ids are consecutive: a gap is what the stream no longer holds after the
+                # cursor (trimmed once acknowledged, or left out by a rewrite from
+                # Postgres). It comes from Postgres, as long as the outbox keeps it.
                 async with self._db.reader() as uow:
-                    older = await RelayRepo(uow.conn).published_between(department_id, resume_seq, first)
+                    older = await RelayRepo(uow.conn).published_between(department_id, resume_seq, last)
                 for e in older:
                     assert e.dept_seq is not None
                     events.setdefault(e.dept_seq, DispatchEvent(e.dept_seq, e.event_type, e.created_at, e.payload))
