@@ -9,11 +9,17 @@
    INTERNAL without internals in the message;
 4. counts calls and latency by method and status code (Prometheus), writes one
    JSON access-log line, and audits failed mutating calls.
+
+The access log's `peer` is the caller's address. Calls through the embedded gRPC-Web
+gateway arrive from loopback; the gateway sets x-forwarded-for to the browser's
+address. That header is believed only from a loopback peer, and only its last hop
+(the one the gateway added): from anyone else it is the caller's own claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,6 +83,40 @@ def _undecodable() -> InvalidArgument:
     return InvalidArgument.field("request", "is not a valid protobuf encoding of the method's request message")
 
 
+def _is_loopback(peer: str) -> bool:
+    """For grpc peer strings: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif kind == "ipv6":
+        host = rest.rpartition("]")[0].lstrip("[")
+    else:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def client_address(peer: str, metadata: tuple[Any, ...] | None) -> tuple[str, str | None]:
+    """(the caller's address, the proxy it came through or None). A loopback peer's
+    x-forwarded-for is believed: its last hop, if that is an IP address."""
+    if not _is_loopback(peer):
+        return peer, None
+    forwarded = [value for key, value in metadata or () if key == "x-forwarded-for"]
+    if not forwarded:
+        return peer, None
+    last = forwarded[-1]
+    hop = (last.decode(errors="replace") if isinstance(last, bytes) else last).rpartition(",")[2].strip()
+    try:
+        return str(ipaddress.ip_address(hop)), peer
+    except ValueError:
+        return peer, None
+
+
 def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
@@ -91,13 +131,15 @@ def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
 class _Call:
     """State of one RPC, shared by the wrappers below."""
 
-    __slots__ = ("code", "method", "peer", "principal", "reason", "rule", "service", "short", "started")
+    __slots__ = ("code", "method", "peer", "principal", "reason", "rule", "service", "short", "started", "via")
 
-    def __init__(self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext, metadata: tuple[Any, ...] | None
+    ) -> None:
         self.method = method
         # Read while the call is alive: grpcio crashes (segfault) on peer() of a call
         # the client already tore down, which is how streams usually end.
-        self.peer = context.peer()
+        self.peer, self.via = client_address(context.peer(), metadata)
         self.rule = rule
         _, _, tail = method.partition("/")
         self.service, _, self.short = tail.partition("/")
@@ -149,7 +191,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule, context)
+                call = _Call(method, rule, context, metadata)
                 try:
                     await enter(call)
                     if request is _UNDECODABLE:
@@ -168,7 +210,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                call = _Call(method, rule, context)
+                call = _Call(method, rule, context, metadata)
                 try:
                     await enter(call)
                     if request is _UNDECODABLE:
@@ -188,7 +230,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule, context)
+                call = _Call(method, rule, context, metadata)
                 try:
                     await enter(call)
                     return await inner_su(self._decoded(requests, call, context), context)
@@ -204,7 +246,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, rule, context)
+            call = _Call(method, rule, context, metadata)
             try:
                 await enter(call)
                 async for response in inner_ss(self._decoded(requests, call, context), context):
@@ -278,5 +320,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 "principal": principal.id if principal else None,
                 "role": principal.role.value if principal else None,
                 "peer": call.peer,
+                "via": call.via,
             },
         )
