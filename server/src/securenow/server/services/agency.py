@@ -64,7 +64,7 @@ class AgencyService:
         name = v.text("department_name", department_name, required=True, max_len=255)
         area = validate_area_geojson(v, "jurisdiction_geojson", jurisdiction_geojson, required=True)
         url = webhook_url.strip()
-        if url:
+        if url and v.characters("webhook_url", url, single_line=True):
             parts = urlsplit(url)
             schemes = ("https", "http") if self._allow_http else ("https",)
             if parts.scheme not in schemes or not parts.hostname or len(url) > 500:
