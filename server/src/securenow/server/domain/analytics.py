@@ -80,8 +80,8 @@ def validate_events(events: list[EventInput], now: datetime) -> list[ValidEvent]
             _json_document(ev, "device_info", event.device_info)
             if len(event.session_id) > MAX_SESSION_ID_LENGTH:
                 ev.add("session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters")
-            elif "\x00" in event.session_id:
-                ev.add("session_id", "must not contain NUL characters")
+            else:
+                ev.characters("session_id", event.session_id)
             time = event.event_time or now
             if time > now + MAX_CLOCK_SKEW:
                 ev.add("event_time", f"must not be more than {MAX_CLOCK_SKEW.seconds // 60} minutes in the future")
@@ -90,8 +90,6 @@ def validate_events(events: list[EventInput], now: datetime) -> list[ValidEvent]
             fix = None
             if event.location is not None:
                 fix = validate_location(ev, "location", event.location, now=now)
-                if "\x00" in event.location.address:
-                    ev.add("location.address", "must not contain NUL characters")
         out.append(
             ValidEvent(
                 event_type=event.event_type,
