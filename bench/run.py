@@ -319,7 +319,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             stack.DATABASE_URL, connections=32, seconds=seconds
         ),
     }
-    server = await stack.start_server()
+    # The serving processes plus a worker process (supervisor), as deployed on a machine.
+    server = await stack.start_server(SECURENOW_PROCESSES=str(args.processes))
     try:
         print("fixtures ...", flush=True)
         fx = await stack.create_fixtures(server, departments=100, people=60)
@@ -346,7 +347,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
     print(f"{args.streams} open streams in one process ...", flush=True)
-    single = await stack.start_server()
+    single = await stack.start_server(SECURENOW_PROCESSES="1")
     try:
         pairs = [(fx.people[i % len(fx.people)], alerts[i % len(fx.people)][0]) for i in range(args.streams)]
         out["open_streams"] = open_streams(single, pairs)
