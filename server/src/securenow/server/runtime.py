@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import time
+from collections import deque
 from pathlib import Path
 
 import grpc
@@ -60,6 +61,12 @@ GC_PAUSE = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 _gc_started = 0.0
+# (generation, seconds) of pauses not yet in GC_PAUSE. The GC callback must not touch
+# prometheus_client: a collection can start inside it (an allocation while a multiprocess
+# metric holds its non-reentrant lock), and observing from the callback then waits on
+# that lock forever, freezing the process (seen with SECURENOW_PROCESSES > 1). A deque
+# append is safe there; _report_gc_pauses moves them into the histogram.
+_gc_pauses: deque[tuple[int, float]] = deque(maxlen=10_000)
 
 
 def _observe_gc(phase: str, info: dict[str, int]) -> None:
@@ -67,7 +74,22 @@ def _observe_gc(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started = time.perf_counter()
     else:
-        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started)
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started))
+
+
+async def _report_gc_pauses(stop: asyncio.Event) -> None:
+    gc.callbacks.append(_observe_gc)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            while _gc_pauses:
+                generation, seconds = _gc_pauses.popleft()
+                GC_PAUSE.labels(str(generation)).observe(seconds)
+    finally:
+        gc.callbacks.remove(_observe_gc)
 
 
 # Keepalive: detect dead peers (a CAD whose network vanished) within about a minute.
@@ -227,11 +249,11 @@ class Runtime:
 
 
 async def serve(settings: Settings) -> None:
-    gc.callbacks.append(_observe_gc)
     app = await App.create(settings)
     runtime = Runtime(app)
     await runtime.start(grpc_addr=settings.grpc_addr, http_addr=settings.http_addr)
     stop = asyncio.Event()
+    gc_report = asyncio.create_task(_report_gc_pauses(stop), name="gc-pauses")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -249,19 +271,19 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: finishing in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await runtime.stop(settings.shutdown_grace_seconds)
+    await gc_report
     log.info("stopped")
 
 
 async def work(settings: Settings) -> None:
     """Background workers only, no listeners: with several serving processes on a
     machine the relay then never waits behind request handling for the event loop."""
-    gc.callbacks.append(_observe_gc)
     app = await App.create(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = background_workers(app, stop)
+    tasks = [*background_workers(app, stop), asyncio.create_task(_report_gc_pauses(stop), name="gc-pauses")]
     log.info("securenow workers running", extra={"instance": settings.resolved_instance_id})
     await stop.wait()
     await asyncio.wait(tasks, timeout=10)
