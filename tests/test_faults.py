@@ -97,6 +97,18 @@ async def raise_with_retries(
             await asyncio.sleep(0.2)
 
 
+def start_burst(api: Api, person: Account) -> tuple[list[str], asyncio.Task[None]]:
+    """RAISES alerts raised one after another (with retries) in the background; the list
+    fills with their ids in the order they were raised."""
+    raised: list[str] = []
+
+    async def burst() -> None:
+        for _ in range(RAISES):
+            raised.append((await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id)
+
+    return raised, asyncio.create_task(burst())
+
+
 async def test_sigkill_between_commit_and_publish_loses_nothing(
     faults_db: str, redis_proc: RedisProcess, servers
 ) -> None:  # type: ignore[no-untyped-def]
@@ -329,13 +341,7 @@ async def test_cad_connection_cut_mid_burst_resumes_everything_in_order(
         async with grpc.aio.insecure_channel(server.address) as ch:
             api, admin, person = await accounts(server, ch)
             dept = await register_department(api, admin, SF)
-            raised: list[str] = []
-
-            async def burst() -> None:
-                for _ in range(RAISES):
-                    raised.append((await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id)
-
-            raising = asyncio.create_task(burst())
+            raised, raising = start_burst(api, person)
             received: list[str] = []
             seen: set[str] = set()
             last_acked = ""
@@ -385,13 +391,7 @@ async def test_cad_on_a_killed_replica_resumes_on_the_other_in_order(
     async with grpc.aio.insecure_channel(b.address) as phone_ch:
         api, admin, person = await accounts(b, phone_ch)
         dept = await register_department(api, admin, SF)
-        raised: list[str] = []
-
-        async def burst() -> None:
-            for _ in range(RAISES):
-                raised.append((await raise_with_retries(api.sos, person, str(uuid.uuid4())))[0].id)
-
-        raising = asyncio.create_task(burst())
+        raised, raising = start_burst(api, person)
         received: list[str] = []
         seen: set[str] = set()
         unacked: list[str] = []
