@@ -59,6 +59,31 @@ async def test_an_event_redis_lost_after_it_was_published_still_reaches_the_cad(
         await cad.close()
 
 
+async def test_events_put_back_below_where_a_cad_is_reading_live_reach_it_again(
+    api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection
+) -> None:
+    """Redis keeps the newest entry and loses the older ones: the connected CAD's hub
+    reads the stream live past them, so the rewrite puts them back below its cursor.
+    They must come again now, not after the redelivery interval (30 s here)."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alerts = [await raise_sos(api, person, SF, description=f"#{i}") for i in range(3)]
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        received = [await cad.next_event("alert_raised") for _ in alerts]
+        assert [m.event_id for m in received] == ["1-0", "2-0", "3-0"]
+        await redis_client.xdel(f"dispatch:{dept.id}", "1-0", "2-0")
+        again = []
+        while len(again) < 2:
+            msg = await cad.next(within=10)
+            if msg.WhichOneof("kind") == "alert_raised":
+                again.append((msg.event_id, msg.alert_raised.alert.id))
+        assert again == [("1-0", alerts[0].id), ("2-0", alerts[1].id)]
+    finally:
+        await cad.close()
+
+
 async def test_a_stream_redis_lost_is_rewritten_in_order_without_what_was_acknowledged(
     api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,11 @@ DISPATCH_GROUP = "cad"
 RELAY_CONSUMER = "relay"
 # Present while Redis holds the dispatch streams; missing after Redis lost its data.
 DISPATCH_EPOCH_KEY = "dispatch:epoch"
+# Notices of rewritten streams (reconciliation, rebuild), entries {department, from_seq}.
+# A rewrite can put events back below where a hub is reading a stream live; hubs read
+# this stream in the same XREAD and move that department's cursor back before from_seq.
+DISPATCH_REWRITES = "dispatch:rewrites"
+DISPATCH_REWRITES_MAXLEN = 1000
 # Sequence numbers are bigint in PostgreSQL (dispatch_sequences) and at most 2**64 - 1
 # in a Redis stream id; anything from here up is no event id this server issued.
 MAX_SEQ = 2**63 - 1

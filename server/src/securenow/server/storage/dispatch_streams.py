@@ -16,6 +16,10 @@ Semantics (what a CAD sees):
   order; then live events.
 - Unacknowledged events idle for `redeliver_after` are claimed (XAUTOCLAIM) and sent
   again; this also takes over the pending events of a crashed process.
+- When the relay rewrites a stream from Postgres (Redis lost entries), it posts a
+  notice on DISPATCH_REWRITES, which the reader reads in the same XREAD: a cursor
+  past the first event put back moves back before it, and what is read again up to
+  the old cursor goes out as redeliveries (at least once; never skipped).
 - A subscription whose API key is revoked, or whose department is no longer
   active, is closed within `key_check_interval`.
 """
@@ -39,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
-from securenow.server.storage.dispatch_keys import DISPATCH_GROUP, dispatch_stream, event_id, seq_of
+from securenow.server.storage.dispatch_keys import DISPATCH_GROUP, DISPATCH_REWRITES, dispatch_stream, event_id, seq_of
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.relay_repo import RelayRepo
 
@@ -74,6 +78,12 @@ def _parse(entry_id: str, fields: dict[str, str], *, redelivery: bool = False) -
         payload=json.loads(fields["payload"]),
         redelivery=redelivery,
     )
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A Redis stream entry id ("<ms>-<n>") as something that sorts like it."""
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
 
 
 @dataclass
@@ -154,6 +164,12 @@ class DispatchHub:
         self._subs: dict[str, set[Subscription]] = {}
         # Per department with subscribers here: the last stream entry id the reader took.
         self._cursors: dict[str, str] = {}
+        # Per department whose stream was rewritten below its cursor: entries up to this
+        # seq were read before, and are sent again as redeliveries.
+        self._replay_through: dict[str, int] = {}
+        self._rewrites_cursor: str | None = None
+        # Per department: the newest rewrite notice already reflected in its cursor.
+        self._rewrites_seen: dict[str, tuple[int, int]] = {}
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
         # Bumped when a stream is added; the reader notes which generation its XREAD has.
@@ -188,9 +204,15 @@ class DispatchHub:
             if department_id not in self._cursors:
                 # Live reading starts at the stream's current end; everything before it
                 # that is unacknowledged comes with the catch-up below.
-                last = await self._redis.xrevrange(dispatch_stream(department_id), count=1)
+                # With the newest rewrite notice, atomically: notices up to it are
+                # already reflected in this cursor (and in the catch-up).
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xrevrange(dispatch_stream(department_id), count=1)
+                    pipe.xrevrange(DISPATCH_REWRITES, count=1)
+                    last, notice = await pipe.execute()
                 if department_id in self._subs and department_id not in self._cursors:
                     self._cursors[department_id] = last[0][0] if last else "0-0"
+                    self._rewrites_seen[department_id] = _entry_key(notice[0][0]) if notice else (0, 0)
                     await self._reread_streams()
             backlog = await self._catch_up(department_id, resume_seq)
         except (RedisError, OSError) as exc:
@@ -212,6 +234,8 @@ class DispatchHub:
             if not subs:
                 del self._subs[sub.department_id]
                 self._cursors.pop(sub.department_id, None)
+                self._replay_through.pop(sub.department_id, None)
+                self._rewrites_seen.pop(sub.department_id, None)
             self._changed.set()
 
     def close_all(self) -> None:
@@ -374,10 +398,14 @@ class DispatchHub:
                 continue
             self._changed.clear()
             self._reading_gen = self._streams_gen
-            streams = {dispatch_stream(d): cursor for d, cursor in self._cursors.items()}
             try:
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
+                if self._rewrites_cursor is None:
+                    last = await self._reader.xrevrange(DISPATCH_REWRITES, count=1)
+                    self._rewrites_cursor = last[0][0] if last else "0-0"
+                streams = {DISPATCH_REWRITES: self._rewrites_cursor}
+                streams.update((dispatch_stream(d), cursor) for d, cursor in self._cursors.items())
                 response = await self._reader.xread(streams, count=500, block=5000)
                 backoff = 0.1
             except ResponseError as exc:
@@ -391,20 +419,57 @@ class DispatchHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            for stream, entries in response or []:
+            response = dict(response or [])
+            rewound = self._rewind(response.pop(DISPATCH_REWRITES, []))
+            for stream, entries in response.items():
                 department_id = stream.split(":", 1)[1]
+                if department_id in rewound:
+                    continue  # read again from the rewound cursor
                 if entries and department_id in self._cursors:
                     # Stream ids are the departments' sequence numbers: they survive
                     # Redis rebuilding the stream, so the cursor stays valid.
                     self._cursors[department_id] = entries[-1][0]
-                self._fan_out(department_id, entries, redelivery=False)
+                replay_through = self._replay_through.get(department_id, 0)
+                self._fan_out(department_id, entries, redelivery=False, replay_through=replay_through)
+                if replay_through and entries and (seq_of(entries[-1][0]) or 0) >= replay_through:
+                    del self._replay_through[department_id]
 
-    def _fan_out(self, department_id: str, entries: list[tuple[str, dict[str, str]]], *, redelivery: bool) -> None:
+    def _rewind(self, notices: list[tuple[str, dict[str, str]]]) -> set[str]:
+        """Moves the cursor of each rewritten stream back to before the first event put
+        back; returns the departments whose cursor moved."""
+        rewound: set[str] = set()
+        for notice_id, fields in notices:
+            self._rewrites_cursor = notice_id
+            department_id = fields.get("department", "")
+            from_seq = seq_of(fields.get("from_seq", ""))
+            cursor = self._cursors.get(department_id)
+            if cursor is None or from_seq is None or from_seq == 0:
+                continue
+            if _entry_key(notice_id) <= self._rewrites_seen.get(department_id, (0, 0)):
+                continue  # the cursor was taken after this rewrite
+            at = seq_of(cursor) or 0
+            if from_seq - 1 < at:
+                self._cursors[department_id] = event_id(from_seq - 1)
+                self._replay_through[department_id] = max(at, self._replay_through.get(department_id, 0))
+                rewound.add(department_id)
+                log.info(
+                    "dispatch stream of %s rewritten from %d; reading it again from there", department_id, from_seq
+                )
+        return rewound
+
+    def _fan_out(
+        self,
+        department_id: str,
+        entries: list[tuple[str, dict[str, str]]],
+        *,
+        redelivery: bool,
+        replay_through: int = 0,
+    ) -> None:
         subs = self._subs.get(department_id)
         for entry_id, fields in entries:
             if not fields:
                 continue
-            ev = _parse(entry_id, fields, redelivery=redelivery)
+            ev = _parse(entry_id, fields, redelivery=redelivery or (seq_of(entry_id) or 0) <= replay_through)
             if ev is None:
                 continue
             for sub in list(subs or ()):

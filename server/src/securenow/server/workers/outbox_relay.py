@@ -44,6 +44,8 @@ from securenow.server.domain.errors import Unavailable
 from securenow.server.storage.dispatch_keys import (
     DISPATCH_EPOCH_KEY,
     DISPATCH_GROUP,
+    DISPATCH_REWRITES,
+    DISPATCH_REWRITES_MAXLEN,
     RELAY_CONSUMER,
     dispatch_stream,
     event_id,
@@ -453,8 +455,11 @@ class OutboxRelay:
         and the first one deletes and recreates the stream and group, so a hub never
         sees a stream without its group nor an entry that is not pending yet. A hub
         subscribing between batches catches up on the earlier ones and reads the later
-        ones live. Acknowledgements Redis had but Postgres did not yet are lost: those
-        events come again (delivery is at least once)."""
+        ones live. The first MULTI also posts a notice on DISPATCH_REWRITES: a hub
+        already reading the stream live may be past the events put back (its cursor
+        stood after an entry Redis kept), and rewinds to read them. Acknowledgements
+        Redis had but Postgres did not yet are lost: those events come again (delivery
+        is at least once)."""
         stream = dispatch_stream(department)
         outbox_ids: list[int] = []
         after = 0
@@ -466,6 +471,16 @@ class OutboxRelay:
                 )
             async with self._redis.pipeline(transaction=True) as pipe:
                 if first:
+                    if batch:
+                        # First: a blocked XREAD is answered with the first of its keys
+                        # that a command touched (Redis 7.0), so the hub reads the notice
+                        # before any entry of the new stream (DEL, MKSTREAM touch it).
+                        pipe.xadd(
+                            DISPATCH_REWRITES,
+                            {"department": department, "from_seq": str(batch[0].dept_seq)},
+                            maxlen=DISPATCH_REWRITES_MAXLEN,
+                            approximate=True,
+                        )
                     pipe.delete(stream)
                     pipe.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
                 for e in batch:
