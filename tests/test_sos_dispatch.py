@@ -395,7 +395,7 @@ async def test_dispatcher_stream_closes_when_the_dispatcher_is_suspended(api: Ap
         except grpc.aio.AioRpcError as err:
             return err.code()
 
-    code = await asyncio.wait_for(closed_with(), 10)  # closed within the key-check interval
+    code = await asyncio.wait_for(closed_with(), 10)  # closed within the credential-check interval
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 

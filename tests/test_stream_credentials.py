@@ -1,6 +1,7 @@
-"""Long-lived WatchSos streams end when the credential they were opened with ends
-(revoked API key, suspended account, signed-out session), even while the alert is quiet:
-a stream must not keep showing an emergency to someone who may no longer see it."""
+"""Long-lived streams (WatchSos, a dispatcher's WatchDispatch) end when the credential
+they were opened with ends (revoked API key, suspended account, signed-out session, a
+dispatcher taken off the agency), even while nothing happens: a stream must not keep
+showing an emergency to someone who may no longer see it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import grpc
 
 from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
-from tests.dispatch_helpers import SF, raise_sos, register_department
+from tests.dispatch_helpers import SF, dispatcher_of, raise_sos, register_department
 from tests.helpers import PASSWORD, Account, Api, error_details
 
 # The monitor checks every 2 s; this leaves room for a busy machine.
@@ -79,3 +80,49 @@ async def test_revoking_the_api_key_ends_the_departments_watch(api: Api) -> None
     await api.agency.RevokeApiKey(agency_pb2.RevokeApiKeyRequest(key_id=dept.key_id), metadata=admin.md)
 
     assert await ended_with(watch) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")
+
+
+async def open_board(api: Api, dispatcher: Account) -> grpc.aio.UnaryStreamCall:
+    """A dispatcher's board, known to be subscribed: an alert raised after opening it
+    has arrived."""
+    board = api.agency.WatchDispatch(agency_pb2.WatchDispatchRequest(), metadata=dispatcher.md)
+    await raise_sos(api, await api.sign_up(), SF)
+    async with asyncio.timeout(ENDS_WITHIN_S):
+        while (await board.read()).event.WhichOneof("kind") != "alert_raised":
+            pass
+    return board
+
+
+async def board_ended_with(board: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:
+    try:
+        async with asyncio.timeout(ENDS_WITHIN_S):
+            while True:
+                msg = await board.read()
+                assert msg is not grpc.aio.EOF, "the stream ended without an error"
+    except grpc.aio.AioRpcError as err:
+        return err.code(), error_details(err).reason
+    raise AssertionError("unreachable")
+
+
+async def test_a_dispatcher_taken_off_the_agency_loses_the_board(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    board = await open_board(api, dispatcher)
+
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_USER), metadata=admin.md
+    )
+
+    assert await board_ended_with(board) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_AGENCY_MEMBER")
+
+
+async def test_signing_out_ends_the_dispatchers_board(api: Api) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    board = await open_board(api, dispatcher)
+
+    await api.auth.SignOut(auth_pb2.SignOutRequest(), metadata=dispatcher.md)
+
+    assert await board_ended_with(board) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")

@@ -130,10 +130,9 @@ class App:
                 settings.resolved_instance_id,
                 redeliver_after=settings.dispatch_redeliver_after_seconds,
                 claim_interval=settings.dispatch_claim_interval_seconds,
-                key_check_interval=settings.dispatch_key_check_interval_seconds,
             ),
             watch_hub=AlertWatchHub(settings.redis_url),
-            credentials=CredentialMonitor(db),
+            credentials=CredentialMonitor(db, interval=settings.credential_check_interval_seconds),
             relay=OutboxRelay(db, redis, settings.database_url),
             webhooks=WebhookSender(
                 db,
@@ -148,9 +147,6 @@ class App:
             elastic=elastic,
             search_indexer=SearchIndexer(db, elastic, settings.database_url) if elastic else None,
         )
-
-    def __post_init__(self) -> None:
-        self.dispatch_hub.session_check = self.authenticator.dispatcher_problem
 
     async def close(self) -> None:
         if self.elastic is not None:

@@ -156,6 +156,7 @@ class Runtime:
                 app.agency,
                 app.dispatch,
                 app.dispatch_hub,
+                app.credentials,
                 heartbeat_interval=app.settings.dispatch_heartbeat_seconds,
                 client_idle_timeout=app.settings.dispatch_idle_timeout_seconds,
             ),

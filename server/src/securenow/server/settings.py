@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     # Unacknowledged events are sent again after this long (XAUTOCLAIM).
     dispatch_redeliver_after_seconds: float = Field(default=30.0, gt=0)
     dispatch_claim_interval_seconds: float = Field(default=5.0, gt=0)
-    dispatch_key_check_interval_seconds: float = Field(default=2.0, gt=0)
+    # Open streams (StreamDispatch, WatchDispatch, WatchSos) end this soon after their
+    # credential stops being good (key revoked, session ended, account suspended).
+    credential_check_interval_seconds: float = Field(default=2.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_base_delay_seconds: float = Field(default=2.0, gt=0)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -18,7 +18,6 @@ from securenow.server.domain.accounts import (
 )
 from securenow.server.domain.enums import Role, UserStatus
 from securenow.server.domain.errors import (
-    DomainError,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
@@ -284,18 +283,6 @@ class Authenticator:
             self._api_key_cache.clear()
         self._api_key_cache[credential] = (now + self._api_key_cache_seconds, principal)
         return principal
-
-    async def dispatcher_problem(self, principal: Principal, department_id: str) -> DomainError | None:
-        """For an open dispatcher stream: None while the session is live and the user is
-        still an active member of the agency; otherwise the error that ends the stream."""
-        if principal.session_id is None:
-            return None
-        state = await self.session_state(principal.session_id)
-        if state is None or not state.live or state.user_status is not UserStatus.ACTIVE:
-            return Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
-        if state.agency_id != department_id or state.role not in (Role.POLICE, Role.SECURITY_AGENCY):
-            return PermissionDenied("no longer a dispatcher of this agency", reason="NOT_AN_AGENCY_MEMBER")
-        return None
 
     def forget_api_keys(self) -> None:
         self._api_key_cache.clear()

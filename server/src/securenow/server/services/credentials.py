@@ -1,10 +1,11 @@
 """Ends long-lived streams whose credential stopped being good.
 
-A unary call is authenticated when it arrives; a WatchSos stream can stay open for
-hours, so the credential it was opened with is checked again every few seconds: a
-revoked API key or stopped department, a signed-out, revoked or expired session, a
-suspended or deleted account. One query per kind of credential covers every open
-stream of this process, however many there are.
+A unary call is authenticated when it arrives; a stream (WatchSos, StreamDispatch,
+WatchDispatch) can stay open for hours, so the credential it was opened with is
+checked again every few seconds: a revoked API key or stopped department; a
+signed-out, revoked or expired session, a suspended or deleted account; for a
+dispatcher's stream, a user who no longer belongs to the agency. One query per kind
+of credential covers every open stream of this process, however many there are.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
-from securenow.server.domain.errors import DomainError, Unauthenticated, Unavailable
+from securenow.server.domain.enums import Role, UserStatus
+from securenow.server.domain.errors import DomainError, PermissionDenied, Unauthenticated, Unavailable
+from securenow.server.storage.accounts_repo import SessionState
 from securenow.server.storage.postgres import Database
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_SECONDS = 2.0
+DISPATCHER_ROLES = (Role.POLICE, Role.SECURITY_AGENCY)
 
 
 @dataclass
 class _Watcher:
     principal: Principal
-    queue: asyncio.Queue[str]
-    wake_with: str
+    on_end: Callable[[DomainError], None]
+    agency_id: str | None
 
 
 class CredentialMonitor:
@@ -36,21 +41,20 @@ class CredentialMonitor:
         self._interval = interval
         self._watchers: dict[int, _Watcher] = {}
         self._ids = itertools.count()
-        self._ended: dict[int, DomainError] = {}
 
-    def register(self, principal: Principal, queue: asyncio.Queue[str], wake_with: str) -> int:
-        """Watches `principal`'s credential for a stream; when it ends, `wake_with` is put
-        on `queue` and `problem(token)` says why."""
+    def register(
+        self, principal: Principal, on_end: Callable[[DomainError], None], *, agency_id: str | None = None
+    ) -> int:
+        """Watches the credential a stream was opened with; once it stops being good,
+        `on_end` is called (once) with the error that ends the stream. With `agency_id`
+        (a dispatcher's stream), a user's account must also still be a dispatcher of
+        that agency."""
         token = next(self._ids)
-        self._watchers[token] = _Watcher(principal, queue, wake_with)
+        self._watchers[token] = _Watcher(principal, on_end, agency_id)
         return token
 
     def unregister(self, token: int) -> None:
         self._watchers.pop(token, None)
-        self._ended.pop(token, None)
-
-    def problem(self, token: int) -> DomainError | None:
-        return self._ended.get(token)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -68,23 +72,34 @@ class CredentialMonitor:
                 log.exception("credential check failed")
 
     async def check(self) -> None:
-        watchers = [(t, w) for t, w in self._watchers.items() if t not in self._ended]
+        watchers = list(self._watchers.items())
         keys = {w.principal.id for _, w in watchers if w.principal.kind is PrincipalKind.API_KEY}
         sessions = {w.principal.session_id for _, w in watchers if w.principal.session_id is not None}
         if not keys and not sessions:
             return
         async with self._db.reader() as uow:
             dead_keys = set(await uow.agency.unusable_api_keys(sorted(keys))) if keys else set()
-            dead_sessions = set(await uow.accounts.ended_sessions(sorted(sessions))) if sessions else set()
+            states = await uow.accounts.session_states(sorted(sessions)) if sessions else {}
         for token, w in watchers:
-            if w.principal.kind is PrincipalKind.API_KEY and w.principal.id in dead_keys:
-                error = Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
-            elif w.principal.session_id in dead_sessions:
-                error = Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+            error: DomainError | None
+            if w.principal.kind is PrincipalKind.API_KEY:
+                error = (
+                    Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
+                    if w.principal.id in dead_keys
+                    else None
+                )
+            elif w.principal.session_id is not None:
+                error = _session_problem(states.get(w.principal.session_id), w.agency_id)
             else:
                 continue
-            self._ended[token] = error
-            try:
-                w.queue.put_nowait(w.wake_with)
-            except asyncio.QueueFull:
-                pass  # a full queue wakes its reader anyway, which then sees the problem
+            if error is not None and self._watchers.pop(token, None) is not None:
+                log.info("ending a stream of %s: %s", w.principal.kind.value, error.reason)
+                w.on_end(error)
+
+
+def _session_problem(state: SessionState | None, agency_id: str | None) -> DomainError | None:
+    if state is None or not state.live or state.user_status is not UserStatus.ACTIVE:
+        return Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+    if agency_id is not None and (state.agency_id != agency_id or state.role not in DISPATCHER_ROLES):
+        return PermissionDenied("no longer a dispatcher of this agency", reason="NOT_AN_AGENCY_MEMBER")
+    return None

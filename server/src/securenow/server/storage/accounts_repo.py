@@ -285,31 +285,25 @@ class AccountsRepo:
         )
         return [str(r["id"]) for r in rows]
 
-    async def ended_sessions(self, session_ids: list[str]) -> list[str]:
-        """Of these sessions, the ones no longer good: revoked, expired, unknown, or of an
-        account that is not active."""
-        rows = await self.conn.fetch(
-            """SELECT i.id FROM unnest($1::uuid[]) AS i(id)
-               LEFT JOIN auth_sessions s ON s.id = i.id LEFT JOIN users u ON u.id = s.user_id
-               WHERE s.id IS NULL OR s.revoked_at IS NOT NULL OR s.expires_at <= now() OR u.status <> 'active'""",
-            session_ids,
-        )
-        return [str(r["id"]) for r in rows]
-
     async def session_state(self, session_id: str) -> SessionState | None:
-        row = await self.conn.fetchrow(
+        return (await self.session_states([session_id])).get(session_id)
+
+    async def session_states(self, session_ids: list[str]) -> dict[str, SessionState]:
+        """The state of each of these sessions that exists, by id (one query)."""
+        rows = await self.conn.fetch(
             """SELECT s.id, s.user_id, u.role, u.status, u.agency_id,
                       (s.revoked_at IS NULL AND s.expires_at > now()) AS live
-               FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1""",
-            session_id,
+               FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ANY($1::uuid[])""",
+            session_ids,
         )
-        if row is None:
-            return None
-        return SessionState(
-            session_id=str(row["id"]),
-            user_id=str(row["user_id"]),
-            role=Role(row["role"]),
-            user_status=UserStatus(row["status"]),
-            agency_id=sid(row["agency_id"]),
-            live=row["live"],
-        )
+        return {
+            str(row["id"]): SessionState(
+                session_id=str(row["id"]),
+                user_id=str(row["user_id"]),
+                role=Role(row["role"]),
+                user_status=UserStatus(row["status"]),
+                agency_id=sid(row["agency_id"]),
+                live=row["live"],
+            )
+            for row in rows
+        }

@@ -20,8 +20,9 @@ Semantics (what a CAD sees):
   notice on DISPATCH_REWRITES, which the reader reads in the same XREAD: a cursor
   past the first event put back moves back before it, and what is read again up to
   the old cursor goes out as redeliveries (at least once; never skipped).
-- A subscription whose API key is revoked, or whose department is no longer
-  active, is closed within `key_check_interval`.
+- A subscription whose credential stops being good (a revoked API key or stopped
+  department, an ended session, a dispatcher who left the agency) is closed by the
+  servicer within seconds (services/credentials.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,8 +42,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from securenow.server.domain.accounts import Principal, PrincipalKind
-from securenow.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from securenow.server.domain.accounts import Principal
+from securenow.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from securenow.server.storage.dispatch_keys import DISPATCH_GROUP, DISPATCH_REWRITES, dispatch_stream, event_id, seq_of
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.relay_repo import RelayRepo
@@ -148,7 +149,6 @@ class DispatchHub:
         *,
         redeliver_after: float = 30.0,
         claim_interval: float = 5.0,
-        key_check_interval: float = 2.0,
     ) -> None:
         self._db = db
         # redis-py's annotations do not follow decode_responses; responses are str here.
@@ -160,7 +160,6 @@ class DispatchHub:
         self._consumer = instance_id
         self._redeliver_after_ms = int(redeliver_after * 1000)
         self._claim_interval = claim_interval
-        self._key_check_interval = key_check_interval
         self._subs: dict[str, set[Subscription]] = {}
         # Per department with subscribers here: the last stream entry id the reader took.
         self._cursors: dict[str, str] = {}
@@ -176,8 +175,6 @@ class DispatchHub:
         self._streams_gen = 0
         self._reading_gen = 0
         self._acks: dict[str, set[int]] = {}
-        # Set by the composition root: is this dispatcher still allowed on this stream?
-        self.session_check: Callable[[Principal, str], Awaitable[DomainError | None]] | None = None
 
     # Subscriptions ------------------------------------------------------------------
 
@@ -187,7 +184,7 @@ class DispatchHub:
         department_id: str,
         resume_after: str,
         *,
-        field_name: str = "subscribe.resume_after_event_id",
+        field_name: str,
     ) -> Subscription:
         resume_seq: int | None = None
         if resume_after:
@@ -335,7 +332,6 @@ class DispatchHub:
         tasks = [
             asyncio.create_task(self._read_loop(stop), name="dispatch-reader"),
             asyncio.create_task(self._every(stop, self._claim_interval, self._claim_stale), name="dispatch-claim"),
-            asyncio.create_task(self._every(stop, self._key_check_interval, self._check_keys), name="dispatch-keys"),
             asyncio.create_task(self._every(stop, 0.2, self._flush_acks), name="dispatch-acks"),
         ]
         try:
@@ -490,29 +486,3 @@ class DispatchHub:
                 self._fan_out(department_id, entries, redelivery=True)
                 if start == "0-0" or not entries:
                     break
-
-    async def _check_keys(self) -> None:
-        """Closes subscriptions whose credentials stopped being good: a revoked API key or
-        stopped department; a dispatcher who signed out, was suspended, or no longer
-        belongs to the agency."""
-        by_key: dict[str, list[Subscription]] = {}
-        by_session: dict[str, list[Subscription]] = {}
-        for sub in self.subscriptions():
-            if sub.principal.kind is PrincipalKind.API_KEY:
-                by_key.setdefault(sub.principal.id, []).append(sub)
-            elif sub.principal.session_id is not None:
-                by_session.setdefault(sub.principal.session_id, []).append(sub)
-        if by_key:
-            async with self._db.unit_of_work() as uow:
-                dead = await uow.agency.unusable_api_keys(list(by_key))
-            for key_id in dead:
-                for sub in by_key[key_id]:
-                    log.info("closing dispatch stream of revoked key %s", key_id)
-                    sub.close(Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED"))
-        if by_session and self.session_check is not None:
-            for session_id, subs in by_session.items():
-                for sub in subs:
-                    problem = await self.session_check(sub.principal, sub.department_id)
-                    if problem is not None:
-                        log.info("closing dispatch stream of session %s: %s", session_id, problem.reason)
-                        sub.close(problem)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -13,6 +14,7 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, IncidentStatus
 from securenow.server.domain.errors import DomainError, InvalidArgument, Unavailable
 from securenow.server.services.agency import AgencyService
+from securenow.server.services.credentials import CredentialMonitor
 from securenow.server.services.dispatch import DispatchService, agency_of
 from securenow.server.storage.dispatch_streams import DispatchEvent, DispatchHub, Outgoing, Subscription
 from securenow.server.transport import convert, convert_sos
@@ -37,6 +39,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         agency: AgencyService,
         dispatch: DispatchService,
         hub: DispatchHub,
+        credentials: CredentialMonitor,
         *,
         heartbeat_interval: float,
         client_idle_timeout: float,
@@ -44,6 +47,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self._agency = agency
         self._dispatch = dispatch
         self._hub = hub
+        self._credentials = credentials
         self._heartbeat = heartbeat_interval
         self._idle_timeout = client_idle_timeout
 
@@ -112,13 +116,31 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
             raise InvalidArgument.field("subscribe", "the first message must be subscribe") from None
         if first.WhichOneof("kind") != "subscribe":
             raise InvalidArgument.field("subscribe", "the first message must be subscribe")
-        sub = await self._hub.subscribe(principal, department_id, first.subscribe.resume_after_event_id)
-        reader = asyncio.create_task(self._read_commands(request_iterator, sub, principal))
+        async with self._subscription(
+            principal,
+            department_id,
+            first.subscribe.resume_after_event_id,
+            field_name="subscribe.resume_after_event_id",
+        ) as sub:
+            reader = asyncio.create_task(self._read_commands(request_iterator, sub, principal))
+            try:
+                async for response in self._responses(sub, client_sends=True):
+                    yield response
+            finally:
+                reader.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _subscription(
+        self, principal: Principal, department_id: str, resume_after: str, *, field_name: str
+    ) -> AsyncIterator[Subscription]:
+        """A subscription to the department's events, ended (with its error) once the
+        caller's credential stops being good."""
+        sub = await self._hub.subscribe(principal, department_id, resume_after, field_name=field_name)
+        credential = self._credentials.register(principal, sub.close, agency_id=department_id)
         try:
-            async for response in self._responses(sub, client_sends=True):
-                yield response
+            yield sub
         finally:
-            reader.cancel()
+            self._credentials.unregister(credential)
             self._hub.unsubscribe(sub)
 
     async def _responses(
@@ -225,14 +247,11 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self, request: agency_pb2.WatchDispatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agency_pb2.WatchDispatchResponse]:
         principal = current_principal()
-        sub = await self._hub.subscribe(
+        async with self._subscription(
             principal, agency_of(principal), request.resume_after_event_id, field_name="resume_after_event_id"
-        )
-        try:
+        ) as sub:
             async for response in self._responses(sub, client_sends=False):
                 yield agency_pb2.WatchDispatchResponse(event=response)
-        finally:
-            self._hub.unsubscribe(sub)
 
     async def AckDispatchEvent(
         self, request: agency_pb2.AckDispatchEventRequest, context: grpc.aio.ServicerContext

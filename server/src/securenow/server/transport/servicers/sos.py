@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from securenow.server.domain.enums import SosStatus
-from securenow.server.domain.errors import InvalidArgument
+from securenow.server.domain.errors import DomainError, InvalidArgument
 from securenow.server.domain.geo import validate_location
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.services.credentials import CredentialMonitor
@@ -95,7 +96,16 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
         principal = current_principal()
         alert_id = parse_uuid("alert_id", request.alert_id)
         queue = self._watch.watch(alert_id)  # before the snapshot: no change slips between
-        credential = self._credentials.register(principal, queue, CREDENTIAL_ENDED)
+        ended: list[DomainError] = []
+
+        def end(error: DomainError) -> None:
+            ended.append(error)
+            try:
+                queue.put_nowait(CREDENTIAL_ENDED)
+            except asyncio.QueueFull:
+                pass  # a full queue wakes its reader anyway, which then sees `ended`
+
+        credential = self._credentials.register(principal, end)
         try:
             alert, incident = await self._sos.watch_snapshot(principal, alert_id, opening=True)
             yield sos_pb2.WatchSosResponse(
@@ -105,9 +115,8 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                 return  # nothing can change any more
             while True:
                 event = await queue.get()
-                ended = self._credentials.problem(credential)
-                if ended is not None:
-                    raise ended  # the key was revoked, the session ended or the account was suspended
+                if ended:
+                    raise ended[0]  # the key was revoked, the session ended or the account was suspended
                 # One message per change, showing the state as it is when sent.
                 alert, incident = await self._sos.watch_snapshot(principal, alert_id)
                 resync = event == RESYNC
