@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import asyncpg
 import grpc
 import jwt
 
@@ -58,6 +62,51 @@ async def test_duplicate_email_is_already_exists(api: Api) -> None:
     first = await api.sign_up()
     err = await expect_error(api.sign_up(email=first.user.email), grpc.StatusCode.ALREADY_EXISTS, "ACCOUNT_EXISTS")
     assert err.metadata == {"field": "email"}
+
+
+def sign_up_request(request_id: str, **changes: str) -> auth_pb2.SignUpRequest:
+    fields = {"email": unique_email(), "phone": unique_phone(), "first_name": "Ana", "last_name": "Ruiz"}
+    fields |= {"password": PASSWORD, **changes}
+    return auth_pb2.SignUpRequest(request_id=request_id, **fields)
+
+
+async def test_a_retried_sign_up_gets_the_account_it_created(api: Api, db_conn: asyncpg.Connection) -> None:
+    """The phone lost the answer and sends the same request again: same account, signed
+    in again (a new session whose tokens work), not ALREADY_EXISTS."""
+    req = sign_up_request(str(uuid.uuid4()))
+    first = await api.auth.SignUp(req)
+    again = await api.auth.SignUp(req)
+    assert again.user == first.user
+    assert again.refresh_token != first.refresh_token
+    for resp in (first, again):
+        me = await api.users.GetUser(
+            users_pb2.GetUserRequest(user_id="me"), metadata=(("authorization", f"Bearer {resp.access_token}"),)
+        )
+        assert me.user.id == first.user.id
+    assert await db_conn.fetchval("SELECT count(*) FROM users WHERE email = $1", req.email) == 1
+    actions = await db_conn.fetch(
+        "SELECT action, details FROM audit_log WHERE resource_id = $1 ORDER BY id", first.user.id
+    )
+    assert [a["action"] for a in actions] == ["auth.sign_up", "auth.sign_in"]
+
+
+async def test_concurrent_retries_of_one_sign_up_create_one_account(api: Api, db_conn: asyncpg.Connection) -> None:
+    req = sign_up_request(str(uuid.uuid4()))
+    answers = await asyncio.gather(*(api.auth.SignUp(req) for _ in range(4)))
+    assert len({a.user.id for a in answers}) == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM users WHERE email = $1", req.email) == 1
+
+
+async def test_a_sign_up_request_id_reused_with_other_fields_or_password_is_refused(api: Api) -> None:
+    req = sign_up_request(str(uuid.uuid4()))
+    await api.auth.SignUp(req)
+    for changed in (
+        sign_up_request(req.request_id, email=req.email, phone=req.phone, first_name="Other"),
+        sign_up_request(req.request_id, email=req.email, phone=req.phone, password=PASSWORD + "!"),
+    ):
+        err = await expect_error(api.auth.SignUp(changed), grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+        assert err.metadata == {"field": "request_id"}
+    await expect_error(api.auth.SignUp(sign_up_request("not-a-uuid")), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_sign_in_with_email_or_phone(api: Api) -> None:

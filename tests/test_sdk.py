@@ -241,10 +241,24 @@ async def test_raise_sos_retries_a_lost_response_with_the_same_request_id(
     assert proxy.connections >= 2
     # Both attempts reached the server with one request_id: one alert, one idempotency key.
     assert await db_conn.fetchval("SELECT count(*) FROM sos_alerts") == 1
-    assert await db_conn.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE operation = 'RaiseSos'") == 1
     stored = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=dept.md)
     assert stored.alert.description == "lost answer"
     assert alert.assigned_agency_id == dept.id
+
+
+async def test_sign_up_retries_a_lost_response_and_gets_the_account_it_created(
+    proxy: TcpProxy, db_conn: asyncpg.Connection
+) -> None:
+    email = unique_email()
+    async with SecureNowClient(proxy.target, options=CHANNEL_OPTIONS) as c:
+        proxy.drop_next_response()  # the server creates the account; its answer is lost
+        user = await c.sign_up(
+            email=email, phone=unique_phone(), password=PASSWORD, first_name="Lou", last_name="Lost", retry=FAST
+        )
+        assert (await me(c)).id == user.id  # signed in with the retry's tokens
+    assert proxy.dropped_responses == 1
+    assert await db_conn.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
 
 
 async def test_raise_sos_gives_up_at_the_total_deadline(client: SecureNowClient) -> None:

@@ -3,6 +3,7 @@ high-level helpers (sign-in, SOS, dispatch)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -13,7 +14,7 @@ from securenow.client.auth import Session, auth_interceptors
 from securenow.client.cursor import CursorStore
 from securenow.client.dispatch import RECONNECT_POLICY, DispatchConsumer
 from securenow.client.errors import SecureNowError
-from securenow.client.retry import RetryHook, RetryPolicy
+from securenow.client.retry import RetryHook, RetryPolicy, call_with_retry
 from securenow.client.sos import RAISE_POLICY, WATCH_POLICY, raise_sos, watch_sos
 from securenow.v1 import (
     agency_pb2_grpc,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from securenow.v1.users_pb2_grpc import UserServiceAsyncStub
 
 LocationLike = common_pb2.Location | tuple[float, float]
+#: SignUp is retried on transient failures with its one request_id.
+SIGN_UP_POLICY = RetryPolicy()
 #: Channel options used unless overridden: keepalive pings while calls are open, so a
 #: dead connection under a long stream is noticed (the server allows pings every 5 s).
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -128,15 +131,28 @@ class SecureNowClient:
         first_name: str,
         last_name: str,
         role: users_pb2.UserRole.ValueType = users_pb2.USER_ROLE_USER,
+        request_id: str = "",
+        retry: RetryPolicy = SIGN_UP_POLICY,
     ) -> users_pb2.User:
-        """Creates an account, signs it in and keeps its tokens."""
+        """Creates an account, signs it in and keeps its tokens. One request_id (uuid4
+        unless given) for every attempt: a retry after a lost answer gets the account
+        it created, signed in, not ALREADY_EXISTS. Transient failures are retried with
+        backoff within `retry.total_timeout`; anything else raises SecureNowError."""
         request = auth_pb2.SignUpRequest(
-            email=email, phone=phone, password=password, first_name=first_name, last_name=last_name, role=role
+            email=email,
+            phone=phone,
+            password=password,
+            first_name=first_name,
+            last_name=last_name,
+            role=role,
+            request_id=request_id or str(uuid.uuid4()),
         )
-        try:
-            response = await self.auth.SignUp(request)
-        except grpc.aio.AioRpcError as exc:
-            raise SecureNowError.from_rpc_error(exc) from None
+
+        async def attempt(attempt_timeout: float | None) -> auth_pb2.SignUpResponse:
+            answer: auth_pb2.SignUpResponse = await self.auth.SignUp(request, timeout=attempt_timeout)
+            return answer
+
+        response = await call_with_retry(attempt, retry)
         self.session.store(response)
         user: users_pb2.User = response.user
         return user

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from securenow.v1 import users_pb2 as securenow_dot_v1_dot_users__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17securenow/v1/auth.proto\x12\x0csecurenow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18securenow/v1/users.proto\"\x8c\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12\x10\n\x08password\x18\x05 \x01(\t\x12$\n\x04role\x18\x06 \x01(\x0e\x32\x16.securenow.v1.UserRole\"\x9d\x01\n\x0eSignUpResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.securenow.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x9d\x01\n\x0eSignInResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.securenow.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x81\x01\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eSignOutRequest\"\x11\n\x0fSignOutResponse2\xb6\x02\n\x0b\x41uthService\x12\x43\n\x06SignUp\x12\x1b.securenow.v1.SignUpRequest\x1a\x1c.securenow.v1.SignUpResponse\x12\x43\n\x06SignIn\x12\x1b.securenow.v1.SignInRequest\x1a\x1c.securenow.v1.SignInResponse\x12U\n\x0cRefreshToken\x12!.securenow.v1.RefreshTokenRequest\x1a\".securenow.v1.RefreshTokenResponse\x12\x46\n\x07SignOut\x12\x1c.securenow.v1.SignOutRequest\x1a\x1d.securenow.v1.SignOutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17securenow/v1/auth.proto\x12\x0csecurenow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18securenow/v1/users.proto\"\xa0\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12\x10\n\x08password\x18\x05 \x01(\t\x12$\n\x04role\x18\x06 \x01(\x0e\x32\x16.securenow.v1.UserRole\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9d\x01\n\x0eSignUpResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.securenow.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x9d\x01\n\x0eSignInResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.securenow.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x81\x01\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eSignOutRequest\"\x11\n\x0fSignOutResponse2\xb6\x02\n\x0b\x41uthService\x12\x43\n\x06SignUp\x12\x1b.securenow.v1.SignUpRequest\x1a\x1c.securenow.v1.SignUpResponse\x12\x43\n\x06SignIn\x12\x1b.securenow.v1.SignInRequest\x1a\x1c.securenow.v1.SignInResponse\x12U\n\x0cRefreshToken\x12!.securenow.v1.RefreshTokenRequest\x1a\".securenow.v1.RefreshTokenResponse\x12\x46\n\x07SignOut\x12\x1c.securenow.v1.SignOutRequest\x1a\x1d.securenow.v1.SignOutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'securenow.v1.auth_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SIGNUPREQUEST']._serialized_start=101
-  _globals['_SIGNUPREQUEST']._serialized_end=241
-  _globals['_SIGNUPRESPONSE']._serialized_start=244
-  _globals['_SIGNUPRESPONSE']._serialized_end=401
-  _globals['_SIGNINREQUEST']._serialized_start=403
-  _globals['_SIGNINREQUEST']._serialized_end=466
-  _globals['_SIGNINRESPONSE']._serialized_start=469
-  _globals['_SIGNINRESPONSE']._serialized_end=626
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=628
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=672
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=675
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=804
-  _globals['_SIGNOUTREQUEST']._serialized_start=806
-  _globals['_SIGNOUTREQUEST']._serialized_end=822
-  _globals['_SIGNOUTRESPONSE']._serialized_start=824
-  _globals['_SIGNOUTRESPONSE']._serialized_end=841
-  _globals['_AUTHSERVICE']._serialized_start=844
-  _globals['_AUTHSERVICE']._serialized_end=1154
+  _globals['_SIGNUPREQUEST']._serialized_end=261
+  _globals['_SIGNUPRESPONSE']._serialized_start=264
+  _globals['_SIGNUPRESPONSE']._serialized_end=421
+  _globals['_SIGNINREQUEST']._serialized_start=423
+  _globals['_SIGNINREQUEST']._serialized_end=486
+  _globals['_SIGNINRESPONSE']._serialized_start=489
+  _globals['_SIGNINRESPONSE']._serialized_end=646
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=648
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=692
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=695
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=824
+  _globals['_SIGNOUTREQUEST']._serialized_start=826
+  _globals['_SIGNOUTREQUEST']._serialized_end=842
+  _globals['_SIGNOUTRESPONSE']._serialized_start=844
+  _globals['_SIGNOUTRESPONSE']._serialized_end=861
+  _globals['_AUTHSERVICE']._serialized_start=864
+  _globals['_AUTHSERVICE']._serialized_end=1174
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class SignUpRequest(_message.Message):
     LAST_NAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """E-mail address; unique."""
     phone: _builtins.str
@@ -42,6 +43,11 @@ class SignUpRequest(_message.Message):
     """Password, at least 10 characters."""
     role: _users_pb2.UserRole.ValueType
     """USER (default) or PROVIDER."""
+    request_id: _builtins.str
+    """Client-generated UUID making retries safe (AIP-155): a retry with the same id and
+    the same fields (the password included) returns the account it created, signed in
+    with a new session; with different fields, ALREADY_EXISTS.
+    """
     def __init__(
         self,
         *,
@@ -51,10 +57,11 @@ class SignUpRequest(_message.Message):
         last_name: _builtins.str = ...,
         password: _builtins.str = ...,
         role: _users_pb2.UserRole.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "password", b"password", "phone", b"phone", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "first_name", b"first_name", "last_name", b"last_name", "password", b"password", "phone", b"phone", "request_id", b"request_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

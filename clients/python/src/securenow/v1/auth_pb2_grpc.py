@@ -66,7 +66,8 @@ class AuthServiceServicer:
     def SignUp(self, request, context):
         """Creates an account and signs it in. Only the USER and PROVIDER roles can sign up.
         Returns INVALID_ARGUMENT for a bad e-mail, phone, name or a weak password,
-        ALREADY_EXISTS if the e-mail or phone is taken.
+        ALREADY_EXISTS if the e-mail or phone is taken (unless it is a retry with the
+        same request_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

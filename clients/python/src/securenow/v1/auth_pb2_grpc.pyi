@@ -38,7 +38,8 @@ class AuthServiceStub:
     SignUp: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SignUpRequest, _auth_pb2.SignUpResponse]
     """Creates an account and signs it in. Only the USER and PROVIDER roles can sign up.
     Returns INVALID_ARGUMENT for a bad e-mail, phone, name or a weak password,
-    ALREADY_EXISTS if the e-mail or phone is taken.
+    ALREADY_EXISTS if the e-mail or phone is taken (unless it is a retry with the
+    same request_id).
     """
     SignIn: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SignInRequest, _auth_pb2.SignInResponse]
     """Signs in with e-mail (or phone) and password.
@@ -65,7 +66,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     SignUp: _aio.UnaryUnaryMultiCallable[_auth_pb2.SignUpRequest, _auth_pb2.SignUpResponse]  # type: ignore[assignment]
     """Creates an account and signs it in. Only the USER and PROVIDER roles can sign up.
     Returns INVALID_ARGUMENT for a bad e-mail, phone, name or a weak password,
-    ALREADY_EXISTS if the e-mail or phone is taken.
+    ALREADY_EXISTS if the e-mail or phone is taken (unless it is a retry with the
+    same request_id).
     """
     SignIn: _aio.UnaryUnaryMultiCallable[_auth_pb2.SignInRequest, _auth_pb2.SignInResponse]  # type: ignore[assignment]
     """Signs in with e-mail (or phone) and password.
@@ -95,7 +97,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_pb2.SignUpResponse, _abc.Awaitable[_auth_pb2.SignUpResponse]]:
         """Creates an account and signs it in. Only the USER and PROVIDER roles can sign up.
         Returns INVALID_ARGUMENT for a bad e-mail, phone, name or a weak password,
-        ALREADY_EXISTS if the e-mail or phone is taken.
+        ALREADY_EXISTS if the e-mail or phone is taken (unless it is a retry with the
+        same request_id).
         """
 
     @_abc_1.abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,13 +33,17 @@ from securenow.server.security.tokens import (
     InvalidToken,
     OpaqueSecretCodec,
 )
-from securenow.server.services.common import forget_sessions
+from securenow.server.services.common import forget_sessions, request_id_reused, same_request
 from securenow.server.storage.accounts_repo import SessionState
 from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database, UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# The idempotency scope of sign-ups, which have no caller yet.
+SIGN_UP_SCOPE = "sign-up"
 
 
 @dataclass(frozen=True)
@@ -67,24 +72,49 @@ class AuthService:
         self._sign_in_limit = sign_in_attempts_per_minute
 
     async def sign_up(
-        self, *, email: str, phone: str, first_name: str, last_name: str, password: str, role: Role | None
+        self,
+        *,
+        email: str,
+        phone: str,
+        first_name: str,
+        last_name: str,
+        password: str,
+        role: Role | None,
+        key: IdempotencyKey | None = None,
     ) -> tuple[User, TokenPair]:
+        """`key` fingerprints the request without its password (a fast hash of a
+        password must never be stored): a retry's password is checked against the
+        account's, as at sign-in."""
         req = validate_sign_up(email, phone, first_name, last_name, password, role)
         await self._live.hit_rate_limit(req.email, "sign_up", self._sign_in_limit)
         password_hash = await hash_password(req.password)
+        new_id = str(uuid.uuid4())
         async with self._db.unit_of_work() as uow:
-            user = await uow.accounts.create_user(
-                email=req.email,
-                phone=req.phone,
-                first_name=req.first_name,
-                last_name=req.last_name,
-                role=req.role,
-                password_hash=password_hash,
-            )
-            tokens = await self._start_session(uow, user)
-            actor = Principal(PrincipalKind.USER, user.id, user.role)
-            await uow.audit.record(actor, AuditEntry("auth.sign_up", "user", user.id, details={"role": user.role}))
-        return user, tokens
+            prior = None
+            if key is not None:
+                prior = await uow.idempotency.claim(SIGN_UP_SCOPE, "SignUp", key, new_id)
+            if prior is None:
+                user = await uow.accounts.create_user(
+                    user_id=new_id,
+                    email=req.email,
+                    phone=req.phone,
+                    first_name=req.first_name,
+                    last_name=req.last_name,
+                    role=req.role,
+                    password_hash=password_hash,
+                )
+                tokens = await self._start_session(uow, user)
+                actor = Principal(PrincipalKind.USER, user.id, user.role)
+                await uow.audit.record(actor, AuditEntry("auth.sign_up", "user", user.id, details={"role": user.role}))
+                return user, tokens
+        assert key is not None
+        # A retry of a sign-up that went through: the same account, signed in again.
+        user_id = same_request(prior, key)
+        async with self._db.reader() as uow:
+            found = await uow.accounts.find_credentials(email=req.email)
+        if not await verify_password(found[1] if found else None, req.password) or not found or found[0].id != user_id:
+            raise request_id_reused()  # the password differs
+        return found[0], await self._open_session(found[0], {"retry_of": "sign_up"})
 
     async def create_admin(self, *, email: str, password: str, phone: str, first_name: str, last_name: str) -> User:
         """The first admin comes from the command line (never through SignUp)."""
@@ -93,6 +123,7 @@ class AuthService:
         password_hash = await hash_password(req.password)
         async with self._db.unit_of_work() as uow:
             user = await uow.accounts.create_user(
+                user_id=str(uuid.uuid4()),
                 email=req.email,
                 phone=req.phone,
                 first_name=req.first_name,
@@ -122,19 +153,25 @@ class AuthService:
         if not found or not ok:
             raise Unauthenticated("wrong e-mail/phone or password", reason="BAD_CREDENTIALS")
         user = found[0]
+        tokens = await self._open_session(user, {})
+        try:
+            await self._live.clear_rate_limit(subject, "sign_in")
+        except Unavailable:
+            pass
+        return user, tokens
+
+    async def _open_session(self, user: User, details: dict[str, str]) -> TokenPair:
+        """Signs in a user whose credentials were checked."""
         if user.status is not UserStatus.ACTIVE:
             raise PermissionDenied(f"the account is {user.status.value}", reason=f"ACCOUNT_{user.status.name}")
         async with self._db.unit_of_work() as uow:
             tokens = await self._start_session(uow, user)
             await uow.accounts.touch_last_active(user.id)
             await uow.audit.record(
-                Principal(PrincipalKind.USER, user.id, user.role), AuditEntry("auth.sign_in", "user", user.id)
+                Principal(PrincipalKind.USER, user.id, user.role),
+                AuditEntry("auth.sign_in", "user", user.id, details=details or None),
             )
-        try:
-            await self._live.clear_rate_limit(subject, "sign_in")
-        except Unavailable:
-            pass
-        return user, tokens
+        return tokens
 
     async def _start_session(self, uow: UnitOfWork, user: User) -> TokenPair:
         now = datetime.now(UTC)

@@ -37,12 +37,16 @@ def same_request(prior: PriorRequest, key: IdempotencyKey) -> str:
     """The resource of an earlier request with this request_id; ALREADY_EXISTS when
     that request was a different one."""
     if prior.fingerprint != key.fingerprint:
-        raise AlreadyExists(
-            "request_id was already used with a different request",
-            reason="REQUEST_ID_REUSED",
-            metadata={"field": "request_id"},
-        )
+        raise request_id_reused()
     return prior.resource_id
+
+
+def request_id_reused() -> AlreadyExists:
+    return AlreadyExists(
+        "request_id was already used with a different request",
+        reason="REQUEST_ID_REUSED",
+        metadata={"field": "request_id"},
+    )
 
 
 async def forget_sessions(live: LiveState, session_ids: list[str]) -> None:

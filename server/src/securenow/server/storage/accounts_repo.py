@@ -94,13 +94,21 @@ class AccountsRepo:
         self.conn = conn
 
     async def create_user(
-        self, *, email: str, phone: str, first_name: str, last_name: str, role: Role, password_hash: str
+        self,
+        *,
+        user_id: str,
+        email: str,
+        phone: str,
+        first_name: str,
+        last_name: str,
+        role: Role,
+        password_hash: str,
     ) -> User:
         try:
             row = await self.conn.fetchrow(
-                f"""INSERT INTO users AS u (email, phone, first_name, last_name, role, password_hash,
+                f"""INSERT INTO users AS u (id, email, phone, first_name, last_name, role, password_hash,
                         verification_status, emergency_contacts)
-                    VALUES ($1, $2, $3, $4, $5, $6, 'pending', '[]'::jsonb)
+                    VALUES ($7, $1, $2, $3, $4, $5, $6, 'pending', '[]'::jsonb)
                     RETURNING {USER_COLUMNS}""",
                 email,
                 phone,
@@ -108,6 +116,7 @@ class AccountsRepo:
                 last_name,
                 role.value,
                 password_hash,
+                user_id,
             )
         except asyncpg.UniqueViolationError as exc:
             raise _unique_violation(exc) from None

@@ -106,8 +106,12 @@ def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     return out
 
 
-def idempotency_key(request: Message, field_name: str = "request_id") -> IdempotencyKey | None:
-    """AIP-155: the request id plus a fingerprint of the rest of the request."""
+def idempotency_key(
+    request: Message, field_name: str = "request_id", *, secret_fields: tuple[str, ...] = ()
+) -> IdempotencyKey | None:
+    """AIP-155: the request id plus a fingerprint of the rest of the request, except
+    `secret_fields` (a fast hash of a password must not be stored; the service checks
+    those itself)."""
     request_id: str = getattr(request, field_name)
     if not request_id:
         return None
@@ -117,6 +121,8 @@ def idempotency_key(request: Message, field_name: str = "request_id") -> Idempot
     body = type(request)()
     body.CopyFrom(request)
     body.ClearField(field_name)
+    for secret in secret_fields:
+        body.ClearField(secret)
     fingerprint = hashlib.sha256(body.SerializeToString(deterministic=True)).digest()
     return IdempotencyKey(canonical, fingerprint)
 

@@ -23,6 +23,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             last_name=request.last_name,
             password=request.password,
             role=convert.enum_from_pb(Role, request.role, "role"),
+            key=convert.idempotency_key(request, secret_fields=("password",)),
         )
         return auth_pb2.SignUpResponse(
             user=convert.user(user),
