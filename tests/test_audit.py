@@ -10,9 +10,9 @@ import asyncpg
 import grpc
 import pytest
 
-from securenow.v1 import auth_pb2, sos_pb2, users_pb2
-from tests.dispatch_helpers import SF, location, raise_sos, register_department
-from tests.helpers import Api, expect_error
+from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import SF, Cad, dispatcher_of, location, raise_sos, register_department
+from tests.helpers import Api, expect_error, wait_for
 
 
 async def test_mutations_and_refusals_are_audited_and_the_chain_verifies(api: Api, db_conn: asyncpg.Connection) -> None:
@@ -115,3 +115,42 @@ async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
     for action in ("sos.trail_read", "sos.watch"):
         (row,) = by_action[action]
         assert (row["actor_type"], row["actor_id"], row["resource_id"]) == ("api_key", dept.key_id, alert.id)
+
+
+async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api, db_conn: asyncpg.Connection) -> None:
+    """A CAD's stream acks (batched: one entry per department and key for a moment's
+    acks) and a dispatcher's AckDispatchEvent both say who settled which events."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        alerts = [await raise_sos(api, person, SF) for _ in range(3)]
+        received = [await cad.next_event("alert_raised") for _ in alerts]
+        for msg in received[:2]:
+            cad.ack(msg.event_id)
+        # Commands are processed in order: once this result is back, the acks are in.
+        await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alerts[0].id))
+    finally:
+        await cad.close()
+    await api.agency.AckDispatchEvent(
+        agency_pb2.AckDispatchEventRequest(event_id=received[2].event_id), metadata=dispatcher.md
+    )
+
+    async def acks() -> list[tuple[str, str, str, list[str] | str]] | None:
+        rows = await db_conn.fetch(
+            "SELECT actor_type, actor_id, resource_id, details FROM audit_log WHERE action = 'dispatch.ack' ORDER BY id"
+        )
+        found = []
+        for r in rows:
+            details = json.loads(r["details"])
+            found.append(
+                (r["actor_type"], r["actor_id"], r["resource_id"], details.get("event_ids", details.get("through")))
+            )
+        by_key = [e for f in found if f[1] == dept.key_id for e in f[3]]
+        return found if sorted(by_key) == sorted(m.event_id for m in received[:2]) else None
+
+    found = await wait_for(acks, what="the stream's acks in the audit log")
+    assert ("user", dispatcher.id, dept.id, received[2].event_id) in found
+    assert {f[2] for f in found} == {dept.id}

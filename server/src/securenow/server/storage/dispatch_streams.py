@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
+from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.dispatch_keys import DISPATCH_GROUP, DISPATCH_REWRITES, dispatch_stream, event_id, seq_of
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.relay_repo import RelayRepo
@@ -174,7 +175,8 @@ class DispatchHub:
         # Bumped when a stream is added; the reader notes which generation its XREAD has.
         self._streams_gen = 0
         self._reading_gen = 0
-        self._acks: dict[str, set[int]] = {}
+        # Acknowledged in Redis, to be recorded in Postgres: per (department, who acked).
+        self._acks: dict[tuple[str, Principal], set[int]] = {}
 
     # Subscriptions ------------------------------------------------------------------
 
@@ -285,7 +287,9 @@ class DispatchHub:
 
     # Acknowledgements ---------------------------------------------------------------
 
-    async def ack(self, department_id: str, event_id_text: str, *, field_name: str = "ack.event_id") -> None:
+    async def ack(
+        self, principal: Principal, department_id: str, event_id_text: str, *, field_name: str = "ack.event_id"
+    ) -> None:
         seq = seq_of(event_id_text)
         if seq is None:
             raise InvalidArgument.field(field_name, "is not an event id from this stream")
@@ -293,9 +297,11 @@ class DispatchHub:
             await self._redis.xack(dispatch_stream(department_id), DISPATCH_GROUP, event_id(seq))
         except (RedisError, OSError) as exc:
             raise Unavailable("dispatch streams unavailable") from exc
-        self._acks.setdefault(department_id, set()).add(seq)
+        self._acks.setdefault((department_id, principal), set()).add(seq)
 
-    async def ack_through(self, department_id: str, event_id_text: str, *, field_name: str = "event_id") -> None:
+    async def ack_through(
+        self, principal: Principal, department_id: str, event_id_text: str, *, field_name: str = "event_id"
+    ) -> None:
         """Acknowledges every pending event up to and including `event_id_text` (the
         browser console acknowledges by cursor)."""
         seq = seq_of(event_id_text)
@@ -311,19 +317,34 @@ class DispatchHub:
             raise Unavailable("dispatch streams unavailable") from exc
         async with self._db.unit_of_work() as uow:
             await RelayRepo(uow.conn).mark_acked_through(department_id, seq)
+            await uow.audit.record(
+                principal, AuditEntry("dispatch.ack", "department", department_id, details={"through": event_id(seq)})
+            )
 
     async def _flush_acks(self) -> None:
+        """Records the acks of the last moments: on the outbox rows (what a rebuild of
+        the streams goes by) and as one audit entry per department and acknowledger."""
         acks, self._acks = self._acks, {}
         if not acks:
             return
         try:
             async with self._db.unit_of_work() as uow:
                 repo = RelayRepo(uow.conn)
-                for department_id, seqs in acks.items():
-                    await repo.mark_acked(department_id, sorted(seqs))
+                for (department_id, principal), seqs in acks.items():
+                    ordered = sorted(seqs)
+                    await repo.mark_acked(department_id, ordered)
+                    await uow.audit.record(
+                        principal,
+                        AuditEntry(
+                            "dispatch.ack",
+                            "department",
+                            department_id,
+                            details={"event_ids": [event_id(seq) for seq in ordered]},
+                        ),
+                    )
         except Unavailable:
-            for department_id, seqs in acks.items():  # keep them for the next flush
-                self._acks.setdefault(department_id, set()).update(seqs)
+            for key, seqs in acks.items():  # keep them for the next flush
+                self._acks.setdefault(key, set()).update(seqs)
             raise
 
     # Background loops -----------------------------------------------------------------

@@ -199,7 +199,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
             # Acks are never answered (results pair with commands, in order). A bad or
             # lost ack only means the event comes again.
             try:
-                await self._hub.ack(sub.department_id, req.ack.event_id)
+                await self._hub.ack(principal, sub.department_id, req.ack.event_id)
             except DomainError as err:
                 log.info("ignored an ack: %s", err.message)
             except Exception:
@@ -257,7 +257,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self, request: agency_pb2.AckDispatchEventRequest, context: grpc.aio.ServicerContext
     ) -> agency_pb2.AckDispatchEventResponse:
         principal = current_principal()
-        await self._hub.ack_through(agency_of(principal), request.event_id)
+        await self._hub.ack_through(principal, agency_of(principal), request.event_id)
         return agency_pb2.AckDispatchEventResponse()
 
     async def AcceptSosAlert(
