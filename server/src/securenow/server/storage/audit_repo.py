@@ -43,6 +43,10 @@ class AuditRepo:
     async def record(self, actor: Principal | None, entry: AuditEntry) -> None:
         await self.conn.execute(INSERT_SQL, *audit_args(actor, entry))
 
+    async def record_many(self, entries: list[tuple[Principal | None, AuditEntry]]) -> None:
+        """Several entries in one round trip."""
+        await self.conn.executemany(INSERT_SQL, [audit_args(actor, entry) for actor, entry in entries])
+
     async def seal(self, batch_size: int = 1000) -> int:
         return int(await self.conn.fetchval("SELECT securenow_audit_seal($1)", batch_size))
 

@@ -329,19 +329,21 @@ class DispatchHub:
             return
         try:
             async with self._db.unit_of_work() as uow:
-                repo = RelayRepo(uow.conn)
-                for (department_id, principal), seqs in acks.items():
-                    ordered = sorted(seqs)
-                    await repo.mark_acked(department_id, ordered)
-                    await uow.audit.record(
-                        principal,
-                        AuditEntry(
-                            "dispatch.ack",
-                            "department",
-                            department_id,
-                            details={"event_ids": [event_id(seq) for seq in ordered]},
-                        ),
-                    )
+                await RelayRepo(uow.conn).mark_acked([(d, seq) for (d, _), seqs in acks.items() for seq in seqs])
+                await uow.audit.record_many(
+                    [
+                        (
+                            principal,
+                            AuditEntry(
+                                "dispatch.ack",
+                                "department",
+                                department_id,
+                                details={"event_ids": [event_id(seq) for seq in sorted(seqs)]},
+                            ),
+                        )
+                        for (department_id, principal), seqs in acks.items()
+                    ]
+                )
         except Unavailable:
             for key, seqs in acks.items():  # keep them for the next flush
                 self._acks.setdefault(key, set()).update(seqs)

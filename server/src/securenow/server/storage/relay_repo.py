@@ -189,12 +189,14 @@ class RelayRepo:
             for r in rows
         ]
 
-    async def mark_acked(self, department_id: str, seqs: list[int]) -> None:
+    async def mark_acked(self, acks: list[tuple[str, int]]) -> None:
+        """Marks these (department, seq) events acknowledged, in one statement."""
         await self.conn.execute(
-            """UPDATE outbox SET acked_at = now()
-               WHERE department_id = $1 AND dept_seq = ANY($2::bigint[]) AND acked_at IS NULL""",
-            department_id,
-            seqs,
+            """UPDATE outbox o SET acked_at = now()
+               FROM unnest($1::uuid[], $2::bigint[]) AS a(department_id, seq)
+               WHERE o.department_id = a.department_id AND o.dept_seq = a.seq AND o.acked_at IS NULL""",
+            [department for department, _ in acks],
+            [seq for _, seq in acks],
         )
 
     async def mark_acked_through(self, department_id: str, seq: int) -> None:
