@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 
 import asyncpg
 import grpc
 import jwt
 
-from securenow.v1 import auth_pb2, users_pb2
+from securenow.v1 import auth_pb2, auth_pb2_grpc, users_pb2
+from tests.conftest import extra_replica
 from tests.helpers import PASSWORD, Api, expect_error, unique_email, unique_phone
 
 
@@ -146,6 +148,32 @@ async def test_repeated_failed_sign_ins_are_rate_limited(api: Api) -> None:
     )
     assert err.retry_delay_seconds is not None
     assert 0 < err.retry_delay_seconds <= 60
+
+
+async def test_one_address_trying_many_accounts_is_rate_limited(api: Api) -> None:
+    """Password spraying: one password tried on many accounts stays under every
+    per-account limit; the per-address one stops it. Another caller behind the same
+    proxy (a different forwarded address) is not affected."""
+    async with (
+        extra_replica("few-attempts", sign_in_attempts_per_address_per_minute=5) as rt,
+        grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as channel,
+    ):
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+
+        def spray(**metadata: str) -> Awaitable[auth_pb2.SignInResponse]:
+            request = auth_pb2.SignInRequest(email=unique_email(), password="Summer-2026!")
+            return auth.SignIn(request, metadata=tuple(metadata.items()))
+
+        for _ in range(5):
+            await expect_error(spray(), grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
+        err = await expect_error(spray(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert err.retry_delay_seconds is not None
+        assert 0 < err.retry_delay_seconds <= 60
+        # Sign-ups count too.
+        await expect_error(auth.SignUp(sign_up_request(str(uuid.uuid4()))), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # The gateway on loopback is a trusted proxy: the browser behind it has its own budget.
+        other = {"x-forwarded-for": "198.51.100.23"}
+        await expect_error(spray(**other), grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_session(api: Api) -> None:

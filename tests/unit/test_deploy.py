@@ -9,6 +9,7 @@ checks value constraints) runs only where an `envoy` binary is on PATH.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import os
 import pkgutil
@@ -32,6 +33,7 @@ import yaml
 import securenow.v1
 from securenow.server import cli
 from securenow.server.settings import Settings
+from securenow.server.transport.interceptor import LOOPBACK_NETWORKS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -535,6 +537,21 @@ def test_replicas_point_at_the_compose_services(services: dict[str, dict[str, An
         for key in ("SECURENOW_GRPC_ADDR", "SECURENOW_HTTP_ADDR"):
             host, _ = split_addr(env[key])
             assert host == "0.0.0.0", f"{name}: {key} must listen on all interfaces in a container"
+
+
+def test_replicas_trust_the_forwarded_address_of_envoy_only(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """Per-address sign-in limits and the access log go by x-forwarded-for from trusted
+    proxies: Envoy's fixed address (and loopback, the embedded gateway), not the whole
+    network, whose other containers are no proxies."""
+    envoy_address = ipaddress.ip_address(services["envoy"]["networks"]["default"]["ipv4_address"])
+    subnets = [ipaddress.ip_network(c["subnet"]) for c in compose["networks"]["default"]["ipam"]["config"]]
+    assert any(envoy_address in subnet for subnet in subnets), f"{envoy_address} is outside {subnets}"
+    for name, replica in server_services(services).items():
+        trusted = Settings(trusted_proxies=environment(replica)["SECURENOW_TRUSTED_PROXIES"]).trusted_proxy_networks
+        outside_loopback = [n for n in trusted if n not in LOOPBACK_NETWORKS]
+        assert outside_loopback == [ipaddress.ip_network(f"{envoy_address}/32")], f"{name}: {trusted}"
 
 
 def test_only_envoy_is_published(services: dict[str, dict[str, Any]], envoy: dict[str, Any]) -> None:

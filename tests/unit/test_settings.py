@@ -60,3 +60,13 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     s = Settings()
     assert s.grpc_addr == "0.0.0.0:6000"
     assert s.ack_timeout_seconds == 45
+
+
+def test_trusted_proxies_are_networks_and_a_bad_one_stops_the_start() -> None:
+    assert [str(n) for n in Settings().trusted_proxy_networks] == ["127.0.0.0/8", "::1/128"]
+    assert [str(n) for n in Settings(trusted_proxies="10.8.0.0/16, fd00::/8").trusted_proxy_networks] == [
+        "10.8.0.0/16",
+        "fd00::/8",
+    ]
+    with pytest.raises(ValidationError, match="SECURENOW_TRUSTED_PROXIES: 'envoy' is not an IP network"):
+        Settings(trusted_proxies="10.0.0.0/8,envoy")

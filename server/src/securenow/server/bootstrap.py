@@ -107,6 +107,7 @@ class App:
                 refresh_tokens,
                 refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
                 sign_in_attempts_per_minute=settings.sign_in_attempts_per_minute,
+                sign_in_attempts_per_address=settings.sign_in_attempts_per_address_per_minute,
             ),
             users=UserService(db, live, encryptor),
             providers=providers,

@@ -140,7 +140,13 @@ class Runtime:
         options = [o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"]
         options.append(("grpc.so_reuseport", 1 if app.settings.reuse_port else 0))
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(app.authenticator.authenticate, app.audit.record_failure)],
+            interceptors=[
+                CallInterceptor(
+                    app.authenticator.authenticate,
+                    app.audit.record_failure,
+                    trusted_proxies=app.settings.trusted_proxy_networks,
+                )
+            ],
             options=options,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app.auth), server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -60,6 +61,12 @@ class Settings(BaseSettings):
     # Bounds how long a cached session can outlive a revocation that could not reach Redis.
     session_cache_ttl_seconds: int = Field(default=60, gt=0)
     sign_in_attempts_per_minute: int = Field(default=10, gt=0)
+    # Sign-in and sign-up attempts per caller address (IPv4 address or IPv6 /64) and
+    # minute, whatever the account: password spraying across many accounts.
+    sign_in_attempts_per_address_per_minute: int = Field(default=100, gt=0)
+    # Networks of our own proxies (the embedded gRPC-Web gateway on loopback, Envoy):
+    # their x-forwarded-for names the caller. Comma-separated CIDRs.
+    trusted_proxies: str = "127.0.0.0/8,::1/128"
     # RecordEvents calls per user and minute (each up to 100 events).
     analytics_calls_per_minute: int = Field(default=120, gt=0)
 
@@ -119,6 +126,7 @@ class Settings(BaseSettings):
                 raise SettingsError("production mode needs SECURENOW_DATABASE_URL")
         if self.data_key is not None or self.data_keys_old is not None:
             _ = self.data_keys  # a malformed key is a bad setting now, not an error at first use
+        _ = self.trusted_proxy_networks
         return self
 
     @cached_property
@@ -147,6 +155,19 @@ class Settings(BaseSettings):
                 if k.strip()
             ]
         return keys
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        networks = []
+        for text in self.trusted_proxies.split(","):
+            if text.strip():
+                try:
+                    networks.append(ipaddress.ip_network(text.strip(), strict=False))
+                except ValueError:
+                    raise SettingsError(
+                        f"SECURENOW_TRUSTED_PROXIES: {text.strip()!r} is not an IP network (CIDR)"
+                    ) from None
+        return tuple(networks)
 
     @property
     def cors_origin_list(self) -> list[str]:

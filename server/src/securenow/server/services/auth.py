@@ -63,6 +63,7 @@ class AuthService:
         *,
         refresh_ttl: timedelta,
         sign_in_attempts_per_minute: int,
+        sign_in_attempts_per_address: int,
     ) -> None:
         self._db = db
         self._live = live
@@ -70,6 +71,7 @@ class AuthService:
         self._refresh = refresh_tokens
         self._refresh_ttl = refresh_ttl
         self._sign_in_limit = sign_in_attempts_per_minute
+        self._address_limit = sign_in_attempts_per_address
 
     async def sign_up(
         self,
@@ -81,11 +83,13 @@ class AuthService:
         password: str,
         role: Role | None,
         key: IdempotencyKey | None = None,
+        address: str = "",
     ) -> tuple[User, TokenPair]:
         """`key` fingerprints the request without its password (a fast hash of a
         password must never be stored): a retry's password is checked against the
         account's, as at sign-in."""
         req = validate_sign_up(email, phone, first_name, last_name, password, role)
+        await self._count_attempt(address)
         await self._live.hit_rate_limit(req.email, "sign_up", self._sign_in_limit)
         password_hash = await hash_password(req.password)
         new_id = str(uuid.uuid4())
@@ -134,7 +138,7 @@ class AuthService:
             await uow.audit.record(SYSTEM, AuditEntry("user.create_admin", "user", user.id))
         return user
 
-    async def sign_in(self, *, email: str, phone: str, password: str) -> tuple[User, TokenPair]:
+    async def sign_in(self, *, email: str, phone: str, password: str, address: str = "") -> tuple[User, TokenPair]:
         v = Validator()
         if not email and not phone:
             v.add("email", "email or phone is required")
@@ -146,6 +150,7 @@ class AuthService:
             v.add("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
         v.check()
         subject = email or phone
+        await self._count_attempt(address)
         await self._live.hit_rate_limit(subject, "sign_in", self._sign_in_limit)
         async with self._db.unit_of_work() as uow:
             found = await uow.accounts.find_credentials(email=email, phone=phone)
@@ -159,6 +164,12 @@ class AuthService:
         except Unavailable:
             pass
         return user, tokens
+
+    async def _count_attempt(self, address: str) -> None:
+        """Per caller address, every sign-in and sign-up counts, whatever the account:
+        the per-account limit alone lets one address try a password on every account."""
+        if address:
+            await self._live.hit_rate_limit(address, "auth_attempt", self._address_limit)
 
     async def _open_session(self, user: User, details: dict[str, str]) -> TokenPair:
         """Signs in a user whose credentials were checked."""

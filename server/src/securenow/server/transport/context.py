@@ -1,4 +1,4 @@
-"""The authenticated caller of the current RPC, set by the interceptor."""
+"""The authenticated caller of the current RPC and its address, set by the interceptor."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import Unauthenticated
 
 _principal: ContextVar[Principal | None] = ContextVar("securenow_principal", default=None)
+_address: ContextVar[str] = ContextVar("securenow_client_address", default="")
 
 
 def current_principal() -> Principal:
@@ -19,3 +20,12 @@ def current_principal() -> Principal:
 
 def set_principal(principal: Principal | None) -> None:
     _principal.set(principal)
+
+
+def current_client_address() -> str:
+    """The caller's address as per-address limits count it (interceptor.address_key)."""
+    return _address.get()
+
+
+def set_client_address(address: str) -> None:
+    _address.set(address)

@@ -11,9 +11,11 @@
    JSON access-log line, and audits failed mutating calls.
 
 The access log's `peer` is the caller's address. Calls through the embedded gRPC-Web
-gateway arrive from loopback; the gateway sets x-forwarded-for to the browser's
-address. That header is believed only from a loopback peer, and only its last hop
-(the one the gateway added): from anyone else it is the caller's own claim.
+gateway arrive from loopback, calls through Envoy from Envoy; each sets
+x-forwarded-for to the browser's address. That header is believed only from a peer
+in SECURENOW_TRUSTED_PROXIES (loopback by default), and only its last hop (the one
+that proxy added): from anyone else it is the caller's own claim. The caller's
+address (address_key) is what per-address limits count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -31,7 +33,7 @@ from prometheus_client import Counter, Histogram
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated
 from securenow.server.transport.access import RULES, Rule
-from securenow.server.transport.context import set_principal
+from securenow.server.transport.context import set_client_address, set_principal
 from securenow.server.transport.errors import as_grpc_status, internal_status, to_rpc_status
 
 log = logging.getLogger("securenow.access")
@@ -83,28 +85,37 @@ def _undecodable() -> InvalidArgument:
     return InvalidArgument.field("request", "is not a valid protobuf encoding of the method's request message")
 
 
-def _is_loopback(peer: str) -> bool:
-    """For grpc peer strings: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"."""
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[IpNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def peer_host(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in a grpc peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"), or
+    in a bare address; None for anything else (a Unix socket)."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         host = rest.rpartition(":")[0]
     elif kind == "ipv6":
         host = rest.rpartition("]")[0].lstrip("[")
     else:
-        return False
+        host = peer
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
 
 
-def client_address(peer: str, metadata: tuple[Any, ...] | None) -> tuple[str, str | None]:
-    """(the caller's address, the proxy it came through or None). A loopback peer's
-    x-forwarded-for is believed: its last hop, if that is an IP address."""
-    if not _is_loopback(peer):
+def client_address(
+    peer: str, metadata: tuple[Any, ...] | None, trusted: Sequence[IpNetwork] = LOOPBACK_NETWORKS
+) -> tuple[str, str | None]:
+    """(the caller's address, the proxy it came through or None). The x-forwarded-for
+    of a peer in a `trusted` network (a proxy we run) is believed: its last hop, the one
+    that proxy added, if that is an IP address."""
+    host = peer_host(peer)
+    if host is None or not any(host in network for network in trusted):
         return peer, None
     forwarded = [value for key, value in metadata or () if key == "x-forwarded-for"]
     if not forwarded:
@@ -115,6 +126,17 @@ def client_address(peer: str, metadata: tuple[Any, ...] | None) -> tuple[str, st
         return str(ipaddress.ip_address(hop)), peer
     except ValueError:
         return peer, None
+
+
+def address_key(peer: str) -> str:
+    """Who a caller is for per-address limits: its IPv4 address, or its IPv6 /64 (one
+    subscriber's network, whose addresses are theirs to rotate through)."""
+    host = peer_host(peer)
+    if host is None:
+        return peer
+    if isinstance(host, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((host, 64), strict=False))
+    return str(host)
 
 
 def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
@@ -131,15 +153,33 @@ def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
 class _Call:
     """State of one RPC, shared by the wrappers below."""
 
-    __slots__ = ("code", "method", "peer", "principal", "reason", "rule", "service", "short", "started", "via")
+    __slots__ = (
+        "address",
+        "code",
+        "method",
+        "peer",
+        "principal",
+        "reason",
+        "rule",
+        "service",
+        "short",
+        "started",
+        "via",
+    )
 
     def __init__(
-        self, method: str, rule: Rule | None, context: grpc.aio.ServicerContext, metadata: tuple[Any, ...] | None
+        self,
+        method: str,
+        rule: Rule | None,
+        context: grpc.aio.ServicerContext,
+        metadata: tuple[Any, ...] | None,
+        trusted: Sequence[IpNetwork],
     ) -> None:
         self.method = method
         # Read while the call is alive: grpcio crashes (segfault) on peer() of a call
         # the client already tore down, which is how streams usually end.
-        self.peer, self.via = client_address(context.peer(), metadata)
+        self.peer, self.via = client_address(context.peer(), metadata, trusted)
+        self.address = address_key(self.peer)
         self.rule = rule
         _, _, tail = method.partition("/")
         self.service, _, self.short = tail.partition("/")
@@ -150,9 +190,16 @@ class _Call:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, audit_failure: AuditFailure) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        audit_failure: AuditFailure,
+        *,
+        trusted_proxies: Sequence[IpNetwork] = LOOPBACK_NETWORKS,
+    ) -> None:
         self._authenticate = authenticate
         self._audit_failure = audit_failure
+        self._trusted = tuple(trusted_proxies)
 
     async def intercept_service(
         self,
@@ -167,6 +214,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         rule = RULES.get(method)
 
         async def enter(call: _Call) -> None:
+            set_client_address(call.address)
             if rule is None:
                 raise PermissionDenied("this method is not open to callers", reason="METHOD_NOT_ALLOWED")
             if rule.public:
@@ -191,7 +239,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule, context, metadata)
+                call = _Call(method, rule, context, metadata, self._trusted)
                 try:
                     await enter(call)
                     if request is _UNDECODABLE:
@@ -210,7 +258,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                call = _Call(method, rule, context, metadata)
+                call = _Call(method, rule, context, metadata, self._trusted)
                 try:
                     await enter(call)
                     if request is _UNDECODABLE:
@@ -230,7 +278,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(method, rule, context, metadata)
+                call = _Call(method, rule, context, metadata, self._trusted)
                 try:
                     await enter(call)
                     return await inner_su(self._decoded(requests, call, context), context)
@@ -246,7 +294,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(method, rule, context, metadata)
+            call = _Call(method, rule, context, metadata, self._trusted)
             try:
                 await enter(call)
                 async for response in inner_ss(self._decoded(requests, call, context), context):

@@ -5,7 +5,7 @@ import grpc
 from securenow.server.domain.enums import Role
 from securenow.server.services.auth import AuthService
 from securenow.server.transport import convert
-from securenow.server.transport.context import current_principal
+from securenow.server.transport.context import current_client_address, current_principal
 from securenow.v1 import auth_pb2, auth_pb2_grpc
 
 
@@ -24,6 +24,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             password=request.password,
             role=convert.enum_from_pb(Role, request.role, "role"),
             key=convert.idempotency_key(request, secret_fields=("password",)),
+            address=current_client_address(),
         )
         return auth_pb2.SignUpResponse(
             user=convert.user(user),
@@ -35,7 +36,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SignIn(
         self, request: auth_pb2.SignInRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.SignInResponse:
-        user, tokens = await self._auth.sign_in(email=request.email, phone=request.phone, password=request.password)
+        user, tokens = await self._auth.sign_in(
+            email=request.email, phone=request.phone, password=request.password, address=current_client_address()
+        )
         return auth_pb2.SignInResponse(
             user=convert.user(user),
             access_token=tokens.access_token,
