@@ -118,8 +118,8 @@ async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
 
 
 async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api, db_conn: asyncpg.Connection) -> None:
-    """A CAD's stream acks (batched: one entry per department and key for a moment's
-    acks) and a dispatcher's AckDispatchEvent both say who settled which events."""
+    """A CAD's stream acks (batched: one entry per department and key every few
+    seconds) and a dispatcher's AckDispatchEvent both say who settled which events."""
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
     dispatcher = await dispatcher_of(api, admin, dept)
@@ -151,6 +151,6 @@ async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api,
         by_key = [e for f in found if f[1] == dept.key_id for e in f[3]]
         return found if sorted(by_key) == sorted(m.event_id for m in received[:2]) else None
 
-    found = await wait_for(acks, what="the stream's acks in the audit log")
+    found = await wait_for(acks, within=20, what="the stream's acks in the audit log")
     assert ("user", dispatcher.id, dept.id, received[2].event_id) in found
     assert {f[2] for f in found} == {dept.id}

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 SUBSCRIBERS = Gauge("securenow_dispatch_subscribers", "Open dispatch subscriptions in this process.")
 DELIVERED = Counter("securenow_dispatch_events_sent_total", "Dispatch events handed to subscribers.", ["kind"])
 MAX_QUEUE = 10_000
+# Stream acks are written to the outbox every 0.2 s and audited every this many seconds.
+ACK_AUDIT_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, order=True)
@@ -177,6 +179,9 @@ class DispatchHub:
         self._reading_gen = 0
         # Acknowledged in Redis, to be recorded in Postgres: per (department, who acked).
         self._acks: dict[tuple[str, Principal], set[int]] = {}
+        # Recorded in Postgres, to be audited with the next flush that is due to.
+        self._unaudited: dict[tuple[str, Principal], set[int]] = {}
+        self._audited_at = time.monotonic()
 
     # Subscriptions ------------------------------------------------------------------
 
@@ -321,33 +326,46 @@ class DispatchHub:
                 principal, AuditEntry("dispatch.ack", "department", department_id, details={"through": event_id(seq)})
             )
 
-    async def _flush_acks(self) -> None:
-        """Records the acks of the last moments: on the outbox rows (what a rebuild of
-        the streams goes by) and as one audit entry per department and acknowledger."""
+    async def _flush_acks(self, *, final: bool = False) -> None:
+        """Records the acks of the last moments on the outbox rows (what a rebuild of the
+        streams goes by), and every ACK_AUDIT_INTERVAL, in the same transaction, as one
+        audit entry per department and acknowledger with the event ids (one entry per
+        ack would double the audit log's volume under load)."""
         acks, self._acks = self._acks, {}
-        if not acks:
+        audit_due = final or time.monotonic() - self._audited_at >= ACK_AUDIT_INTERVAL
+        if not acks and not (audit_due and self._unaudited):
             return
+        unaudited = {key: set(seqs) for key, seqs in self._unaudited.items()}
+        for key, seqs in acks.items():
+            unaudited.setdefault(key, set()).update(seqs)
         try:
             async with self._db.unit_of_work() as uow:
-                await RelayRepo(uow.conn).mark_acked([(d, seq) for (d, _), seqs in acks.items() for seq in seqs])
-                await uow.audit.record_many(
-                    [
-                        (
-                            principal,
-                            AuditEntry(
-                                "dispatch.ack",
-                                "department",
-                                department_id,
-                                details={"event_ids": [event_id(seq) for seq in sorted(seqs)]},
-                            ),
-                        )
-                        for (department_id, principal), seqs in acks.items()
-                    ]
-                )
+                if acks:
+                    await RelayRepo(uow.conn).mark_acked([(d, seq) for (d, _), seqs in acks.items() for seq in seqs])
+                if audit_due:
+                    await uow.audit.record_many(
+                        [
+                            (
+                                principal,
+                                AuditEntry(
+                                    "dispatch.ack",
+                                    "department",
+                                    department_id,
+                                    details={"event_ids": [event_id(seq) for seq in sorted(seqs)]},
+                                ),
+                            )
+                            for (department_id, principal), seqs in unaudited.items()
+                        ]
+                    )
         except Unavailable:
             for key, seqs in acks.items():  # keep them for the next flush
                 self._acks.setdefault(key, set()).update(seqs)
             raise
+        if audit_due:
+            self._unaudited = {}
+            self._audited_at = time.monotonic()
+        else:
+            self._unaudited = unaudited
 
     # Background loops -----------------------------------------------------------------
 
@@ -367,7 +385,7 @@ class DispatchHub:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             try:
-                await self._flush_acks()
+                await self._flush_acks(final=True)
             except Unavailable:
                 log.warning("unflushed dispatch acks were lost; those events will be redelivered")
             await self._reader.aclose()
