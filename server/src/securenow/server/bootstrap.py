@@ -134,7 +134,14 @@ class App:
             ),
             watch_hub=AlertWatchHub(settings.redis_url),
             credentials=CredentialMonitor(db, interval=settings.credential_check_interval_seconds),
-            relay=OutboxRelay(db, redis, settings.database_url),
+            relay=OutboxRelay(
+                db,
+                redis,
+                settings.database_url,
+                reconcile_interval=settings.dispatch_reconcile_interval_seconds,
+                trim_interval=settings.dispatch_trim_interval_seconds,
+                keep_acked_seconds=settings.dispatch_keep_acked_seconds,
+            ),
             webhooks=WebhookSender(
                 db,
                 encryptor,

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # Unacknowledged events are sent again after this long (XAUTOCLAIM).
     dispatch_redeliver_after_seconds: float = Field(default=30.0, gt=0)
     dispatch_claim_interval_seconds: float = Field(default=5.0, gt=0)
+    # The relay compares each department's stream with Postgres this often (puts back
+    # what Redis lost), and trims settled entries acknowledged this long ago.
+    dispatch_reconcile_interval_seconds: float = Field(default=2.0, gt=0)
+    dispatch_trim_interval_seconds: float = Field(default=30.0, gt=0)
+    dispatch_keep_acked_seconds: float = Field(default=300.0, ge=0)
     # Open streams (StreamDispatch, WatchDispatch, WatchSos) end this soon after their
     # credential stops being good (key revoked, session ended, account suspended).
     credential_check_interval_seconds: float = Field(default=2.0, gt=0)
