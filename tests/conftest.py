@@ -161,3 +161,15 @@ async def replica(database: str) -> AsyncIterator[Runtime]:
         "replica-b", dispatch_redeliver_after_seconds=1.0, dispatch_claim_interval_seconds=0.3
     ) as rt:
         yield rt
+
+
+def server_env() -> dict[str, str]:
+    """Environment for running `securenow` commands against the test database."""
+    return {
+        **os.environ,
+        "SECURENOW_DATABASE_URL": DATABASE_URL,
+        "SECURENOW_REDIS_URL": REDIS_URL,
+        "SECURENOW_SECRET_KEY": TEST_SECRET_KEY,
+        "SECURENOW_DATA_KEY": TEST_DATA_KEY,
+        "SECURENOW_LOG_LEVEL": "WARNING",
+    }

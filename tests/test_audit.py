@@ -3,14 +3,20 @@ into a hash chain whose tampering is detected."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
 
+from securenow.server.services.audit import ChainAnchor
 from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
+from tests.conftest import server_env
 from tests.dispatch_helpers import SF, Cad, dispatcher_of, location, raise_sos, register_department
 from tests.helpers import Api, expect_error, wait_for
 
@@ -74,6 +80,75 @@ async def test_tampering_with_a_sealed_entry_is_detected(api: Api, db_conn: asyn
         await db_conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
     _, broken = await api.app.audit.seal_and_verify()
     assert broken == target
+
+
+RESEAL_FROM = """
+DO $$
+DECLARE r audit_log; h BYTEA;
+BEGIN
+    SELECT entry_hash INTO h FROM audit_log WHERE chain_seq = {target} - 1;
+    FOR r IN SELECT * FROM audit_log WHERE chain_seq >= {target} ORDER BY chain_seq LOOP
+        UPDATE audit_log SET prev_hash = h, entry_hash = securenow_audit_entry_digest(h, r)
+         WHERE id = r.id RETURNING entry_hash INTO h;
+    END LOOP;
+END $$"""
+
+
+async def test_a_rewritten_and_resealed_chain_is_caught_by_an_anchor_kept_outside(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """Someone who can rewrite the table can also recompute every hash after the entry
+    they changed: the chain then verifies on its own. A head recorded outside the
+    database earlier (logged by the worker, printed by `securenow maintain`) does not
+    match any more."""
+    for _ in range(3):
+        await api.sign_up()
+    await api.app.audit.seal_and_verify()
+    anchor = await api.app.audit.head()
+    assert anchor is not None
+    assert (await api.app.audit.seal_and_verify(anchor))[1] is None
+    assert ChainAnchor.parse(str(anchor)) == anchor
+    target = await db_conn.fetchval("SELECT chain_seq FROM audit_log ORDER BY chain_seq OFFSET 1 LIMIT 1")
+    async with db_conn.transaction():
+        await db_conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        await db_conn.execute("UPDATE audit_log SET actor_id = 'someone-else' WHERE chain_seq = $1", target)
+        await db_conn.execute(RESEAL_FROM.format(target=int(target)))
+        await db_conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+
+    assert (await api.app.audit.seal_and_verify())[1] is None  # consistent in itself
+    assert (await api.app.audit.seal_and_verify(anchor))[1] == anchor.chain_seq
+
+
+async def maintain(*args: str) -> tuple[int, str]:
+    """`securenow maintain` as an operator runs it: (exit code, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "securenow"),
+        "maintain",
+        *args,
+        env=server_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_maintain_prints_the_chain_head_and_checks_one_given(api: Api) -> None:
+    await api.sign_up()
+    code, out = await maintain()
+    assert code == 0, out
+    found = re.search(r"audit chain head: (\d+):([0-9a-f]{64})", out)
+    assert found, out
+    seq, digest = found.groups()
+    code, out = await maintain("--expect-head", f"{seq}:{digest}")
+    assert code == 0, out
+    code, out = await maintain("--expect-head", f"{seq}:{'0' * 64}")
+    assert code == 1
+    assert f"audit chain broken at entry {seq}" in out
+    code, out = await maintain("--expect-head", "yesterday")
+    assert code != 0
+    assert "--expect-head: 'yesterday' is not <chain_seq>:<hex hash>" in out
 
 
 async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from securenow.server.runtime import Runtime
 from securenow.v1 import common_pb2, sos_pb2
-from tests.conftest import DATABASE_URL, REDIS_URL, TEST_DATA_KEY, TEST_SECRET_KEY
+from tests.conftest import server_env
 from tests.dispatch_helpers import raise_sos
 from tests.helpers import Api, wait_for
 from tests.sdk_helpers import LineReader, connector
@@ -26,17 +26,6 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 def python_blocks(readme: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.DOTALL)
-
-
-def server_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "SECURENOW_DATABASE_URL": DATABASE_URL,
-        "SECURENOW_REDIS_URL": REDIS_URL,
-        "SECURENOW_SECRET_KEY": TEST_SECRET_KEY,
-        "SECURENOW_DATA_KEY": TEST_DATA_KEY,
-        "SECURENOW_LOG_LEVEL": "WARNING",
-    }
 
 
 async def run(*args: str, env: dict[str, str] | None = None, within: float = 60.0) -> str:

@@ -1,4 +1,4 @@
-"""`securenow` command line: migrate, serve, create-admin, seed-demo, maintain, audit-verify."""
+"""`securenow` command line: migrate, serve, work, create-admin, seed-demo, maintain."""
 
 from __future__ import annotations
 
@@ -124,18 +124,25 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     from securenow.server.bootstrap import App
+    from securenow.server.services.audit import ChainAnchor
 
     settings = _settings()
+    try:
+        anchor = ChainAnchor.parse(args.expect_head) if args.expect_head else None
+    except ValueError as exc:
+        raise SystemExit(f"--expect-head: {exc}") from None
 
     async def main() -> None:
         app = await App.create(settings)
         try:
             created = await app.maintenance.ensure_partitions()
             await app.maintenance.apply_retention()
-            sealed, tampered = await app.audit.seal_and_verify()
+            sealed, tampered = await app.audit.seal_and_verify(anchor)
+            head = await app.audit.head()
         finally:
             await app.close()
         print(f"partitions created: {created}; audit entries sealed: {sealed}")
+        print(f"audit chain head: {head or 'empty'} (keep it outside the database; check with --expect-head)")
         if tampered is not None:
             raise DomainError(f"audit chain broken at entry {tampered}")
 
@@ -183,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_seed_demo)
 
     p = sub.add_parser("maintain", help="create partitions ahead, apply retention, seal and verify the audit log")
+    p.add_argument(
+        "--expect-head",
+        metavar="SEQ:HASH",
+        help="an audit chain head recorded earlier (printed here, logged by the worker): it must be unchanged",
+    )
     p.set_defaults(fn=cmd_maintain)
 
     args = parser.parse_args(argv)

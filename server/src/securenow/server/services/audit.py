@@ -3,6 +3,8 @@ calls of mutating RPCs (written by the interceptor), and chain verification."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from securenow.server.domain.accounts import Principal
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.postgres import Database
@@ -16,10 +18,44 @@ class AuditService:
         async with self._db.unit_of_work() as uow:
             await uow.audit.record(principal, AuditEntry(f"rpc:{method}", "rpc", None, code, {"reason": reason}))
 
-    async def seal_and_verify(self) -> tuple[int, int | None]:
-        """Seals pending entries; returns (sealed count, first tampered chain_seq or None)."""
+    async def seal_and_verify(self, anchor: ChainAnchor | None = None) -> tuple[int, int | None]:
+        """Seals pending entries; returns (sealed count, first tampered chain_seq or None).
+        The chain verifies itself, which someone able to rewrite the table could redo
+        after changing an entry; an `anchor` recorded outside the database (the head
+        the worker logs, or that `securenow maintain` printed) catches that too: its
+        entry must still have its hash."""
         async with self._db.unit_of_work() as uow:
             sealed = 0
             while batch := await uow.audit.seal():
                 sealed += batch
-            return sealed, await uow.audit.verify()
+            tampered = await uow.audit.verify()
+            if anchor is not None and await uow.audit.hash_at(anchor.chain_seq) != anchor.entry_hash:
+                tampered = anchor.chain_seq if tampered is None else min(tampered, anchor.chain_seq)
+            return sealed, tampered
+
+    async def head(self) -> ChainAnchor | None:
+        async with self._db.reader() as uow:
+            head = await uow.audit.head()
+        return None if head is None else ChainAnchor(*head)
+
+
+@dataclass(frozen=True)
+class ChainAnchor:
+    """An audit chain entry's position and hash, kept outside the database."""
+
+    chain_seq: int
+    entry_hash: bytes
+
+    def __str__(self) -> str:
+        return f"{self.chain_seq}:{self.entry_hash.hex()}"
+
+    @classmethod
+    def parse(cls, text: str) -> ChainAnchor:
+        """ "<chain_seq>:<hex entry_hash>", as printed."""
+        seq, sep, digest = text.strip().partition(":")
+        try:
+            if not sep or not seq.isascii() or not seq.isdigit():
+                raise ValueError
+            return cls(int(seq), bytes.fromhex(digest))
+        except ValueError:
+            raise ValueError(f"{text!r} is not <chain_seq>:<hex hash>") from None

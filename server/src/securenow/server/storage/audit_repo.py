@@ -50,6 +50,17 @@ class AuditRepo:
     async def seal(self, batch_size: int = 1000) -> int:
         return int(await self.conn.fetchval("SELECT securenow_audit_seal($1)", batch_size))
 
+    async def head(self) -> tuple[int, bytes] | None:
+        """(chain_seq, entry_hash) of the newest sealed entry."""
+        row = await self.conn.fetchrow(
+            "SELECT chain_seq, entry_hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1"
+        )
+        return None if row is None else (int(row["chain_seq"]), bytes(row["entry_hash"]))
+
+    async def hash_at(self, chain_seq: int) -> bytes | None:
+        value = await self.conn.fetchval("SELECT entry_hash FROM audit_log WHERE chain_seq = $1", chain_seq)
+        return None if value is None else bytes(value)
+
     async def verify(self) -> int | None:
         """chain_seq of the first tampered entry, or None when the chain is intact."""
         result = await self.conn.fetchval("SELECT securenow_audit_verify()")

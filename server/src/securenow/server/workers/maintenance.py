@@ -26,6 +26,10 @@ PROVIDER_DUTY_STALE_SECONDS = 15 * 60
 SAFETY_REFRESH_SECONDS = 30 * 60.0
 
 
+# The audit chain head is logged at most this often (when it moved).
+ANCHOR_LOG_SECONDS = 60.0
+
+
 @dataclass
 class _Task:
     name: str
@@ -38,6 +42,7 @@ class Maintenance:
     def __init__(self, db: Database, live: LiveState) -> None:
         self._db = db
         self._live = live
+        self._anchored_at = -ANCHOR_LOG_SECONDS
         self._tasks = [
             _Task("audit_seal", 1.0, self.seal_audit),
             _Task("partitions", 24 * 3600.0, self.ensure_partitions),
@@ -65,8 +70,18 @@ class Maintenance:
                 pass
 
     async def seal_audit(self) -> int:
+        """Seals new audit entries into the chain, and at most every ANCHOR_LOG_SECONDS
+        logs the chain's head: logs shipped off the machine are the anchor that shows a
+        chain rewritten and re-sealed inside the database (`maintain --expect-head`)."""
         async with self._db.unit_of_work() as uow:
-            return await uow.audit.seal()
+            sealed = await uow.audit.seal()
+            due = time.monotonic() - self._anchored_at >= ANCHOR_LOG_SECONDS
+            head = await uow.audit.head() if sealed and due else None
+        if head is not None:
+            self._anchored_at = time.monotonic()
+            anchor = f"{head[0]}:{head[1].hex()}"
+            log.info("audit chain head %s", anchor, extra={"audit_chain_head": anchor})
+        return sealed
 
     async def ensure_partitions(self) -> int:
         async with self._db.unit_of_work() as uow:
