@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBERS = Gauge("securenow_dispatch_subscribers", "Open dispatch subscriptions in this process.")
 DELIVERED = Counter("securenow_dispatch_events_sent_total", "Dispatch events handed to subscribers.", ["kind"])
+REWOUND = Counter(
+    "securenow_dispatch_rewinds_total", "Live reading moved back because the relay rewrote a stream below it."
+)
 MAX_QUEUE = 10_000
 # Stream acks are written to the outbox every 0.2 s and audited every this many seconds.
 ACK_AUDIT_INTERVAL = 5.0
@@ -489,6 +492,7 @@ class DispatchHub:
                 self._cursors[department_id] = event_id(from_seq - 1)
                 self._replay_through[department_id] = max(at, self._replay_through.get(department_id, 0))
                 rewound.add(department_id)
+                REWOUND.inc()
                 log.info(
                     "dispatch stream of %s rewritten from %d; reading it again from there", department_id, from_seq
                 )
