@@ -11,6 +11,7 @@ import logging
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from securenow.server.workers import outbox_relay
 from securenow.server.workers.outbox_relay import OutboxRelay
@@ -73,6 +74,7 @@ async def test_events_put_back_below_where_a_cad_is_reading_live_reach_it_again(
     try:
         received = [await cad.next_event("alert_raised") for _ in alerts]
         assert [m.event_id for m in received] == ["1-0", "2-0", "3-0"]
+        rewinds = REGISTRY.get_sample_value("securenow_dispatch_rewinds_total") or 0.0
         await redis_client.xdel(f"dispatch:{dept.id}", "1-0", "2-0")
         again = []
         while len(again) < 2:
@@ -80,6 +82,7 @@ async def test_events_put_back_below_where_a_cad_is_reading_live_reach_it_again(
             if msg.WhichOneof("kind") == "alert_raised":
                 again.append((msg.event_id, msg.alert_raised.alert.id))
         assert again == [("1-0", alerts[0].id), ("2-0", alerts[1].id)]
+        assert REGISTRY.get_sample_value("securenow_dispatch_rewinds_total") == rewinds + 1  # seen on /metrics
     finally:
         await cad.close()
 
