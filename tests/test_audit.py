@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 import pytest
 
-from securenow.server.services.audit import ChainAnchor
+from securenow.server.storage.audit_repo import ChainAnchor
 from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
 from tests.conftest import server_env
 from tests.dispatch_helpers import SF, Cad, dispatcher_of, location, raise_sos, register_department

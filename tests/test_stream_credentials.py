@@ -6,6 +6,8 @@ showing an emergency to someone who may no longer see it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -24,14 +26,21 @@ async def open_watch(api: Api, alert_id: str, md: tuple[tuple[str, str], ...]) -
     return watch
 
 
-async def ended_with(watch: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:
-    """Reads until the stream ends (no change of the alert happens meanwhile)."""
+def no_change(msg: sos_pb2.WatchSosResponse) -> None:
+    assert msg.event == "snapshot", f"unexpected change {msg.event!r}"
+
+
+async def ended_with(
+    stream: grpc.aio.UnaryStreamCall, check: Callable[[Any], None] = no_change
+) -> tuple[grpc.StatusCode, str]:
+    """Reads until the stream ends; `check` vets each message meanwhile (by default, a
+    WatchSos whose alert does not change)."""
     try:
         async with asyncio.timeout(ENDS_WITHIN_S):
             while True:
-                msg = await watch.read()
+                msg = await stream.read()
                 assert msg is not grpc.aio.EOF, "the stream ended without an error"
-                assert msg.event == "snapshot", f"unexpected change {msg.event!r}"
+                check(msg)
     except grpc.aio.AioRpcError as err:
         return err.code(), error_details(err).reason
     raise AssertionError("unreachable")
@@ -93,17 +102,6 @@ async def open_board(api: Api, dispatcher: Account) -> grpc.aio.UnaryStreamCall:
     return board
 
 
-async def board_ended_with(board: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:
-    try:
-        async with asyncio.timeout(ENDS_WITHIN_S):
-            while True:
-                msg = await board.read()
-                assert msg is not grpc.aio.EOF, "the stream ended without an error"
-    except grpc.aio.AioRpcError as err:
-        return err.code(), error_details(err).reason
-    raise AssertionError("unreachable")
-
-
 async def test_a_dispatcher_taken_off_the_agency_loses_the_board(api: Api) -> None:
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
@@ -114,7 +112,7 @@ async def test_a_dispatcher_taken_off_the_agency_loses_the_board(api: Api) -> No
         users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_USER), metadata=admin.md
     )
 
-    assert await board_ended_with(board) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_AGENCY_MEMBER")
+    assert await ended_with(board, lambda _: None) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_AGENCY_MEMBER")
 
 
 async def test_signing_out_ends_the_dispatchers_board(api: Api) -> None:
@@ -125,4 +123,4 @@ async def test_signing_out_ends_the_dispatchers_board(api: Api) -> None:
 
     await api.auth.SignOut(auth_pb2.SignOutRequest(), metadata=dispatcher.md)
 
-    assert await board_ended_with(board) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
+    assert await ended_with(board, lambda _: None) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")

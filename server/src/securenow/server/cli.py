@@ -124,7 +124,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     from securenow.server.bootstrap import App
-    from securenow.server.services.audit import ChainAnchor
+    from securenow.server.storage.audit_repo import ChainAnchor
 
     settings = _settings()
     try:

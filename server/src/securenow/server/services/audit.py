@@ -3,10 +3,8 @@ calls of mutating RPCs (written by the interceptor), and chain verification."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from securenow.server.domain.accounts import Principal
-from securenow.server.storage.audit_repo import AuditEntry
+from securenow.server.storage.audit_repo import AuditEntry, ChainAnchor
 from securenow.server.storage.postgres import Database
 
 
@@ -35,27 +33,4 @@ class AuditService:
 
     async def head(self) -> ChainAnchor | None:
         async with self._db.reader() as uow:
-            head = await uow.audit.head()
-        return None if head is None else ChainAnchor(*head)
-
-
-@dataclass(frozen=True)
-class ChainAnchor:
-    """An audit chain entry's position and hash, kept outside the database."""
-
-    chain_seq: int
-    entry_hash: bytes
-
-    def __str__(self) -> str:
-        return f"{self.chain_seq}:{self.entry_hash.hex()}"
-
-    @classmethod
-    def parse(cls, text: str) -> ChainAnchor:
-        """ "<chain_seq>:<hex entry_hash>", as printed."""
-        seq, sep, digest = text.strip().partition(":")
-        try:
-            if not sep or not seq.isascii() or not seq.isdigit():
-                raise ValueError
-            return cls(int(seq), bytes.fromhex(digest))
-        except ValueError:
-            raise ValueError(f"{text!r} is not <chain_seq>:<hex hash>") from None
+            return await uow.audit.head()

@@ -98,15 +98,7 @@ class AuthService:
             if key is not None:
                 prior = await uow.idempotency.claim(SIGN_UP_SCOPE, "SignUp", key, new_id)
             if prior is None:
-                user = await uow.accounts.create_user(
-                    user_id=new_id,
-                    email=req.email,
-                    phone=req.phone,
-                    first_name=req.first_name,
-                    last_name=req.last_name,
-                    role=req.role,
-                    password_hash=password_hash,
-                )
+                user = await uow.accounts.create_user(new_id, req, role=req.role, password_hash=password_hash)
                 tokens = await self._start_session(uow, user)
                 actor = Principal(PrincipalKind.USER, user.id, user.role)
                 await uow.audit.record(actor, AuditEntry("auth.sign_up", "user", user.id, details={"role": user.role}))
@@ -126,15 +118,7 @@ class AuthService:
         req = validate_sign_up(email, phone, first_name, last_name, password, Role.USER)
         password_hash = await hash_password(req.password)
         async with self._db.unit_of_work() as uow:
-            user = await uow.accounts.create_user(
-                user_id=str(uuid.uuid4()),
-                email=req.email,
-                phone=req.phone,
-                first_name=req.first_name,
-                last_name=req.last_name,
-                role=Role.ADMIN,
-                password_hash=password_hash,
-            )
+            user = await uow.accounts.create_user(str(uuid.uuid4()), req, role=Role.ADMIN, password_hash=password_hash)
             await uow.audit.record(SYSTEM, AuditEntry("user.create_admin", "user", user.id))
         return user
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from securenow.server.domain.accounts import EmergencyContact, User
+from securenow.server.domain.accounts import EmergencyContact, SignUp, User
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists
 from securenow.server.domain.geo import LocationFix
@@ -93,27 +93,17 @@ class AccountsRepo:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def create_user(
-        self,
-        *,
-        user_id: str,
-        email: str,
-        phone: str,
-        first_name: str,
-        last_name: str,
-        role: Role,
-        password_hash: str,
-    ) -> User:
+    async def create_user(self, user_id: str, account: SignUp, *, role: Role, password_hash: str) -> User:
         try:
             row = await self.conn.fetchrow(
                 f"""INSERT INTO users AS u (id, email, phone, first_name, last_name, role, password_hash,
                         verification_status, emergency_contacts)
                     VALUES ($7, $1, $2, $3, $4, $5, $6, 'pending', '[]'::jsonb)
                     RETURNING {USER_COLUMNS}""",
-                email,
-                phone,
-                first_name,
-                last_name,
+                account.email,
+                account.phone,
+                account.first_name,
+                account.last_name,
                 role.value,
                 password_hash,
                 user_id,

@@ -18,6 +18,28 @@ class AuditEntry:
     details: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ChainAnchor:
+    """An audit chain entry's position and hash, kept outside the database."""
+
+    chain_seq: int
+    entry_hash: bytes
+
+    def __str__(self) -> str:
+        return f"{self.chain_seq}:{self.entry_hash.hex()}"
+
+    @classmethod
+    def parse(cls, text: str) -> ChainAnchor:
+        """ "<chain_seq>:<hex entry_hash>", as printed."""
+        seq, sep, digest = text.strip().partition(":")
+        try:
+            if not sep or not seq.isascii() or not seq.isdigit():
+                raise ValueError
+            return cls(int(seq), bytes.fromhex(digest))
+        except ValueError:
+            raise ValueError(f"{text!r} is not <chain_seq>:<hex hash>") from None
+
+
 INSERT_SQL = """INSERT INTO audit_log (actor_type, actor_id, actor_role, action, resource_type, resource_id,
                                        outcome, details)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
@@ -50,12 +72,12 @@ class AuditRepo:
     async def seal(self, batch_size: int = 1000) -> int:
         return int(await self.conn.fetchval("SELECT securenow_audit_seal($1)", batch_size))
 
-    async def head(self) -> tuple[int, bytes] | None:
-        """(chain_seq, entry_hash) of the newest sealed entry."""
+    async def head(self) -> ChainAnchor | None:
+        """The newest sealed entry."""
         row = await self.conn.fetchrow(
             "SELECT chain_seq, entry_hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1"
         )
-        return None if row is None else (int(row["chain_seq"]), bytes(row["entry_hash"]))
+        return None if row is None else ChainAnchor(int(row["chain_seq"]), bytes(row["entry_hash"]))
 
     async def hash_at(self, chain_seq: int) -> bytes | None:
         value = await self.conn.fetchval("SELECT entry_hash FROM audit_log WHERE chain_seq = $1", chain_seq)

@@ -182,7 +182,7 @@ class DispatchHub:
         self._reading_gen = 0
         # Acknowledged in Redis, to be recorded in Postgres: per (department, who acked).
         self._acks: dict[tuple[str, Principal], set[int]] = {}
-        # Recorded in Postgres, to be audited with the next flush that is due to.
+        # Acks to be audited with the next flush that is due to (ACK_AUDIT_INTERVAL).
         self._unaudited: dict[tuple[str, Principal], set[int]] = {}
         self._audited_at = time.monotonic()
 
@@ -335,12 +335,11 @@ class DispatchHub:
         audit entry per department and acknowledger with the event ids (one entry per
         ack would double the audit log's volume under load)."""
         acks, self._acks = self._acks, {}
-        audit_due = final or time.monotonic() - self._audited_at >= ACK_AUDIT_INTERVAL
-        if not acks and not (audit_due and self._unaudited):
+        for key, seqs in acks.items():  # sets: a failed flush adding them twice is harmless
+            self._unaudited.setdefault(key, set()).update(seqs)
+        audit_due = bool(self._unaudited) and (final or time.monotonic() - self._audited_at >= ACK_AUDIT_INTERVAL)
+        if not acks and not audit_due:
             return
-        unaudited = {key: set(seqs) for key, seqs in self._unaudited.items()}
-        for key, seqs in acks.items():
-            unaudited.setdefault(key, set()).update(seqs)
         try:
             async with self._db.unit_of_work() as uow:
                 if acks:
@@ -357,7 +356,7 @@ class DispatchHub:
                                     details={"event_ids": [event_id(seq) for seq in sorted(seqs)]},
                                 ),
                             )
-                            for (department_id, principal), seqs in unaudited.items()
+                            for (department_id, principal), seqs in self._unaudited.items()
                         ]
                     )
         except Unavailable:
@@ -367,8 +366,6 @@ class DispatchHub:
         if audit_due:
             self._unaudited = {}
             self._audited_at = time.monotonic()
-        else:
-            self._unaudited = unaudited
 
     # Background loops -----------------------------------------------------------------
 

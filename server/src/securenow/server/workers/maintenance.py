@@ -79,8 +79,7 @@ class Maintenance:
             head = await uow.audit.head() if sealed and due else None
         if head is not None:
             self._anchored_at = time.monotonic()
-            anchor = f"{head[0]}:{head[1].hex()}"
-            log.info("audit chain head %s", anchor, extra={"audit_chain_head": anchor})
+            log.info("audit chain head %s", head, extra={"audit_chain_head": str(head)})
         return sealed
 
     async def ensure_partitions(self) -> int:
