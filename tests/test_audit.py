@@ -192,6 +192,42 @@ async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
         assert (row["actor_type"], row["actor_id"], row["resource_id"]) == ("api_key", dept.key_id, alert.id)
 
 
+async def test_fixes_stored_before_a_bad_one_are_audited_and_so_is_the_routing_they_caused(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """A stream that ends in an error still stored the fixes before it: the audit log
+    says so. Here the alert was raised without a fix, so the first fix also routed it to
+    the department, which is audited too."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, None)
+    assert not alert.assigned_agency_id
+
+    async def fixes() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+        for i in range(2):
+            yield sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location((SF[0] + i * 1e-4, SF[1])))
+        bad = location(SF)
+        bad.speed_mps = -1
+        yield sos_pb2.ShareLocationRequest(alert_id=alert.id, location=bad)
+
+    await expect_error(api.sos.ShareLocation(fixes(), metadata=person.md), grpc.StatusCode.INVALID_ARGUMENT)
+    trail = await api.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md)
+    assert len(trail.locations) == 2
+
+    async def routed() -> bool:
+        got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+        return got.alert.assigned_agency_id == dept.id
+
+    await wait_for(routed, what="the first fix routes the alert")
+    sharing = await db_conn.fetch("SELECT actor_id, details FROM audit_log WHERE action = 'sos.share_location'")
+    assert [(r["actor_id"], json.loads(r["details"])) for r in sharing] == [
+        (person.id, {"alert_ids": [alert.id], "accepted": 2})
+    ]
+    route = await db_conn.fetch("SELECT resource_id, details FROM audit_log WHERE action = 'sos.route'")
+    assert [(r["resource_id"], json.loads(r["details"])) for r in route] == [(alert.id, {"to": dept.id})]
+
+
 async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api, db_conn: asyncpg.Connection) -> None:
     """A CAD's stream acks (batched: one entry per department and key every few
     seconds) and a dispatcher's AckDispatchEvent both say who settled which events."""

@@ -59,6 +59,8 @@ NUL = "x\x00y"
 # One second past 9999-12-31T23:59:59Z, the largest Timestamp protobuf accepts.
 TOO_LATE = timestamp_pb2.Timestamp(seconds=253402300800)
 BAD_NANOS = timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=2_000_000_000)
+# 0001-01-01T00:00:00Z, the smallest Timestamp: what a client's zero date turns into.
+ZERO_DATE = timestamp_pb2.Timestamp(seconds=-62135596800)
 HUGE_EVENT_ID = "9" * 40
 DEEP_JSON = "[" * 60_000 + "]" * 60_000
 GUARD = providers_pb2.SERVICE_TYPE_SECURITY_GUARD
@@ -296,6 +298,18 @@ async def update_provider_insurer(w: World) -> Awaitable[Any]:
     )
 
 
+def insurance_coverage(**money: Any) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        owner, prov = await w.provider()
+        insurance = providers_pb2.InsuranceInfo(insurer="Acme", coverage=common_pb2.Money(**money))
+        body = providers_pb2.Provider(id=prov.id, insurance=insurance)
+        return w.api.providers.UpdateProvider(
+            providers_pb2.UpdateProviderRequest(provider=body, update_mask=mask("insurance")), metadata=owner.md
+        )
+
+    return case
+
+
 async def verify_provider_note(w: World) -> Awaitable[Any]:
     _, prov = await w.provider()
     return w.api.providers.VerifyProvider(
@@ -404,6 +418,26 @@ async def share_location_time(w: World) -> Awaitable[Any]:
     return w.api.sos.ShareLocation(requests(), metadata=(await w.person()).md)
 
 
+async def share_location_zero_date(w: World) -> Awaitable[Any]:
+    async def requests() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+        yield sos_pb2.ShareLocationRequest(alert_id=(await w.alert()).id, location=located(time=ZERO_DATE))
+
+    return w.api.sos.ShareLocation(requests(), metadata=(await w.person()).md)
+
+
+async def raise_sos_zero_date(w: World) -> Awaitable[Any]:
+    return w.api.sos.RaiseSos(
+        sos_pb2.RaiseSosRequest(request_id=str(uuid.uuid4()), location=located(time=ZERO_DATE)),
+        metadata=(await w.person()).md,
+    )
+
+
+async def incident_report_zero_date(w: World) -> Awaitable[Any]:
+    req = analytics_pb2.GetIncidentReportRequest(start_time=ZERO_DATE)
+    req.end_time.FromDatetime(datetime(1, 1, 2, tzinfo=UTC))
+    return w.api.analytics.GetIncidentReport(req, metadata=(await w.dispatcher()).md)
+
+
 async def provider_duty_time(w: World) -> Awaitable[Any]:
     owner, prov = await w.provider()
     return w.api.providers.UpdateProviderDuty(
@@ -447,6 +481,18 @@ async def department_deep_geojson(w: World) -> Awaitable[Any]:
         agency_pb2.RegisterDepartmentRequest(
             department_name="Deep PD",
             jurisdiction_geojson=DEEP_JSON,
+            agency_type=agency_pb2.AGENCY_TYPE_POLICE_DEPARTMENT,
+        ),
+        metadata=(await w.admin()).md,
+    )
+
+
+async def department_nan_altitude(w: World) -> Awaitable[Any]:
+    ring = [[-122.5, 37.7, float("nan")], [-122.3, 37.7, 0], [-122.3, 37.9, 0], [-122.5, 37.9, 0], [-122.5, 37.7, 0]]
+    return w.api.agency.RegisterDepartment(
+        agency_pb2.RegisterDepartmentRequest(
+            department_name="NaN PD",
+            jurisdiction_geojson=json.dumps({"type": "Polygon", "coordinates": [ring]}),
             agency_type=agency_pb2.AGENCY_TYPE_POLICE_DEPARTMENT,
         ),
         metadata=(await w.admin()).md,
@@ -570,6 +616,26 @@ CASES: list[Any] = [
     pytest.param(create_provider_company, "provider.company_name", id="CreateProvider.company_name-nul"),
     pytest.param(update_provider_description, "provider.description", id="UpdateProvider.description-nul"),
     pytest.param(update_provider_insurer, "provider.insurance.insurer", id="UpdateProvider.insurer-nul"),
+    pytest.param(
+        insurance_coverage(currency_code="U" * 100_000, units=1_000_000),
+        "provider.insurance.coverage.currency_code",
+        id="UpdateProvider.coverage-currency-long",
+    ),
+    pytest.param(
+        insurance_coverage(currency_code="\x00SD", units=1_000_000),
+        "provider.insurance.coverage.currency_code",
+        id="UpdateProvider.coverage-currency-nul",
+    ),
+    pytest.param(
+        insurance_coverage(currency_code="USD", units=-5, nanos=2_000_000_000),
+        "provider.insurance.coverage.nanos",
+        id="UpdateProvider.coverage-nanos",
+    ),
+    pytest.param(
+        insurance_coverage(currency_code="USD", units=-5),
+        "provider.insurance.coverage",
+        id="UpdateProvider.coverage-negative",
+    ),
     pytest.param(verify_provider_note, "note", id="VerifyProvider.note-nul"),
     pytest.param(create_booking_instructions, "special_instructions", id="CreateBooking.instructions-nul"),
     pytest.param(cancel_booking_reason, "reason", id="CancelBooking.reason-nul"),
@@ -583,12 +649,16 @@ CASES: list[Any] = [
     pytest.param(search_incidents_query, "query", id="SearchIncidents.query-nul"),
     pytest.param(raise_sos_time, "location.time", id="RaiseSos.location.time-range"),
     pytest.param(share_location_time, "location.time", id="ShareLocation.location.time-nanos"),
+    pytest.param(share_location_zero_date, "location.time", id="ShareLocation.location.time-zero-date"),
+    pytest.param(raise_sos_zero_date, "location.time", id="RaiseSos.location.time-zero-date"),
+    pytest.param(incident_report_zero_date, "start_time", id="GetIncidentReport.start_time-zero-date"),
     pytest.param(provider_duty_time, "location.time", id="UpdateProviderDuty.location.time-range"),
     pytest.param(booking_start_time, "start_time", id="CreateBooking.start_time-nanos"),
     pytest.param(insurance_expire_time, "provider.insurance.expire_time", id="UpdateProvider.expire_time-range"),
     pytest.param(search_incidents_start, "start_time", id="SearchIncidents.start_time-range"),
     pytest.param(search_incidents_end, "end_time", id="SearchIncidents.end_time-nanos"),
     pytest.param(department_deep_geojson, "jurisdiction_geojson", id="RegisterDepartment.geojson-deep"),
+    pytest.param(department_nan_altitude, "jurisdiction_geojson", id="RegisterDepartment.geojson-nan-altitude"),
     pytest.param(provider_deep_geojson, "provider.service_area_geojson", id="UpdateProvider.geojson-deep"),
     pytest.param(provider_huge_geojson, "provider.service_area_geojson", id="UpdateProvider.geojson-huge"),
     pytest.param(ack_huge_event_id, "event_id", id="AckDispatchEvent.event_id-huge"),
@@ -615,6 +685,49 @@ async def expect_invalid(call: Awaitable[Any], field: str) -> ErrorDetails:
 async def test_bad_input_is_invalid_argument_naming_the_field(api: Api, case: Case, field: str) -> None:
     call = await case(World(api))
     await expect_invalid(call, field)
+
+
+async def test_areas_with_altitudes_are_accepted_and_stored_flat(api: Api) -> None:
+    """GeoJSON allows a third number (altitude) in a position; areas here are 2-D, so it
+    is dropped, and routing and the provider's area work as without it."""
+    lat, lng = SF
+    ring = [
+        [lng - 0.2, lat - 0.2, 10],
+        [lng + 0.2, lat - 0.2, 12],
+        [lng + 0.2, lat + 0.2, 9],
+        [lng - 0.2, lat + 0.2, 0],
+    ]
+    area = json.dumps({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    admin = await api.admin()
+    dept = (
+        await api.agency.RegisterDepartment(
+            agency_pb2.RegisterDepartmentRequest(
+                department_name="Hill PD",
+                jurisdiction_geojson=area,
+                agency_type=agency_pb2.AGENCY_TYPE_POLICE_DEPARTMENT,
+            ),
+            metadata=admin.md,
+        )
+    ).department
+    assert position_lengths(dept.jurisdiction_geojson) == {2}
+    alert = await raise_sos(api, await api.sign_up(), SF)
+    assert alert.assigned_agency_id == dept.id
+
+    owner, prov = await api.verified_provider(admin)
+    updated = await api.providers.UpdateProvider(
+        providers_pb2.UpdateProviderRequest(
+            provider=providers_pb2.Provider(id=prov.id, service_area_geojson=area),
+            update_mask=mask("service_area_geojson"),
+        ),
+        metadata=owner.md,
+    )
+    assert position_lengths(updated.provider.service_area_geojson) == {2}
+
+
+def position_lengths(geojson: str) -> set[int]:
+    area = json.loads(geojson)
+    polygons = [area["coordinates"]] if area["type"] == "Polygon" else area["coordinates"]
+    return {len(pos) for polygon in polygons for ring in polygon for pos in ring}
 
 
 async def test_multi_line_text_keeps_tabs_and_newlines(api: Api) -> None:

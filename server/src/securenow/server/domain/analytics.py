@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from securenow.server.domain.geo import MAX_CLOCK_SKEW, LocationFix, LocationInput, validate_location
@@ -24,6 +24,8 @@ MIN_REPORT_INTERVAL = timedelta(hours=1)
 DEFAULT_REPORT_INTERVAL = timedelta(days=1)
 MAX_REPORT_SPAN = timedelta(days=366)
 MAX_REPORT_BUCKETS = 10_000
+# Nothing SecureNow stores predates this; earlier bounds are client bugs (a zero date).
+EARLIEST_REPORT_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -124,6 +126,8 @@ def validate_report_window(
     """The window (None when a bound is missing); the caller raises `v`'s violations."""
     if start is None:
         v.add("start_time", "is required")
+    elif start < EARLIEST_REPORT_START:
+        v.add("start_time", f"must be in {EARLIEST_REPORT_START.year} or later")
     if end is None:
         v.add("end_time", "is required")
     step = DEFAULT_REPORT_INTERVAL if interval is None else interval

@@ -12,6 +12,9 @@ from securenow.server.domain.validation import Validator
 
 # A device clock may be off; fixes from further in the future than this are refused.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# A phone may send fixes it buffered while offline, but a fix older than this says
+# nothing about where someone in danger is now (and a zero date is a client bug).
+MAX_FIX_AGE = timedelta(days=1)
 EARTH_RADIUS_M = 6_371_008.8
 # A city's or a county's boundary is a few hundred kB at most. Longer text is refused
 # before parsing: json.loads on megabytes of nesting costs time and ends in RecursionError.
@@ -105,6 +108,8 @@ def validate_location(v: Validator, name: str, loc: LocationInput, *, now: datet
             lv.characters("address", loc.address)
         if loc.time is not None and loc.time > now + MAX_CLOCK_SKEW:
             lv.add("time", "must not be in the future")
+        elif loc.time is not None and loc.time < now - MAX_FIX_AGE:
+            lv.add("time", f"must be within the last {MAX_FIX_AGE.days} day")
     return LocationFix(
         point=Point(loc.latitude, loc.longitude),
         time=loc.time or now,
@@ -148,12 +153,14 @@ def validate_area_geojson(v: Validator, name: str, text: str, *, required: bool)
                 v.add(name, "rings need at least 4 [longitude, latitude] positions and must be closed")
                 return None
     # Only the geometry is kept: foreign members (properties, bbox...) could be nested
-    # arbitrarily deep and nothing reads them.
-    return {"type": data["type"], "coordinates": data["coordinates"]}
+    # arbitrarily deep and nothing reads them. Areas are 2-D: altitudes are dropped.
+    flat = [[[pos[:2] for pos in ring] for ring in polygon] for polygon in polygons]
+    return {"type": data["type"], "coordinates": flat[0] if data["type"] == "Polygon" else flat}
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # json.loads reads NaN, Infinity and 1e400 (inf) as floats: none is a coordinate.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _valid_ring(ring: Any) -> bool:

@@ -127,7 +127,8 @@ class ProviderDraft:
     company_name: str = ""
     business_type: ProviderType | None = None
     license_number: str = ""
-    insurance: Insurance | None = None
+    insurance: Insurance | None = None  # its coverage comes from coverage_input
+    coverage_input: tuple[str, int, int] | None = None  # (currency_code, units, nanos)
     service_area_geojson: str = ""
     availability_schedule: list[AvailabilityWindow] = field(default_factory=list)
     pricing_input: list[tuple[ServiceType | None, str, int, int]] = field(default_factory=list)
@@ -169,6 +170,9 @@ def validate_provider(
             with p.nested("insurance") as iv:
                 iv.text("insurer", insurance.insurer, max_len=200, single_line=True)
                 iv.text("policy_number", insurance.policy_number, max_len=100, single_line=True)
+                if draft.coverage_input is not None:
+                    coverage = validate_money(iv, "coverage", *draft.coverage_input, positive=True)
+                    insurance = replace(insurance, coverage=coverage)
         area = validate_area_geojson(p, "service_area_geojson", draft.service_area_geojson, required=False)
         schedule = []
         if len(draft.availability_schedule) > MAX_AVAILABILITY_WINDOWS:

@@ -173,7 +173,11 @@ class SosService:
             alert = await uow.sos.get_alert(alert_id, for_update=True)
             if alert is None or alert.assigned_agency_id is not None or alert.location is None or not alert.is_open:
                 return
-            await self._dispatch.assign(uow, alert, passed=[], reason="first location fix")
+            alert, _ = await self._dispatch.assign(uow, alert, passed=[], reason="first location fix")
+            await uow.audit.record(
+                None,
+                AuditEntry("sos.route", "sos_alert", alert_id, details={"to": alert.assigned_agency_id}),
+            )
 
 
 async def _audit_other_party(uow: UnitOfWork, principal: Principal, alert: SosAlert, action: str) -> None:

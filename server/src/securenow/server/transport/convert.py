@@ -78,7 +78,9 @@ def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
+    # Aware values are converted to UTC; naive ones (asyncpg's answer for the extremes
+    # of timestamptz) are UTC already. astimezone() would fail on them in year 1.
+    out.FromDatetime(value)
     return out
 
 
@@ -181,10 +183,6 @@ def money(value: Money | None) -> common_pb2.Money | None:
     return common_pb2.Money(currency_code=value.currency_code, units=value.units, nanos=value.nanos)
 
 
-def money_from_pb(msg: common_pb2.Money) -> Money:
-    return Money.from_units(msg.currency_code, msg.units, msg.nanos)
-
-
 # Users ----------------------------------------------------------------------------
 
 
@@ -276,19 +274,22 @@ def provider(p: Provider) -> providers_pb2.Provider:
 
 def provider_draft(msg: providers_pb2.Provider) -> ProviderDraft:
     insurance = None
+    coverage = None
     if msg.HasField("insurance"):
         i = msg.insurance
         insurance = Insurance(
             insurer=i.insurer,
             policy_number=i.policy_number,
-            coverage=money_from_pb(i.coverage) if i.HasField("coverage") else None,
             expire_time=from_ts(i, "expire_time", "provider.insurance.expire_time"),
         )
+        if i.HasField("coverage"):
+            coverage = (i.coverage.currency_code, i.coverage.units, i.coverage.nanos)
     return ProviderDraft(
         company_name=msg.company_name,
         business_type=enum_from_pb(enums.ProviderType, msg.business_type, "provider.business_type"),
         license_number=msg.license_number,
         insurance=insurance,
+        coverage_input=coverage,
         service_area_geojson=msg.service_area_geojson,
         availability_schedule=[
             AvailabilityWindow(w.day_of_week, w.start_time, w.end_time) for w in msg.availability_schedule

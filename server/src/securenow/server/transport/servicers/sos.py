@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
+from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import SosStatus
 from securenow.server.domain.errors import DomainError, InvalidArgument
 from securenow.server.domain.geo import validate_location
@@ -16,6 +18,8 @@ from securenow.server.storage.alert_watch import RESYNC, AlertWatchHub
 from securenow.server.transport import convert, convert_sos
 from securenow.server.transport.context import current_principal
 from securenow.v1 import sos_pb2, sos_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 TERMINAL = (SosStatus.RESOLVED, SosStatus.CANCELLED)
 TERMINAL_EVENTS = ("resolved", "cancelled")
@@ -71,24 +75,36 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
         allowed: set[str] = set()
         accepted = 0
         last = 0
-        async for req in request_iterator:
-            alert_id = None
-            if req.alert_id:
-                alert_id = parse_uuid("alert_id", req.alert_id)
-                if alert_id not in allowed:
-                    allowed.add(await self._sos.check_sharing(principal, alert_id))
-            if not req.HasField("location"):
-                raise InvalidArgument.field("location", "is required")
-            v = Validator()
-            fix = validate_location(v, "location", convert.location_input(req.location))
-            v.check()
-            last = self._locations.submit(principal.user_id, alert_id, fix)
-            accepted += 1
-        if last:
-            await self._locations.sync(last)
+        try:
+            async for req in request_iterator:
+                alert_id = None
+                if req.alert_id:
+                    alert_id = parse_uuid("alert_id", req.alert_id)
+                    if alert_id not in allowed:
+                        allowed.add(await self._sos.check_sharing(principal, alert_id))
+                if not req.HasField("location"):
+                    raise InvalidArgument.field("location", "is required")
+                v = Validator()
+                fix = validate_location(v, "location", convert.location_input(req.location))
+                v.check()
+                last = self._locations.submit(principal.user_id, alert_id, fix)
+                accepted += 1
+        except BaseException:
+            # The fixes accepted before a bad one (or a cancel) are stored all the same,
+            # so they are audited all the same; the caller still gets the first error.
+            if accepted:
+                try:
+                    await asyncio.shield(self._close_sharing(principal, allowed, accepted, last))
+                except Exception:
+                    log.exception("ShareLocation: auditing %d accepted fixes failed", accepted)
+            raise
         if accepted:
-            await self._sos.record_sharing(principal, allowed, accepted)
+            await self._close_sharing(principal, allowed, accepted, last)
         return sos_pb2.ShareLocationResponse(accepted_count=accepted)
+
+    async def _close_sharing(self, principal: Principal, allowed: set[str], accepted: int, last: int) -> None:
+        await self._locations.sync(last)
+        await self._sos.record_sharing(principal, allowed, accepted)
 
     async def WatchSos(
         self, request: sos_pb2.WatchSosRequest, context: grpc.aio.ServicerContext
