@@ -94,6 +94,8 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
     someone_else = await api.sign_up()
     now = datetime.now(UTC)
     earlier = now - timedelta(days=20)
+    fix = location(BLOCK, accuracy=12.0)
+    fix.time.CopyFrom(ts(earlier))  # sent late with its event: older than a live fix may be
     events = [
         analytics_pb2.AnalyticsEvent(event_type="app_open", event_data=struct(screen="home"), session_id="s-1"),
         analytics_pb2.AnalyticsEvent(
@@ -102,7 +104,7 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
             event_type="map_viewed",
             event_data=struct(zoom=14, layers=["safety"]),
             event_time=ts(earlier),
-            location=location(BLOCK, accuracy=12.0),
+            location=fix,
             device_info=struct(model="Pixel 9", os="Android 16", app_version="3.2.0"),
             session_id="s-1",
         ),
@@ -115,7 +117,8 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
         {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in r.items()}
         for r in await db_conn.fetch(
             """SELECT tableoid::regclass::text AS part, user_id::text, event_type, event_data, location_data,
-                      timestamp, session_id, device_info
+                      ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lng, timestamp, session_id,
+                      device_info
                FROM analytics_events ORDER BY timestamp, event_type"""
         )
     ]
@@ -130,9 +133,11 @@ async def test_events_are_stored_for_the_caller_in_their_monthly_partition_and_a
     assert mapped["event_data"] == {"zoom": 14, "layers": ["safety"]}
     assert (mapped["location_data"]["lat"], mapped["location_data"]["lng"]) == BLOCK
     assert mapped["location_data"]["accuracy_m"] == 12.0
+    assert (mapped["lat"], mapped["lng"]) == pytest.approx(BLOCK)  # the PostGIS point beside it
     assert mapped["device_info"]["model"] == "Pixel 9"
     assert opened["session_id"] == "s-1"
     assert opened["location_data"] is None
+    assert opened["lat"] is None
     assert seen["event_data"] == {}
     assert seen["session_id"] is None
     assert seen["device_info"] is None

@@ -304,8 +304,8 @@ async def test_postgres_outage_answers_unavailable_and_recovers(
             # Phones keep trying, many at once (more than the server's pool has connections).
             await asyncio.gather(*(attempt() for _ in range(max(RAISES // 10, 20))))
             during = dict(outcomes)
-            assert "OK" not in during  # never OK without a commit
-            assert set(during) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+            # Never OK without a commit, and a clear, retryable answer: not a client timeout.
+            assert set(during) == {"UNAVAILABLE"}, during
 
             await proxy.restore()
             restored = time.monotonic()

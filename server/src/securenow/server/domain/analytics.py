@@ -91,7 +91,8 @@ def validate_events(events: list[EventInput], now: datetime) -> list[ValidEvent]
                 ev.add("event_time", f"must be within the last {MAX_EVENT_AGE.days} days")
             fix = None
             if event.location is not None:
-                fix = validate_location(ev, "location", event.location, now=now)
+                # Events may be sent up to MAX_EVENT_AGE late, their fixes with them.
+                fix = validate_location(ev, "location", event.location, now=now, max_age=MAX_EVENT_AGE)
         out.append(
             ValidEvent(
                 event_type=event.event_type,

@@ -89,7 +89,9 @@ class LocationInput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_location(v: Validator, name: str, loc: LocationInput, *, now: datetime | None = None) -> LocationFix:
+def validate_location(
+    v: Validator, name: str, loc: LocationInput, *, now: datetime | None = None, max_age: timedelta = MAX_FIX_AGE
+) -> LocationFix:
     now = now or datetime.now(UTC)
     with v.nested(name) as lv:
         if not loc.has_point:
@@ -108,8 +110,8 @@ def validate_location(v: Validator, name: str, loc: LocationInput, *, now: datet
             lv.characters("address", loc.address)
         if loc.time is not None and loc.time > now + MAX_CLOCK_SKEW:
             lv.add("time", "must not be in the future")
-        elif loc.time is not None and loc.time < now - MAX_FIX_AGE:
-            lv.add("time", f"must be within the last {MAX_FIX_AGE.days} day")
+        elif loc.time is not None and loc.time < now - max_age:
+            lv.add("time", f"must be within the last {max_age.days} day{'s' if max_age.days > 1 else ''}")
     return LocationFix(
         point=Point(loc.latitude, loc.longitude),
         time=loc.time or now,

@@ -43,9 +43,9 @@ _SCORED_ALERTS = (
 )
 _AGE_DAYS = "GREATEST(0, floor(extract(epoch FROM ($1::timestamptz - a.created_at)) / 86400))::int"
 
-INSERT_EVENT_SQL = """INSERT INTO analytics_events
-        (user_id, event_type, event_data, location_data, timestamp, session_id, device_info)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+INSERT_EVENT_SQL = f"""INSERT INTO analytics_events
+        (user_id, event_type, event_data, location_data, location, timestamp, session_id, device_info)
+    VALUES ($1, $2, $3, $4, {geog_point("$5", "$6")}, $7, $8, $9)"""
 
 UPSERT_SCORE_SQL = f"""INSERT INTO safety_scores AS s (cell, location_data, location, radius_m, score, risk_factors,
         recommendations, calculated_at, valid_until, id)
@@ -114,6 +114,8 @@ class AnalyticsRepo:
                     e.event_type,
                     e.event_data,
                     e.location.to_json() if e.location else None,
+                    e.location.point.longitude if e.location else None,
+                    e.location.point.latitude if e.location else None,
                     e.event_time,
                     e.session_id,
                     e.device_info,

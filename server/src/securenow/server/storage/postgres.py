@@ -148,9 +148,15 @@ class Database:
                 reset=_keep_session,
                 command_timeout=30,
                 max_inactive_connection_lifetime=300,
-                # Short OLTP statements: JIT compiling one costs more than running it
-                # (a search over many candidate rows spent 280 ms compiling, 10 running).
-                server_settings={"jit": "off"},
+                server_settings={
+                    # Short OLTP statements: JIT compiling one costs more than running it
+                    # (a search over many candidate rows spent 280 ms compiling, 10 running).
+                    "jit": "off",
+                    # The server's transactions are a few statements back to back; one left
+                    # open (a stuck task) would hold row locks that escalation and dispatch
+                    # wait on. PostgreSQL ends such a session after 10 s idle.
+                    "idle_in_transaction_session_timeout": "10s",
+                },
             )
         except _UNAVAILABLE_ERRORS as exc:
             raise Unavailable(f"cannot connect to PostgreSQL: {exc}") from exc
