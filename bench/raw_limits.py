@@ -63,6 +63,11 @@ def redis_benchmark(redis_url: str, requests: int = 50_000, clients: int = 50) -
         "GET": ["GET", "bench:key"],
         "PUBLISH": ["PUBLISH", "bench:channel", "payload"],
         "XADD": ["XADD", "bench:stream", "MAXLEN", "~", "10000", "*", "type", "alert_raised", "payload", "{}"],
+        # A hub's read of a department stream (one entry), the sign-in limiter's
+        # counter, a provider's last-seen stamp.
+        "XREAD": ["XREAD", "COUNT", "1", "STREAMS", "bench:stream", "0-0"],
+        "INCR": ["INCR", "bench:counter"],
+        "ZADD": ["ZADD", "bench:last_seen", "1700000000", "provider"],
         "GEOADD": ["GEOADD", "bench:geo", "-122.41", "37.77", "provider"],
         "GEOSEARCH": [
             "GEOSEARCH",
