@@ -197,6 +197,42 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
     assert console.log.page_errors == []
 
 
+async def test_dispatcher_declines_and_the_alert_moves_to_the_other_agency(api: Api, console: Console) -> None:
+    """Two departments cover the place; the one it reached first declines from the console:
+    the alert leaves its board (marked as moved, no more actions) and the other gets it."""
+    page = console.page
+    admin = await api.admin()
+    city = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
+    county = await register_department(api, admin, SF, half_deg=0.5, name="Bay County Sheriff", ack_timeout_s=600)
+    dispatchers = {d.id: await dispatcher_of(api, admin, d) for d in (city, county)}
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF, description="Break-in next door")
+    first = alert.assigned_agency_id
+    (other,) = {city.id, county.id} - {first}
+
+    await open_dispatch(console, dispatchers[first])
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
+    await row.click()
+    detail = page.get_by_test_id("alert-detail")
+    await expect(detail.get_by_test_id("decline-button")).to_be_enabled(timeout=TIMEOUT_MS)
+    await detail.get_by_test_id("decline-reason").fill("No unit available")
+    await detail.get_by_test_id("decline-button").click()
+    await expect(detail.get_by_test_id("detail-alert-status")).to_have_text(
+        "Moved away (Declined: No unit available)", timeout=TIMEOUT_MS
+    )
+    await expect(row.get_by_test_id("alert-status")).to_have_text("Moved away")
+    for button in ("accept-button", "decline-button", "on-scene-button", "resolve-button"):
+        await expect(detail.get_by_test_id(button)).to_be_disabled()
+    await console.shot("decline-moved-away")
+
+    async def with_the_other() -> bool:
+        got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+        return got.alert.assigned_agency_id == other
+
+    await wait_for(with_the_other, what="the declined alert to reach the other department")
+    assert console.log.page_errors == []
+
+
 async def search_for(page: Page, text: str, status: str = "Any status", *, submit_with_enter: bool = True) -> None:
     """Fills the search panel and submits it (Enter in the text box, or the Search button)."""
     await page.get_by_test_id("search-query").fill(text)
