@@ -4,13 +4,18 @@ user administration (listing, suspension, verification, roles, deletion)."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 
+from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.enums import Role, VerificationStatus
+from securenow.server.domain.errors import PermissionDenied
 from securenow.v1 import auth_pb2, common_pb2, providers_pb2, users_pb2
 from tests.helpers import PASSWORD, Account, Api, ErrorDetails, expect_error, unique_phone
 
@@ -514,3 +519,35 @@ async def test_users_cannot_delete_others(api: Api) -> None:
         "USER_NOT_FOUND",
     )
     assert (await get_user(api, other)).status == users_pb2.USER_STATUS_ACTIVE
+
+
+async def test_user_service_checks_admin_itself(api: Api, db_conn: asyncpg.Connection) -> None:
+    """Defence in depth: were the access table wrong, the service still refuses
+    non-admins its admin operations, above all verifying or reinstating themselves."""
+    person = await api.sign_up()
+    await submit_kyc(api, person)
+    other = await api.sign_up()
+    users = api.app.users
+    agency = str(uuid.uuid4())
+    callers = [
+        Principal(PrincipalKind.USER, person.id, Role.USER),
+        Principal(PrincipalKind.USER, person.id, Role.PROVIDER),
+        Principal(PrincipalKind.USER, person.id, Role.POLICE, agency),
+        Principal(PrincipalKind.API_KEY, str(uuid.uuid4()), Role.POLICE, agency),
+    ]
+    for caller in callers:
+        with pytest.raises(PermissionDenied):
+            await users.list_users(caller, page_size=10, page_token="", role=None, status=None, verification=None)
+        with pytest.raises(PermissionDenied):
+            await users.verify_user(caller, person.id, VerificationStatus.VERIFIED, "")
+        with pytest.raises(PermissionDenied):
+            await users.suspend_user(caller, other.id, "")
+        with pytest.raises(PermissionDenied):
+            await users.reinstate_user(caller, person.id)
+        with pytest.raises(PermissionDenied):
+            await users.set_role(caller, other.id, Role.ADMIN, "")
+    rows = await db_conn.fetch(
+        "SELECT role::text, status::text, verification_status::text FROM users WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(person.id), uuid.UUID(other.id)],
+    )
+    assert sorted(tuple(r) for r in rows) == [("user", "active", "pending")] * 2

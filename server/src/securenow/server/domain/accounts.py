@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
+from securenow.server.domain.errors import PermissionDenied
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.validation import Validator
 
@@ -36,6 +37,13 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    def require_admin(self, what: str) -> None:
+        """For admin-only operations. The access table already refuses everyone else;
+        checking again where the work is done keeps one wrong rule there from opening
+        the operation to anyone."""
+        if not self.is_admin:
+            raise PermissionDenied(f"only admins {what}", reason="ROLE_NOT_ALLOWED")
 
     @property
     def user_id(self) -> str | None:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.agency import ApiKeyInfo, ContactInfo, Department, NewDepartment
 from securenow.server.domain.enums import AgencyType
-from securenow.server.domain.errors import NotFound, PermissionDenied
+from securenow.server.domain.errors import NotFound
 from securenow.server.domain.geo import validate_area_geojson
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_uuid
@@ -23,14 +23,6 @@ from securenow.server.storage.postgres import Database
 
 MIN_ACK_TIMEOUT = 1
 MAX_ACK_TIMEOUT = 600
-
-
-def _require_admin(caller: Principal) -> None:
-    """Departments and their API keys are the admins' alone. The access table already
-    says so; this check keeps one wrong rule there from letting anyone register a
-    department or issue a CAD key for one."""
-    if not caller.is_admin:
-        raise PermissionDenied("only admins manage departments and their API keys", reason="ROLE_NOT_ALLOWED")
 
 
 class AgencyService:
@@ -68,7 +60,7 @@ class AgencyService:
     ) -> tuple[Department, str | None]:
         """Returns the department and its webhook secret (None for a replayed request:
         the secret is shown once)."""
-        _require_admin(caller)
+        caller.require_admin("manage departments and their API keys")
         v = Validator()
         name = v.text("department_name", department_name, required=True, max_len=255)
         area = validate_area_geojson(v, "jurisdiction_geojson", jurisdiction_geojson, required=True)
@@ -132,14 +124,14 @@ class AgencyService:
     async def list_departments(
         self, caller: Principal, page_size: int, page_token: str
     ) -> tuple[list[Department], str]:
-        _require_admin(caller)
+        caller.require_admin("manage departments and their API keys")
         page = page_request(page_size, page_token, filters=("departments",))
         async with self._db.unit_of_work() as uow:
             items, cursor = await uow.agency.list_departments(page)
         return items, page.next_token(cursor)
 
     async def issue_key(self, caller: Principal, department_id: str, label: str) -> tuple[str, ApiKeyInfo]:
-        _require_admin(caller)
+        caller.require_admin("manage departments and their API keys")
         v = Validator()
         did = v.uuid("department_id", department_id)
         label = v.text("label", label, max_len=100)
@@ -155,7 +147,7 @@ class AgencyService:
         return minted.token, info
 
     async def revoke_key(self, caller: Principal, key_id: str) -> ApiKeyInfo:
-        _require_admin(caller)
+        caller.require_admin("manage departments and their API keys")
         kid = parse_uuid("key_id", key_id)
         async with self._db.unit_of_work() as uow:
             info = await uow.agency.revoke_api_key(kid)
@@ -166,7 +158,7 @@ class AgencyService:
         return info
 
     async def list_keys(self, caller: Principal, department_id: str) -> list[ApiKeyInfo]:
-        _require_admin(caller)
+        caller.require_admin("manage departments and their API keys")
         did = parse_uuid("department_id", department_id)
         async with self._db.unit_of_work() as uow:
             if await uow.agency.get_department(did) is None:

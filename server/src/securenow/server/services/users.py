@@ -143,12 +143,14 @@ class UserService:
         status: UserStatus | None,
         verification: VerificationStatus | None,
     ) -> tuple[list[User], str]:
+        caller.require_admin("list users")
         page = page_request(page_size, page_token, filters=("users", role, status, verification))
         async with self._db.unit_of_work() as uow:
             users, cursor = await uow.accounts.list_users(page, role=role, status=status, verification=verification)
         return users, page.next_token(cursor)
 
     async def suspend_user(self, caller: Principal, user_id: str, reason: str) -> User:
+        caller.require_admin("suspend accounts")
         target = parse_uuid("user_id", user_id)
         reason = parse_text("reason", reason, max_len=500)
         if target == caller.user_id:
@@ -167,6 +169,7 @@ class UserService:
         return user
 
     async def reinstate_user(self, caller: Principal, user_id: str) -> User:
+        caller.require_admin("reinstate accounts")
         target = parse_uuid("user_id", user_id)
         async with self._db.unit_of_work() as uow:
             user = await self._visible_user(uow, caller, target, lock=True)
@@ -179,6 +182,7 @@ class UserService:
     async def verify_user(
         self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str
     ) -> User:
+        caller.require_admin("verify users")
         target = parse_uuid("user_id", user_id)
         note = parse_text("note", note, max_len=500)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
@@ -194,6 +198,7 @@ class UserService:
         return user
 
     async def set_role(self, caller: Principal, user_id: str, role: Role | None, agency_id: str) -> User:
+        caller.require_admin("set roles")
         v = Validator()
         target = v.uuid("user_id", user_id)
         if role is None:
