@@ -104,7 +104,7 @@ async def test_agency_service_checks_admin_itself(api: Api, db_conn: asyncpg.Con
         with pytest.raises(PermissionDenied):
             await agency.revoke_key(caller, dept.key_id)
         with pytest.raises(PermissionDenied):
-            await agency.list_keys(caller, dept.id)
+            await agency.list_keys(caller, dept.id, 10, "")
         with pytest.raises(PermissionDenied):
             await agency.list_departments(caller, 10, "")
         with pytest.raises(PermissionDenied):

@@ -830,6 +830,21 @@ async def _two_departments(w: World) -> tuple[Callable[[str], Awaitable[Any]], A
     return call, "next_page_token"
 
 
+async def _two_api_keys(w: World) -> tuple[Callable[[str], Awaitable[Any]], Any]:
+    admin = await w.admin()
+    dept = await w.department()
+    await w.api.agency.IssueApiKey(
+        agency_pb2.IssueApiKeyRequest(department_id=dept.id, label="cad-2"), metadata=admin.md
+    )
+
+    def call(token: str) -> Awaitable[Any]:
+        return w.api.agency.ListApiKeys(
+            agency_pb2.ListApiKeysRequest(department_id=dept.id, page_size=1, page_token=token), metadata=admin.md
+        )
+
+    return call, "next_page_token"
+
+
 async def _two_providers(w: World) -> tuple[Callable[[str], Awaitable[Any]], Any]:
     admin = await w.admin()
     await w.api.verified_provider(admin, company="North Guards")
@@ -903,6 +918,7 @@ LISTINGS = [
     pytest.param(_two_bookings, id="ListBookings"),
     pytest.param(_two_incidents, id="ListIncidents"),
     pytest.param(_two_departments, id="ListDepartments"),
+    pytest.param(_two_api_keys, id="ListApiKeys"),
     pytest.param(_two_providers, id="ListProviders"),
     pytest.param(_two_locations, id="ListAlertLocations"),
     pytest.param(_two_scores, id="ListSafetyScores"),

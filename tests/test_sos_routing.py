@@ -284,6 +284,24 @@ async def test_api_keys_are_shown_once_and_stored_hashed(api: Api, db_conn) -> N
     keys = await api.agency.ListApiKeys(agency_pb2.ListApiKeysRequest(department_id=dept.id), metadata=admin.md)
     assert [k.key_id for k in keys.keys] == [dept.key_id]
     assert secret not in str(keys)
+    # More keys page newest first, each once.
+    issued = [dept.key_id]
+    for label in ("cad-2", "cad-3"):
+        more = await api.agency.IssueApiKey(
+            agency_pb2.IssueApiKeyRequest(department_id=dept.id, label=label), metadata=admin.md
+        )
+        issued.append(more.key_id)
+    listed, token = [], ""
+    while True:
+        page = await api.agency.ListApiKeys(
+            agency_pb2.ListApiKeysRequest(department_id=dept.id, page_size=2, page_token=token), metadata=admin.md
+        )
+        assert len(page.keys) <= 2
+        listed += [k.key_id for k in page.keys]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == issued[::-1]
     credentials = await db_conn.fetchval("SELECT api_credentials::text FROM police_departments WHERE id = $1", dept.id)
     assert dept.webhook_secret not in credentials  # encrypted at rest
 

@@ -157,10 +157,14 @@ class AgencyService:
         self._on_key_revoked()
         return info
 
-    async def list_keys(self, caller: Principal, department_id: str) -> list[ApiKeyInfo]:
+    async def list_keys(
+        self, caller: Principal, department_id: str, page_size: int, page_token: str
+    ) -> tuple[list[ApiKeyInfo], str]:
         caller.require_admin("manage departments and their API keys")
         did = parse_uuid("department_id", department_id)
+        page = page_request(page_size, page_token, filters=("api_keys", did))
         async with self._db.unit_of_work() as uow:
             if await uow.agency.get_department(did) is None:
                 raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
-            return await uow.agency.list_api_keys(did)
+            items, cursor = await uow.agency.list_api_keys(did, page)
+        return items, page.next_token(cursor)

@@ -134,12 +134,22 @@ class AgencyRepo:
         )
         return key_from_row(row) if row else None
 
-    async def list_api_keys(self, department_id: str) -> list[ApiKeyInfo]:
+    async def list_api_keys(self, department_id: str, page: PageRequest) -> tuple[list[ApiKeyInfo], list[Any] | None]:
+        args: list[Any] = [department_id]
+        where = "k.department_id = $1"
+        after = page.keyset(cursor_time, cursor_uuid)
+        if after is not None:
+            args += list(after)
+            where += " AND (k.created_at, k.id) < ($2, $3::uuid)"
+        args.append(page.size + 1)
         rows = await self.conn.fetch(
-            f"SELECT {KEY_COLUMNS} FROM agency_api_keys k WHERE k.department_id = $1 ORDER BY k.created_at DESC",
-            department_id,
+            f"""SELECT {KEY_COLUMNS} FROM agency_api_keys k WHERE {where}
+                ORDER BY k.created_at DESC, k.id DESC LIMIT ${len(args)}""",
+            *args,
         )
-        return [key_from_row(r) for r in rows]
+        items = [key_from_row(r) for r in rows[: page.size]]
+        more = len(rows) > page.size
+        return items, ([items[-1].create_time.isoformat(), items[-1].id] if more and items else None)
 
     async def get_api_key_secret(self, key_id: str) -> ApiKeySecret | None:
         row = await self.conn.fetchrow(

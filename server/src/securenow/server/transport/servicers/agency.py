@@ -100,8 +100,10 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
     async def ListApiKeys(
         self, request: agency_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> agency_pb2.ListApiKeysResponse:
-        keys = await self._agency.list_keys(current_principal(), request.department_id)
-        return agency_pb2.ListApiKeysResponse(keys=[convert_sos.api_key(k) for k in keys])
+        keys, token = await self._agency.list_keys(
+            current_principal(), request.department_id, request.page_size, request.page_token
+        )
+        return agency_pb2.ListApiKeysResponse(keys=[convert_sos.api_key(k) for k in keys], next_page_token=token)
 
     # Dispatch -------------------------------------------------------------------------
 
