@@ -1,5 +1,7 @@
 """A TCP proxy a test can cut and restore: from the client's side the server behind
-it is gone (connections reset, new ones refused), then back on the same port."""
+it is gone (connections reset, new ones refused), then back on the same port. Or it
+can go silent: connections stay open but nothing gets through either way, as when a
+peer's network vanishes without a reset."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silent = False
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -30,6 +33,8 @@ class TcpProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
                 while data := await r.read(65536):
+                    if self._silent:
+                        continue  # dropped on the way, no reset: the sender cannot tell
                     w.write(data)
                     await w.drain()
             w.close()
@@ -47,6 +52,10 @@ class TcpProxy:
             if transport is not None:
                 transport.abort()
         self._writers.clear()
+
+    def go_silent(self) -> None:
+        """From now on every byte is dropped, in both directions; sockets stay open."""
+        self._silent = True
 
     async def restore(self) -> None:
         await self.start()

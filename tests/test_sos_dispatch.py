@@ -8,12 +8,14 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from securenow.server.bootstrap import App
 from securenow.v1 import agency_pb2, common_pb2, sos_pb2, users_pb2
 from tests.conftest import extra_replica
 from tests.dispatch_helpers import LA, SF, Cad, dispatcher_of, raise_sos, register_department
-from tests.helpers import Api, error_details, expect_error
+from tests.helpers import Api, error_details, expect_error, wait_for
+from tests.tcp_proxy import TcpProxy
 
 
 async def test_raised_sos_reaches_the_department_whose_jurisdiction_contains_it(api: Api) -> None:
@@ -437,6 +439,46 @@ async def test_a_silent_cad_stream_is_dropped_while_one_sending_heartbeats_stays
                 beating.cancel()
                 await silent.close()
                 await alive.close()
+
+
+async def test_a_cad_whose_network_vanished_is_dropped_by_keepalive(api: Api) -> None:
+    """No reset, no FIN: the CAD's packets just stop arriving (and ours stop reaching it).
+    The server's keepalive ping goes unanswered, so it closes the connection and the
+    stream's subscription, long before the application's idle timeout would."""
+    async with extra_replica(
+        "keepalive",
+        keepalive_time_seconds=0.5,
+        keepalive_timeout_seconds=1.0,
+        dispatch_heartbeat_seconds=600,
+        dispatch_idle_timeout_seconds=600,
+    ) as rt:
+        admin = await api.admin()
+        dept = await register_department(api, admin, SF)
+        proxy = await TcpProxy("127.0.0.1", rt.grpc_port).start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as ch:
+                cad = Cad(ch, dept.api_key)
+                try:
+                    person = await api.sign_up()
+                    alert = await raise_sos(api, person, SF)
+                    assert (await cad.next_event("alert_raised")).alert_raised.alert.id == alert.id
+                    open_before = subscribers()
+                    assert open_before >= 1
+                    proxy.go_silent()
+
+                    async def dropped() -> bool:
+                        return subscribers() == open_before - 1
+
+                    await wait_for(dropped, within=20, what="the server to drop the silent CAD's subscription")
+                finally:
+                    await cad.close()
+        finally:
+            await proxy.close()
+
+
+def subscribers() -> float:
+    """Open dispatch subscriptions in this process, as operators see them on /metrics."""
+    return REGISTRY.get_sample_value("securenow_dispatch_subscribers") or 0.0
 
 
 async def test_concurrent_cancel_and_incident_update_of_one_alert_never_deadlock(api: Api) -> None:

@@ -92,10 +92,8 @@ async def _report_gc_pauses(stop: asyncio.Event) -> None:
         gc.callbacks.remove(_observe_gc)
 
 
-# Keepalive: detect dead peers (a CAD whose network vanished) within about a minute.
+# Keepalive pings to detect dead peers are timed by settings (keepalive_*_seconds).
 SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -110,12 +108,13 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def background_workers(app: App, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    """The outbox relay, escalation sweeper, webhook sender, maintenance and (with
-    Elasticsearch) the search indexer."""
+    """The outbox relay, escalation sweeper, webhook sender, emergency-contact notifier,
+    maintenance and (with Elasticsearch) the search indexer."""
     tasks = [
         asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
         asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
         asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
+        asyncio.create_task(app.contact_notifier.run(stop), name="contact-notifier"),
         asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
     ]
     if app.search_indexer is not None:
@@ -138,7 +137,15 @@ class Runtime:
     def _build_grpc_server(self) -> grpc.aio.Server:
         app = self.app
         options = [o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"]
-        options.append(("grpc.so_reuseport", 1 if app.settings.reuse_port else 0))
+        options += [
+            ("grpc.so_reuseport", 1 if app.settings.reuse_port else 0),
+            ("grpc.keepalive_time_ms", int(app.settings.keepalive_time_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(app.settings.keepalive_timeout_seconds * 1000)),
+            # gRPC's other pings (flow-control probes after data) hold keepalive back
+            # while they are out, and wait a minute for an answer by default: a peer that
+            # vanished right after traffic would go unnoticed that long.
+            ("grpc.http2.ping_timeout_ms", int(app.settings.keepalive_timeout_seconds * 1000)),
+        ]
         server = grpc.aio.server(
             interceptors=[
                 CallInterceptor(

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     dispatch_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # A StreamDispatch client that sends nothing (not even heartbeats) this long is dropped.
     dispatch_idle_timeout_seconds: float = Field(default=90.0, gt=0)
+    # Underneath, gRPC keepalive: a connection whose peer does not answer a ping (sent
+    # after this long without traffic) within the timeout is closed with its streams,
+    # so a CAD whose network vanished is noticed in about half a minute.
+    keepalive_time_seconds: float = Field(default=20.0, gt=0)
+    keepalive_timeout_seconds: float = Field(default=10.0, gt=0)
     # Unacknowledged events are sent again after this long (XAUTOCLAIM).
     dispatch_redeliver_after_seconds: float = Field(default=30.0, gt=0)
     dispatch_claim_interval_seconds: float = Field(default=5.0, gt=0)
@@ -97,7 +102,16 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     # Plain-http webhook URLs; allowed by default only in development.
     webhook_allow_http: bool | None = None
-    # Background workers (outbox relay, escalation sweeper, webhooks, maintenance).
+    # Emergency contacts of a person who raises an SOS are told through the operator's
+    # SMS/voice gateway: one signed POST per contact to this URL (empty: nobody is told,
+    # and alerts record NOT_CONFIGURED). The secret signs them as department webhooks
+    # are signed; required in production when the URL is set.
+    contact_notify_url: str = ""
+    contact_notify_secret: SecretStr | None = None
+    contact_notify_max_attempts: int = Field(default=5, ge=1)
+    contact_notify_base_delay_seconds: float = Field(default=2.0, gt=0)
+    contact_notify_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Background workers (outbox relay, escalation sweeper, webhooks, contact notifier, maintenance).
     # Off only for replicas that should serve calls and nothing else.
     run_workers: bool = True
 
@@ -129,6 +143,14 @@ class Settings(BaseSettings):
             if "database_url" not in self.model_fields_set:
                 # The default URL carries the development password.
                 raise SettingsError("production mode needs SECURENOW_DATABASE_URL")
+            if self.contact_notify_url and self.contact_notify_secret is None:
+                raise SettingsError(
+                    "production mode needs SECURENOW_CONTACT_NOTIFY_SECRET with SECURENOW_CONTACT_NOTIFY_URL"
+                )
+        if self.contact_notify_url:
+            scheme = self.contact_notify_url.partition("://")[0].lower()
+            if scheme != "https" and not (scheme == "http" and self.allow_http_webhooks):
+                raise SettingsError("SECURENOW_CONTACT_NOTIFY_URL must be an https:// URL")
         if self.data_key is not None or self.data_keys_old is not None:
             _ = self.data_keys  # a malformed key is a bad setting now, not an error at first use
         _ = self.trusted_proxy_networks
@@ -184,6 +206,15 @@ class Settings(BaseSettings):
             return Path(self.console_dir)
         # Source checkout: <repo>/server/src/securenow/server/settings.py -> <repo>/clients/web/dist
         return Path(__file__).resolve().parents[4] / "clients" / "web" / "dist"
+
+    @cached_property
+    def contact_notify_signing_secret(self) -> str:
+        """Signs contact notifications; an ephemeral value in development when unset."""
+        if self.contact_notify_secret is None:
+            if self.contact_notify_url:
+                log.warning("SECURENOW_CONTACT_NOTIFY_SECRET not set: signing with an ephemeral development secret")
+            return secrets.token_urlsafe(32)
+        return self.contact_notify_secret.get_secret_value()
 
     @property
     def allow_http_webhooks(self) -> bool:
