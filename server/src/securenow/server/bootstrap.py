@@ -29,6 +29,7 @@ from securenow.server.storage.dispatch_streams import DispatchHub
 from securenow.server.storage.live_state import LiveState, connect_redis
 from securenow.server.storage.postgres import Database
 from securenow.server.storage.search_elastic import ElasticSearch
+from securenow.server.workers.contact_notifier import ContactGatewayConfig, ContactNotifier
 from securenow.server.workers.maintenance import Maintenance
 from securenow.server.workers.outbox_relay import OutboxRelay
 from securenow.server.workers.search_indexer import SearchIndexer
@@ -59,6 +60,7 @@ class App:
     credentials: CredentialMonitor
     relay: OutboxRelay
     webhooks: WebhookSender
+    contact_notifier: ContactNotifier
     maintenance: Maintenance
     analytics: AnalyticsService
     search: SearchService
@@ -149,6 +151,7 @@ class App:
                 base_delay=settings.webhook_base_delay_seconds,
                 timeout=settings.webhook_timeout_seconds,
             ),
+            contact_notifier=ContactNotifier(db, ContactGatewayConfig.from_settings(settings)),
             maintenance=Maintenance(db, live),
             analytics=AnalyticsService(db, live, calls_per_minute=settings.analytics_calls_per_minute),
             search=SearchService(db, providers, elastic),

@@ -28,7 +28,7 @@ from securenow.v1 import common_pb2 as securenow_dot_v1_dot_common__pb2
 from securenow.v1 import incidents_pb2 as securenow_dot_v1_dot_incidents__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16securenow/v1/sos.proto\x12\x0csecurenow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\x1a\x1csecurenow/v1/incidents.proto\"\xa4\x05\n\x08SosAlert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x08location\x18\x03 \x01(\x0b\x32\x16.securenow.v1.Location\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.securenow.v1.SosStatus\x12-\n\x08priority\x18\x06 \x01(\x0e\x32\x1b.securenow.v1.AlertPriority\x12\x31\n\rincident_type\x18\x07 \x01(\x0e\x32\x1a.securenow.v1.IncidentType\x12\x1a\n\x12\x61ssigned_agency_id\x18\x08 \x01(\t\x12\x30\n\rresponse_time\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fpolice_notified\x18\n \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x08metadata\x18\r \x03(\x0b\x32$.securenow.v1.SosAlert.MetadataEntry\x12\x18\n\x10\x65scalation_level\x18\x0e \x01(\x05\x12\x1c\n\x14outside_jurisdiction\x18\x0f \x01(\x08\x12\x15\n\rcancel_reason\x18\x10 \x01(\t\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x02\n\x0fRaiseSosRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08location\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Location\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x08priority\x18\x04 \x01(\x0e\x32\x1b.securenow.v1.AlertPriority\x12\x31\n\rincident_type\x18\x05 \x01(\x0e\x32\x1a.securenow.v1.IncidentType\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.securenow.v1.RaiseSosRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x10RaiseSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\"&\n\x12GetSosAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\"l\n\x13GetSosAlertResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\x12.\n\x08incident\x18\x02 \x01(\x0b\x32\x1c.securenow.v1.PoliceIncident\"f\n\x14ListSosAlertsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.securenow.v1.SosStatus\"X\n\x15ListSosAlertsResponse\x12&\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x16.securenow.v1.SosAlert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x10\x43\x61ncelSosRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x11\x43\x61ncelSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\"R\n\x14ShareLocationRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12(\n\x08location\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Location\"/\n\x15ShareLocationResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\"#\n\x0fWatchSosRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\"x\n\x10WatchSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12.\n\x08incident\x18\x03 \x01(\x0b\x32\x1c.securenow.v1.PoliceIncident\"T\n\x19ListAlertLocationsRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x1aListAlertLocationsResponse\x12)\n\tlocations\x18\x01 \x03(\x0b\x32\x16.securenow.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe5\x04\n\nSosService\x12I\n\x08RaiseSos\x12\x1d.securenow.v1.RaiseSosRequest\x1a\x1e.securenow.v1.RaiseSosResponse\x12R\n\x0bGetSosAlert\x12 .securenow.v1.GetSosAlertRequest\x1a!.securenow.v1.GetSosAlertResponse\x12X\n\rListSosAlerts\x12\".securenow.v1.ListSosAlertsRequest\x1a#.securenow.v1.ListSosAlertsResponse\x12L\n\tCancelSos\x12\x1e.securenow.v1.CancelSosRequest\x1a\x1f.securenow.v1.CancelSosResponse\x12Z\n\rShareLocation\x12\".securenow.v1.ShareLocationRequest\x1a#.securenow.v1.ShareLocationResponse(\x01\x12K\n\x08WatchSos\x12\x1d.securenow.v1.WatchSosRequest\x1a\x1e.securenow.v1.WatchSosResponse0\x01\x12g\n\x12ListAlertLocations\x12\'.securenow.v1.ListAlertLocationsRequest\x1a(.securenow.v1.ListAlertLocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16securenow/v1/sos.proto\x12\x0csecurenow.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\x1a\x1csecurenow/v1/incidents.proto\"\xec\x05\n\x08SosAlert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12(\n\x08location\x18\x03 \x01(\x0b\x32\x16.securenow.v1.Location\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.securenow.v1.SosStatus\x12-\n\x08priority\x18\x06 \x01(\x0e\x32\x1b.securenow.v1.AlertPriority\x12\x31\n\rincident_type\x18\x07 \x01(\x0e\x32\x1a.securenow.v1.IncidentType\x12\x1a\n\x12\x61ssigned_agency_id\x18\x08 \x01(\t\x12\x30\n\rresponse_time\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fpolice_notified\x18\n \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cresolve_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x08metadata\x18\r \x03(\x0b\x32$.securenow.v1.SosAlert.MetadataEntry\x12\x18\n\x10\x65scalation_level\x18\x0e \x01(\x05\x12\x1c\n\x14outside_jurisdiction\x18\x0f \x01(\x08\x12\x15\n\rcancel_reason\x18\x10 \x01(\t\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\x1b\x65mergency_contacts_notified\x18\x12 \x03(\x0b\x32!.securenow.v1.ContactNotification\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x01\n\x13\x43ontactNotification\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x37\n\x06status\x18\x03 \x01(\x0e\x32\'.securenow.v1.ContactNotificationStatus\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x02\n\x0fRaiseSosRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08location\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Location\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\x08priority\x18\x04 \x01(\x0e\x32\x1b.securenow.v1.AlertPriority\x12\x31\n\rincident_type\x18\x05 \x01(\x0e\x32\x1a.securenow.v1.IncidentType\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.securenow.v1.RaiseSosRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x10RaiseSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\"&\n\x12GetSosAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\"l\n\x13GetSosAlertResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\x12.\n\x08incident\x18\x02 \x01(\x0b\x32\x1c.securenow.v1.PoliceIncident\"f\n\x14ListSosAlertsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.securenow.v1.SosStatus\"X\n\x15ListSosAlertsResponse\x12&\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x16.securenow.v1.SosAlert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x10\x43\x61ncelSosRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x11\x43\x61ncelSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\"R\n\x14ShareLocationRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12(\n\x08location\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Location\"/\n\x15ShareLocationResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x03\"#\n\x0fWatchSosRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\"x\n\x10WatchSosResponse\x12%\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x16.securenow.v1.SosAlert\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12.\n\x08incident\x18\x03 \x01(\x0b\x32\x1c.securenow.v1.PoliceIncident\"T\n\x19ListAlertLocationsRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x1aListAlertLocationsResponse\x12)\n\tlocations\x18\x01 \x03(\x0b\x32\x16.securenow.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xef\x01\n\x19\x43ontactNotificationStatus\x12+\n\'CONTACT_NOTIFICATION_STATUS_UNSPECIFIED\x10\x00\x12$\n CONTACT_NOTIFICATION_STATUS_SENT\x10\x01\x12&\n\"CONTACT_NOTIFICATION_STATUS_FAILED\x10\x02\x12.\n*CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED\x10\x03\x12\'\n#CONTACT_NOTIFICATION_STATUS_EXPIRED\x10\x04\x32\xe5\x04\n\nSosService\x12I\n\x08RaiseSos\x12\x1d.securenow.v1.RaiseSosRequest\x1a\x1e.securenow.v1.RaiseSosResponse\x12R\n\x0bGetSosAlert\x12 .securenow.v1.GetSosAlertRequest\x1a!.securenow.v1.GetSosAlertResponse\x12X\n\rListSosAlerts\x12\".securenow.v1.ListSosAlertsRequest\x1a#.securenow.v1.ListSosAlertsResponse\x12L\n\tCancelSos\x12\x1e.securenow.v1.CancelSosRequest\x1a\x1f.securenow.v1.CancelSosResponse\x12Z\n\rShareLocation\x12\".securenow.v1.ShareLocationRequest\x1a#.securenow.v1.ShareLocationResponse(\x01\x12K\n\x08WatchSos\x12\x1d.securenow.v1.WatchSosRequest\x1a\x1e.securenow.v1.WatchSosResponse0\x01\x12g\n\x12ListAlertLocations\x12\'.securenow.v1.ListAlertLocationsRequest\x1a(.securenow.v1.ListAlertLocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,40 +39,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOSALERT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RAISESOSREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_RAISESOSREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CONTACTNOTIFICATIONSTATUS']._serialized_start=2397
+  _globals['_CONTACTNOTIFICATIONSTATUS']._serialized_end=2636
   _globals['_SOSALERT']._serialized_start=163
-  _globals['_SOSALERT']._serialized_end=839
-  _globals['_SOSALERT_METADATAENTRY']._serialized_start=792
-  _globals['_SOSALERT_METADATAENTRY']._serialized_end=839
-  _globals['_RAISESOSREQUEST']._serialized_start=842
-  _globals['_RAISESOSREQUEST']._serialized_end=1152
-  _globals['_RAISESOSREQUEST_METADATAENTRY']._serialized_start=792
-  _globals['_RAISESOSREQUEST_METADATAENTRY']._serialized_end=839
-  _globals['_RAISESOSRESPONSE']._serialized_start=1154
-  _globals['_RAISESOSRESPONSE']._serialized_end=1211
-  _globals['_GETSOSALERTREQUEST']._serialized_start=1213
-  _globals['_GETSOSALERTREQUEST']._serialized_end=1251
-  _globals['_GETSOSALERTRESPONSE']._serialized_start=1253
-  _globals['_GETSOSALERTRESPONSE']._serialized_end=1361
-  _globals['_LISTSOSALERTSREQUEST']._serialized_start=1363
-  _globals['_LISTSOSALERTSREQUEST']._serialized_end=1465
-  _globals['_LISTSOSALERTSRESPONSE']._serialized_start=1467
-  _globals['_LISTSOSALERTSRESPONSE']._serialized_end=1555
-  _globals['_CANCELSOSREQUEST']._serialized_start=1557
-  _globals['_CANCELSOSREQUEST']._serialized_end=1609
-  _globals['_CANCELSOSRESPONSE']._serialized_start=1611
-  _globals['_CANCELSOSRESPONSE']._serialized_end=1669
-  _globals['_SHARELOCATIONREQUEST']._serialized_start=1671
-  _globals['_SHARELOCATIONREQUEST']._serialized_end=1753
-  _globals['_SHARELOCATIONRESPONSE']._serialized_start=1755
-  _globals['_SHARELOCATIONRESPONSE']._serialized_end=1802
-  _globals['_WATCHSOSREQUEST']._serialized_start=1804
-  _globals['_WATCHSOSREQUEST']._serialized_end=1839
-  _globals['_WATCHSOSRESPONSE']._serialized_start=1841
-  _globals['_WATCHSOSRESPONSE']._serialized_end=1961
-  _globals['_LISTALERTLOCATIONSREQUEST']._serialized_start=1963
-  _globals['_LISTALERTLOCATIONSREQUEST']._serialized_end=2047
-  _globals['_LISTALERTLOCATIONSRESPONSE']._serialized_start=2049
-  _globals['_LISTALERTLOCATIONSRESPONSE']._serialized_end=2145
-  _globals['_SOSSERVICE']._serialized_start=2148
-  _globals['_SOSSERVICE']._serialized_end=2761
+  _globals['_SOSALERT']._serialized_end=911
+  _globals['_SOSALERT_METADATAENTRY']._serialized_start=864
+  _globals['_SOSALERT_METADATAENTRY']._serialized_end=911
+  _globals['_CONTACTNOTIFICATION']._serialized_start=914
+  _globals['_CONTACTNOTIFICATION']._serialized_end=1088
+  _globals['_RAISESOSREQUEST']._serialized_start=1091
+  _globals['_RAISESOSREQUEST']._serialized_end=1401
+  _globals['_RAISESOSREQUEST_METADATAENTRY']._serialized_start=864
+  _globals['_RAISESOSREQUEST_METADATAENTRY']._serialized_end=911
+  _globals['_RAISESOSRESPONSE']._serialized_start=1403
+  _globals['_RAISESOSRESPONSE']._serialized_end=1460
+  _globals['_GETSOSALERTREQUEST']._serialized_start=1462
+  _globals['_GETSOSALERTREQUEST']._serialized_end=1500
+  _globals['_GETSOSALERTRESPONSE']._serialized_start=1502
+  _globals['_GETSOSALERTRESPONSE']._serialized_end=1610
+  _globals['_LISTSOSALERTSREQUEST']._serialized_start=1612
+  _globals['_LISTSOSALERTSREQUEST']._serialized_end=1714
+  _globals['_LISTSOSALERTSRESPONSE']._serialized_start=1716
+  _globals['_LISTSOSALERTSRESPONSE']._serialized_end=1804
+  _globals['_CANCELSOSREQUEST']._serialized_start=1806
+  _globals['_CANCELSOSREQUEST']._serialized_end=1858
+  _globals['_CANCELSOSRESPONSE']._serialized_start=1860
+  _globals['_CANCELSOSRESPONSE']._serialized_end=1918
+  _globals['_SHARELOCATIONREQUEST']._serialized_start=1920
+  _globals['_SHARELOCATIONREQUEST']._serialized_end=2002
+  _globals['_SHARELOCATIONRESPONSE']._serialized_start=2004
+  _globals['_SHARELOCATIONRESPONSE']._serialized_end=2051
+  _globals['_WATCHSOSREQUEST']._serialized_start=2053
+  _globals['_WATCHSOSREQUEST']._serialized_end=2088
+  _globals['_WATCHSOSRESPONSE']._serialized_start=2090
+  _globals['_WATCHSOSRESPONSE']._serialized_end=2210
+  _globals['_LISTALERTLOCATIONSREQUEST']._serialized_start=2212
+  _globals['_LISTALERTLOCATIONSREQUEST']._serialized_end=2296
+  _globals['_LISTALERTLOCATIONSRESPONSE']._serialized_start=2298
+  _globals['_LISTALERTLOCATIONSRESPONSE']._serialized_end=2394
+  _globals['_SOSSERVICE']._serialized_start=2639
+  _globals['_SOSSERVICE']._serialized_end=3252
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from securenow.v1 import common_pb2 as _common_pb2
 from securenow.v1 import incidents_pb2 as _incidents_pb2
 import builtins as _builtins
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ContactNotificationStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContactNotificationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContactNotificationStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTACT_NOTIFICATION_STATUS_UNSPECIFIED: _ContactNotificationStatus.ValueType  # 0
+    """Not set."""
+    CONTACT_NOTIFICATION_STATUS_SENT: _ContactNotificationStatus.ValueType  # 1
+    """The notification gateway accepted the message."""
+    CONTACT_NOTIFICATION_STATUS_FAILED: _ContactNotificationStatus.ValueType  # 2
+    """Every attempt failed; the contact was not told."""
+    CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED: _ContactNotificationStatus.ValueType  # 3
+    """This server has no notification gateway configured; the contact was not told."""
+    CONTACT_NOTIFICATION_STATUS_EXPIRED: _ContactNotificationStatus.ValueType  # 4
+    """The alert was more than an hour old when the server got to it (an outage); the
+    contact was not told so late.
+    """
+
+class ContactNotificationStatus(_ContactNotificationStatus, metaclass=_ContactNotificationStatusEnumTypeWrapper):
+    """Whether telling one emergency contact about an alert worked."""
+
+CONTACT_NOTIFICATION_STATUS_UNSPECIFIED: ContactNotificationStatus.ValueType  # 0
+"""Not set."""
+CONTACT_NOTIFICATION_STATUS_SENT: ContactNotificationStatus.ValueType  # 1
+"""The notification gateway accepted the message."""
+CONTACT_NOTIFICATION_STATUS_FAILED: ContactNotificationStatus.ValueType  # 2
+"""Every attempt failed; the contact was not told."""
+CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED: ContactNotificationStatus.ValueType  # 3
+"""This server has no notification gateway configured; the contact was not told."""
+CONTACT_NOTIFICATION_STATUS_EXPIRED: ContactNotificationStatus.ValueType  # 4
+"""The alert was more than an hour old when the server got to it (an outage); the
+contact was not told so late.
+"""
+Global___ContactNotificationStatus: _TypeAlias = ContactNotificationStatus  # noqa: Y015
 
 @_typing.final
 class SosAlert(_message.Message):
@@ -65,6 +102,7 @@ class SosAlert(_message.Message):
     OUTSIDE_JURISDICTION_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EMERGENCY_CONTACTS_NOTIFIED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID."""
     user_id: _builtins.str
@@ -113,6 +151,14 @@ class SosAlert(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it last changed."""
 
+    @_builtins.property
+    def emergency_contacts_notified(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContactNotification]:
+        """The person's emergency contacts and whether each was told about the alert (by the
+        operator's SMS/voice gateway), as they stood when the alert was raised. Empty while
+        the server has not handled them yet (moments after raising) and when the person
+        has no emergency contacts.
+        """
+
     def __init__(
         self,
         *,
@@ -133,14 +179,55 @@ class SosAlert(_message.Message):
         outside_jurisdiction: _builtins.bool = ...,
         cancel_reason: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        emergency_contacts_notified: _abc.Iterable[Global___ContactNotification] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "resolve_time", b"resolve_time", "response_time", b"response_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agency_id", b"assigned_agency_id", "cancel_reason", b"cancel_reason", "create_time", b"create_time", "description", b"description", "escalation_level", b"escalation_level", "id", b"id", "incident_type", b"incident_type", "location", b"location", "metadata", b"metadata", "outside_jurisdiction", b"outside_jurisdiction", "police_notified", b"police_notified", "priority", b"priority", "resolve_time", b"resolve_time", "response_time", b"response_time", "status", b"status", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_agency_id", b"assigned_agency_id", "cancel_reason", b"cancel_reason", "create_time", b"create_time", "description", b"description", "emergency_contacts_notified", b"emergency_contacts_notified", "escalation_level", b"escalation_level", "id", b"id", "incident_type", b"incident_type", "location", b"location", "metadata", b"metadata", "outside_jurisdiction", b"outside_jurisdiction", "police_notified", b"police_notified", "priority", b"priority", "resolve_time", b"resolve_time", "response_time", b"response_time", "status", b"status", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SosAlert: _TypeAlias = SosAlert  # noqa: Y015
+
+@_typing.final
+class ContactNotification(_message.Message):
+    """One emergency contact of an alert and the outcome of notifying them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The contact's name."""
+    phone: _builtins.str
+    """The contact's phone number (E.164)."""
+    status: Global___ContactNotificationStatus.ValueType
+    """What became of the notification."""
+    attempts: _builtins.int
+    """How many times the gateway was called for this contact (0 when it was not)."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the outcome was recorded."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        status: Global___ContactNotificationStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "name", b"name", "phone", b"phone", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactNotification: _TypeAlias = ContactNotification  # noqa: Y015
 
 @_typing.final
 class RaiseSosRequest(_message.Message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from securenow.server.domain.enums import AlertPriority, IncidentStatus, IncidentType, SosStatus
@@ -15,6 +16,50 @@ MAX_METADATA_ENTRIES = 32
 PRIORITY_ORDER = (AlertPriority.LOW, AlertPriority.MEDIUM, AlertPriority.HIGH, AlertPriority.CRITICAL)
 INCIDENT_ORDER = (IncidentStatus.REPORTED, IncidentStatus.DISPATCHED, IncidentStatus.ON_SCENE, IncidentStatus.RESOLVED)
 OPEN_STATUSES = (SosStatus.ACTIVE, SosStatus.RESPONDING)
+
+
+class ContactNotificationStatus(StrEnum):
+    """What became of telling one emergency contact about an alert."""
+
+    SENT = "sent"  # the operator's gateway accepted it
+    FAILED = "failed"  # every attempt failed
+    NOT_CONFIGURED = "not_configured"  # no gateway configured: nobody was told
+    EXPIRED = "expired"  # found more than the notification window after raising: not sent
+
+
+@dataclass(frozen=True)
+class ContactNotification:
+    """One emergency contact, as snapshotted when the alert was handled, and the outcome."""
+
+    name: str
+    phone: str
+    status: ContactNotificationStatus
+    attempts: int
+    time: datetime
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "phone": self.phone,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "at": self.time.isoformat(),
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ContactNotification:
+        return cls(
+            name=d.get("name", ""),
+            phone=d.get("phone", ""),
+            status=ContactNotificationStatus(d["status"]),
+            attempts=int(d.get("attempts", 0)),
+            time=datetime.fromisoformat(d["at"]),
+            error=d.get("error", ""),
+        )
 
 
 @dataclass
@@ -38,6 +83,9 @@ class SosAlert:
     update_time: datetime
     passed_agencies: list[str] = field(default_factory=list)
     escalate_at: datetime | None = None
+    # Emergency contacts told about it; None until the contact notifier handled it.
+    # Not in to_json: contacts' phone numbers do not travel in dispatch events.
+    emergency_contacts_notified: list[ContactNotification] | None = None
 
     @property
     def is_open(self) -> bool:

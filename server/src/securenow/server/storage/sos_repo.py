@@ -13,7 +13,7 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
 from securenow.server.domain.geo import LocationFix, Point
 from securenow.server.domain.paging import PageRequest, cursor_int, cursor_time, cursor_uuid
-from securenow.server.domain.sos import PoliceIncident, SosAlert
+from securenow.server.domain.sos import ContactNotification, PoliceIncident, SosAlert
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.outbox_repo import OutboxRow
@@ -21,7 +21,8 @@ from securenow.server.storage.rows import Conn, geog_point, must, sid
 
 ALERT_COLUMNS = """a.id, a.user_id, a.location_data, a.description, a.status, a.priority, a.assigned_agency,
     a.response_time, a.police_notified, a.created_at, a.resolved_at, a.metadata, a.incident_type,
-    a.escalation_level, a.outside_jurisdiction, a.escalate_at, a.passed_agencies, a.cancel_reason, a.updated_at"""
+    a.escalation_level, a.outside_jurisdiction, a.escalate_at, a.passed_agencies, a.cancel_reason, a.updated_at,
+    a.emergency_contacts_notified"""
 INCIDENT_COLUMNS = """i.id, i.sos_alert_id, i.police_department_id, i.incident_type, i.priority, i.status,
     i.assigned_unit, i.estimated_arrival, i.actual_arrival, i.resolution_notes, i.created_at, i.updated_at"""
 
@@ -47,6 +48,9 @@ def alert_from_row(r: asyncpg.Record) -> SosAlert:
         update_time=r["updated_at"],
         passed_agencies=[str(x) for x in r["passed_agencies"] or []],
         escalate_at=r["escalate_at"],
+        emergency_contacts_notified=None
+        if r["emergency_contacts_notified"] is None
+        else [ContactNotification.from_json(c) for c in r["emergency_contacts_notified"]],
     )
 
 

@@ -11,7 +11,13 @@ from google.protobuf import duration_pb2
 from securenow.server.domain import enums
 from securenow.server.domain.agency import ApiKeyInfo, ContactInfo, Department
 from securenow.server.domain.geo import LocationFix
-from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert
+from securenow.server.domain.sos import (
+    ContactNotification,
+    ContactNotificationStatus,
+    PoliceIncident,
+    RaiseRequest,
+    SosAlert,
+)
 from securenow.server.storage.dispatch_streams import DispatchEvent
 from securenow.server.transport.convert import (
     duration,
@@ -26,6 +32,7 @@ from securenow.v1 import agency_pb2, incidents_pb2, sos_pb2
 
 register_enum(enums.AgencyType, agency_pb2.AgencyType, "AGENCY_TYPE")
 register_enum(enums.DepartmentStatus, agency_pb2.DepartmentStatus, "DEPARTMENT_STATUS")
+register_enum(ContactNotificationStatus, sos_pb2.ContactNotificationStatus, "CONTACT_NOTIFICATION_STATUS")
 
 
 def alert(a: SosAlert) -> sos_pb2.SosAlert:
@@ -47,6 +54,13 @@ def alert(a: SosAlert) -> sos_pb2.SosAlert:
         outside_jurisdiction=a.outside_jurisdiction,
         cancel_reason=a.cancel_reason,
         update_time=ts(a.update_time),
+        emergency_contacts_notified=[contact_notification(c) for c in a.emergency_contacts_notified or []],
+    )
+
+
+def contact_notification(c: ContactNotification) -> sos_pb2.ContactNotification:
+    return sos_pb2.ContactNotification(
+        name=c.name, phone=c.phone, status=enum_to_pb(c.status), attempts=c.attempts, update_time=ts(c.time)
     )
 
 

@@ -1,0 +1,2 @@
+DROP INDEX idx_sos_alerts_contacts_pending;
+ALTER TABLE sos_alerts DROP COLUMN contacts_notify_lease_until;

@@ -1,0 +1,74 @@
+"""Emergency-contact notifications of SOS alerts: leased by any replica, recorded once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from securenow.server.domain.accounts import EmergencyContact
+from securenow.server.domain.geo import LocationFix
+from securenow.server.domain.sos import ContactNotification
+from securenow.server.storage.rows import Conn
+
+
+@dataclass(frozen=True)
+class PendingAlert:
+    """An alert whose contacts have not been handled, with the person's contacts now."""
+
+    alert_id: str
+    create_time: datetime
+    location: LocationFix | None
+    first_name: str
+    last_name: str
+    contacts: list[EmergencyContact]
+    expired: bool  # raised longer ago than the notification window
+
+
+class ContactNotificationsRepo:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def lease_pending(self, limit: int, lease_seconds: float, window_seconds: float) -> list[PendingAlert]:
+        """Takes unhandled alerts, newest first (a backlog never delays a fresh alert),
+        for `lease_seconds`: other replicas skip them meanwhile, and take them over when
+        the lease runs out unrecorded (a replica that died)."""
+        rows = await self.conn.fetch(
+            """WITH due AS (
+                   SELECT a.id FROM sos_alerts a
+                   WHERE a.emergency_contacts_notified IS NULL
+                     AND (a.contacts_notify_lease_until IS NULL OR a.contacts_notify_lease_until <= now())
+                   ORDER BY a.created_at DESC LIMIT $1 FOR UPDATE OF a SKIP LOCKED)
+               UPDATE sos_alerts a SET contacts_notify_lease_until = now() + make_interval(secs => $2)
+               FROM due, users u
+               WHERE a.id = due.id AND u.id = a.user_id
+               RETURNING a.id, a.created_at, a.location_data, u.first_name, u.last_name, u.emergency_contacts,
+                         a.created_at < now() - make_interval(secs => $3) AS expired""",
+            limit,
+            lease_seconds,
+            window_seconds,
+        )
+        return [
+            PendingAlert(
+                alert_id=str(r["id"]),
+                create_time=r["created_at"],
+                location=LocationFix.from_json(r["location_data"]),
+                first_name=r["first_name"] or "",
+                last_name=r["last_name"] or "",
+                contacts=[EmergencyContact(**c) for c in (r["emergency_contacts"] or [])],
+                expired=bool(r["expired"]),
+            )
+            for r in rows
+        ]
+
+    async def record(self, alert_id: str, outcome: list[ContactNotification]) -> bool:
+        """Stores the outcome; False when it was stored already (another replica took
+        over after this one's lease ran out) or the alert is gone."""
+        value: list[dict[str, Any]] = [c.to_json() for c in outcome]
+        done = await self.conn.fetchval(
+            """UPDATE sos_alerts SET emergency_contacts_notified = $2, contacts_notify_lease_until = NULL
+               WHERE id = $1 AND emergency_contacts_notified IS NULL RETURNING 1""",
+            alert_id,
+            value,
+        )
+        return done is not None
