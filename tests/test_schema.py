@@ -13,6 +13,7 @@ import asyncpg
 
 from securenow.server import migrations
 from tests.conftest import DATABASE_URL, recreate_database
+from tests.helpers import Api
 
 SCRATCH = urlunsplit(urlsplit(DATABASE_URL)._replace(path=urlsplit(DATABASE_URL).path + "_migrations"))
 SEED_TABLES = {
@@ -96,14 +97,45 @@ async def test_two_replicas_migrating_at_once_apply_each_migration_once(database
     assert applied == len(migrations.status(SCRATCH))
 
 
-async def test_partitions_are_created_ahead_and_idempotently(db_conn: asyncpg.Connection) -> None:
+async def test_partitions_are_created_ahead_and_idempotently(api: Api, db_conn: asyncpg.Connection) -> None:
     created = await db_conn.fetchval("SELECT securenow_ensure_partitions('2031-06-15'::timestamptz)")
     assert created > 0
     names = {r[0] for r in await db_conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_20%'")}
     assert {"bookings_2024", "bookings_2033", "analytics_events_2024_01", "analytics_events_2031_09"} <= names
     assert await db_conn.fetchval("SELECT securenow_ensure_partitions('2031-06-15'::timestamptz)") == 0
-    # Rows land in their partition.
-    assert (
-        await db_conn.fetchval("SELECT tableoid::regclass::text FROM (SELECT tableoid FROM analytics_events LIMIT 0) x")
-        is None
-    )
+
+    # Rows land in the partition of their UTC year (bookings) or month (analytics events),
+    # on either side of the boundary.
+    admin = await api.admin()
+    _, provider = await api.verified_provider(admin)
+    customer = await api.sign_up()
+
+    async def booking_partition(starts: str) -> str:
+        booking_id = await db_conn.fetchval(
+            """INSERT INTO bookings (user_id, provider_id, service_type, booking_date, duration, location_data,
+                                     total_price, currency_code)
+               VALUES ($1, $2, 'security_guard', $3::text::timestamptz, 1, '{}', 45, 'USD') RETURNING id""",
+            customer.id,
+            provider.id,
+            starts,
+        )
+        return str(await db_conn.fetchval("SELECT tableoid::regclass::text FROM bookings WHERE id = $1", booking_id))
+
+    async def event_partition(at: str) -> str:
+        event_id = await db_conn.fetchval(
+            """INSERT INTO analytics_events (user_id, event_type, event_data, timestamp)
+               VALUES ($1, 'app_open', '{}', $2::text::timestamptz) RETURNING id""",
+            customer.id,
+            at,
+        )
+        return str(
+            await db_conn.fetchval("SELECT tableoid::regclass::text FROM analytics_events WHERE id = $1", event_id)
+        )
+
+    # (One provider, one-hour bookings: they must not overlap.)
+    assert await booking_partition("2032-12-31 21:59:59+00") == "bookings_2032"
+    assert await booking_partition("2033-01-01 00:00:00+01") == "bookings_2032"  # 23:00 UTC
+    assert await booking_partition("2033-01-01 00:00:00+00") == "bookings_2033"
+    assert await event_partition("2031-08-31 23:59:59.999999+00") == "analytics_events_2031_08"
+    assert await event_partition("2031-09-01 01:00:00+02") == "analytics_events_2031_08"  # 23:00 UTC
+    assert await event_partition("2031-09-01 00:00:00+00") == "analytics_events_2031_09"
