@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 
 import aiohttp
 import asyncpg
@@ -29,8 +30,9 @@ from securenow.v1 import (
     sos_pb2,
     users_pb2,
 )
-from tests.conftest import make_settings
+from tests.conftest import REDIS_URL, make_settings
 from tests.helpers import PASSWORD, Api, expect_error, wait_for
+from tests.processes import ServerProcess
 
 SERVICES = [
     f.services_by_name[name]
@@ -174,3 +176,64 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(database: str, db_c
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await api.users.GetUser(users_pb2.GetUserRequest(user_id="me"), metadata=account.md, timeout=2)
         assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_sigterm_lets_the_in_flight_call_finish_refuses_new_ones_and_exits_0(
+    database: str, db_conn: asyncpg.Connection
+) -> None:
+    """`securenow serve` as deployed, stopped the way an orchestrator stops it."""
+    server = ServerProcess(database, REDIS_URL, SECURENOW_RUN_WORKERS="false", SECURENOW_SHUTDOWN_GRACE_SECONDS="30")
+    blocker = await asyncpg.connect(database)
+    try:
+        await server.start()
+        assert server.proc is not None
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            api = Api(ch, None)  # type: ignore[arg-type]
+            account = await api.sign_up()
+            # Hold UpdateUser in flight: it waits on a row lock this test holds.
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", account.id)
+            in_flight = asyncio.ensure_future(
+                api.users.UpdateUser(
+                    users_pb2.UpdateUserRequest(
+                        user=users_pb2.User(id="me", first_name="Grace"), update_mask={"paths": ["first_name"]}
+                    ),
+                    metadata=account.md,
+                    timeout=60,
+                )
+            )
+
+            async def blocked() -> bool:
+                waiting = await db_conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'SELECT%FOR UPDATE%'"
+                )
+                return bool(waiting)
+
+            await wait_for(blocked, what="UpdateUser waiting on the row lock")
+            server.proc.send_signal(signal.SIGTERM)
+
+            async def refused() -> bool:
+                try:
+                    await api.users.GetUser(users_pb2.GetUserRequest(user_id="me"), metadata=account.md, timeout=2)
+                except grpc.aio.AioRpcError as err:
+                    # A call racing the start of shutdown may be cancelled or left
+                    # unanswered; once the server stopped listening, new calls are UNAVAILABLE.
+                    return bool(err.code() == grpc.StatusCode.UNAVAILABLE)
+                return False  # served: the signal is not handled yet
+
+            await wait_for(refused, what="new calls refused after SIGTERM")
+            # Refusing new calls while this one is still held, and still running.
+            assert not in_flight.done()
+            assert server.proc.returncode is None
+
+            await tx.rollback()
+            resp = await in_flight  # the in-flight call completes normally
+            assert resp.user.first_name == "Grace"
+        assert await asyncio.wait_for(server.proc.wait(), 15) == 0, server.output()
+        stored = await db_conn.fetchval("SELECT first_name FROM users WHERE id = $1", account.id)
+        assert stored == "Grace"
+    finally:
+        await blocker.close()
+        await server.stop()
