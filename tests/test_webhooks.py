@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -21,10 +24,12 @@ from tests.processes import free_port
 class HookServer:
     def __init__(self) -> None:
         self.received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+        self.arrivals: list[float] = []  # time.monotonic() of each POST
         self.status = 200
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         self.received.put_nowait((dict(request.headers), await request.read()))
         return web.Response(status=self.status)
 
@@ -75,7 +80,15 @@ async def test_status_changes_are_posted_signed_to_the_webhook(api: Api, hook: H
     assert verify(dept.webhook_secret, headers, body)
 
 
-async def test_failing_webhook_is_retried_then_dead_lettered(api: Api, hook: HookServer, db_conn) -> None:  # type: ignore[no-untyped-def]
+async def test_failing_webhook_is_retried_with_backoff_then_dead_lettered(
+    api: Api, hook: HookServer, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender, base_delay = api.app.webhooks, 0.5
+    # The sender looks for due deliveries every 0.5 s, which would blur retry gaps of a
+    # fraction of a second: look every 20 ms, and back off from 0.5 s, so the gaps are
+    # far apart compared with that and with the test's own scheduling.
+    monkeypatch.setattr(sender, "_poll", 0.02)
+    monkeypatch.setattr(sender, "_base_delay", base_delay)
     hook.status = 500
     admin = await api.admin()
     dept = await register_department(api, admin, SF, webhook_url=hook.url)
@@ -93,6 +106,11 @@ async def test_failing_webhook_is_retried_then_dead_lettered(api: Api, hook: Hoo
     assert row["attempts"] == max_attempts
     assert row["last_error"] == "HTTP 500"
     assert hook.received.qsize() == max_attempts  # every attempt reached the endpoint, then no more
+    # Exponential backoff: the n-th retry waits base * 2**(n-1), give or take 20 % jitter.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(hook.arrivals)]
+    nominal = [base_delay * 2**n for n in range(max_attempts - 1)]
+    assert all(gap >= 0.8 * delay - 0.01 for gap, delay in zip(gaps, nominal, strict=True)), (gaps, nominal)
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
 
 
 async def test_webhooks_keep_flowing_while_the_relay_cannot_reach_redis(api: Api, hook: HookServer, db_conn) -> None:  # type: ignore[no-untyped-def]
