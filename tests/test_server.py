@@ -16,7 +16,6 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from securenow.server.bootstrap import App
 from securenow.server.logs import JsonFormatter
 from securenow.server.runtime import Runtime
 from securenow.server.transport.access import RULES
@@ -30,7 +29,7 @@ from securenow.v1 import (
     sos_pb2,
     users_pb2,
 )
-from tests.conftest import REDIS_URL, make_settings
+from tests.conftest import REDIS_URL
 from tests.helpers import PASSWORD, Api, expect_error, wait_for
 from tests.processes import ServerProcess
 
@@ -136,46 +135,6 @@ async def test_access_logs_are_json_and_never_hold_secrets(api: Api, caplog: pyt
     everything = "\n".join(lines)
     for secret in ("Sup3r-secret-pass", account.access_token, account.refresh_token, PASSWORD):
         assert secret not in everything
-
-
-async def test_graceful_shutdown_lets_in_flight_calls_finish(database: str, db_conn: asyncpg.Connection) -> None:
-    app = await App.create(make_settings(run_workers=False))
-    rt = Runtime(app)
-    await rt.start(grpc_addr="127.0.0.1:0", http_addr=None)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as ch:
-        api = Api(ch, app)
-        account = await api.sign_up()
-        blocker = await asyncpg.connect(database)
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", account.id)
-        in_flight = asyncio.ensure_future(
-            api.users.UpdateUser(
-                users_pb2.UpdateUserRequest(
-                    user=users_pb2.User(id="me", first_name="Grace"), update_mask={"paths": ["first_name"]}
-                ),
-                metadata=account.md,
-            )
-        )
-
-        async def blocked() -> bool:
-            waiting = await db_conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT%FOR UPDATE%'"
-            )
-            return bool(waiting)
-
-        await wait_for(blocked, what="UpdateUser waiting on the row lock")
-        stopping = asyncio.ensure_future(rt.stop(grace=10))
-        await asyncio.sleep(0)  # stop() has begun: new calls are refused from here on
-        await tx.rollback()
-        await blocker.close()
-        resp = await in_flight  # the in-flight call completes normally
-        assert resp.user.first_name == "Grace"
-        await stopping
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await api.users.GetUser(users_pb2.GetUserRequest(user_id="me"), metadata=account.md, timeout=2)
-        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 async def test_sigterm_lets_the_in_flight_call_finish_refuses_new_ones_and_exits_0(
