@@ -200,7 +200,7 @@ export class DetailView {
       "Declining",
       async () => {
         await agency.declineSosAlert({ alertId, reason }, { timeoutMs: UNARY_TIMEOUT_MS });
-        this.store.markGone(alertId, reason ? `Declined: ${reason}` : "Declined");
+        this.store.markGone(alertId, reason ? `Declined: ${reason}` : "Declined", true);
         return undefined;
       },
       "Declined: the alert goes to another agency",

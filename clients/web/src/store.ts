@@ -124,9 +124,14 @@ export class AlertStore {
     return true;
   }
 
-  markGone(alertId: string, reason: string): void {
+  /**
+   * Marks an alert as no longer this agency's. The stream only knows that it moved; a
+   * reason this dispatcher gave (`specific`: they declined it) is kept over that,
+   * whichever arrives first.
+   */
+  markGone(alertId: string, reason: string, specific = false): void {
     const entry = this.entries.get(alertId);
-    if (!entry) return;
+    if (!entry || (entry.gone && !specific)) return;
     entry.gone = reason;
     entry.note = reason;
     this.changed(alertId);
