@@ -4,6 +4,7 @@ operator's gateway, retried, and the outcome shown on the alert."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -163,15 +164,23 @@ async def test_a_gateway_that_never_accepts_is_recorded_failed(
     assert stored["error"] == "HTTP 503"
 
 
-async def test_without_a_gateway_contacts_are_recorded_not_configured(api: Api) -> None:
+async def test_without_a_gateway_contacts_are_recorded_not_configured(api: Api, db_conn: asyncpg.Connection) -> None:
     assert not api.app.contact_notifier.config.url  # the suite's server has none
-    person = await person_with_contacts(api, SIS, DAD)
-    alert = await raise_sos(api, person, SF)
-    shown = await wait_for(lambda: notified(api, person, alert.id), what="contacts recorded")
-    assert [(c.name, c.status, c.attempts) for c in shown.emergency_contacts_notified] == [
-        ("Sis", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED, 0),
-        ("Dad", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED, 0),
-    ]
+    people = [await person_with_contacts(api, SIS, DAD) for _ in range(3)]
+    # Raised together, so the notifier records several in one batch.
+    alerts = await asyncio.gather(*(raise_sos(api, person, SF) for person in people))
+    for person, alert in zip(people, alerts, strict=True):
+        shown = await wait_for(functools.partial(notified, api, person, alert.id), what="contacts recorded")
+        assert [(c.name, c.status, c.attempts) for c in shown.emergency_contacts_notified] == [
+            ("Sis", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED, 0),
+            ("Dad", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED, 0),
+        ]
+    audited = await db_conn.fetch(
+        "SELECT resource_id, details FROM audit_log WHERE action = 'sos.contacts_notify' ORDER BY resource_id"
+    )
+    assert [(r["resource_id"], json.loads(r["details"])) for r in audited] == sorted(
+        (a.id, {"contacts": 2, "not_configured": 2}) for a in alerts
+    )
 
 
 async def test_a_person_without_contacts_gets_an_empty_list_and_no_post(

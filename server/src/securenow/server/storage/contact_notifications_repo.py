@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from securenow.server.domain.accounts import EmergencyContact
 from securenow.server.domain.geo import LocationFix
@@ -61,14 +61,16 @@ class ContactNotificationsRepo:
             for r in rows
         ]
 
-    async def record(self, alert_id: str, outcome: list[ContactNotification]) -> bool:
-        """Stores the outcome; False when it was stored already (another replica took
-        over after this one's lease ran out) or the alert is gone."""
-        value: list[dict[str, Any]] = [c.to_json() for c in outcome]
-        done = await self.conn.fetchval(
-            """UPDATE sos_alerts SET emergency_contacts_notified = $2, contacts_notify_lease_until = NULL
-               WHERE id = $1 AND emergency_contacts_notified IS NULL RETURNING 1""",
-            alert_id,
-            value,
+    async def record(self, outcomes: list[tuple[str, list[ContactNotification]]]) -> list[str]:
+        """Stores the outcomes (alert id, one entry per contact) in one statement; returns
+        the alerts stored now, leaving out any stored already (another replica took over
+        after this one's lease ran out) or gone."""
+        rows = await self.conn.fetch(
+            """UPDATE sos_alerts a
+               SET emergency_contacts_notified = v.outcome::jsonb, contacts_notify_lease_until = NULL
+               FROM unnest($1::uuid[], $2::text[]) AS v(id, outcome)
+               WHERE a.id = v.id AND a.emergency_contacts_notified IS NULL RETURNING a.id""",
+            [alert_id for alert_id, _ in outcomes],
+            [json.dumps([c.to_json() for c in outcome]) for _, outcome in outcomes],
         )
-        return done is not None
+        return [str(r["id"]) for r in rows]

@@ -125,7 +125,13 @@ class ContactNotifier:
             alerts = await ContactNotificationsRepo(uow.conn).lease_pending(
                 limit, config.lease_seconds, NOTIFY_WINDOW_SECONDS
             )
-        for alert in alerts:
+        to_send = [a for a in alerts if config.url and a.contacts and not a.expired]
+        # Nothing to send for the rest (expired, no gateway, no contacts): recorded
+        # together, one transaction for the batch rather than one per alert.
+        settled = [(a, _unsent(a)) for a in alerts if a not in to_send]
+        if settled:
+            await self._record(settled)
+        for alert in to_send:
             task = asyncio.create_task(self._handle(session, config, alert, stop), name=f"contacts-{alert.alert_id}")
             inflight.add(task)
             task.add_done_callback(inflight.discard)
@@ -135,15 +141,8 @@ class ContactNotifier:
         self, session: aiohttp.ClientSession, config: ContactGatewayConfig, alert: PendingAlert, stop: asyncio.Event
     ) -> None:
         try:
-            if alert.expired:
-                outcome = [_outcome(c, ContactNotificationStatus.EXPIRED, 0) for c in alert.contacts]
-            elif not config.url:
-                outcome = [_outcome(c, ContactNotificationStatus.NOT_CONFIGURED, 0) for c in alert.contacts]
-            else:
-                outcome = list(
-                    await asyncio.gather(*(self._notify(session, config, alert, c, stop) for c in alert.contacts))
-                )
-            await self._record(alert, outcome)
+            sent = await asyncio.gather(*(self._notify(session, config, alert, c, stop) for c in alert.contacts))
+            await self._record([(alert, list(sent))])
         except _Stopping:
             pass
         except Unavailable as exc:
@@ -151,20 +150,21 @@ class ContactNotifier:
         except Exception:
             log.exception("contact notifier: alert %s failed", alert.alert_id)
 
-    async def _record(self, alert: PendingAlert, outcome: list[ContactNotification]) -> None:
-        counts = Tally(c.status.value for c in outcome)
+    async def _record(self, items: list[tuple[PendingAlert, list[ContactNotification]]]) -> None:
         async with self._db.unit_of_work() as uow:
-            if not await ContactNotificationsRepo(uow.conn).record(alert.alert_id, outcome):
-                return
+            stored = set(await ContactNotificationsRepo(uow.conn).record([(a.alert_id, o) for a, o in items]))
+            done = [(alert, outcome) for alert, outcome in items if alert.alert_id in stored]
             # Counts only: the contacts' numbers are on the alert, not in the audit log.
-            await uow.audit.record(
-                SYSTEM,
-                AuditEntry(
-                    "sos.contacts_notify", "sos_alert", alert.alert_id, details={"contacts": len(outcome), **counts}
-                ),
-            )
-        for status, n in counts.items():
-            NOTIFICATIONS.labels(status).inc(n)
+            if done:
+                await uow.audit.record_many(
+                    [
+                        (SYSTEM, AuditEntry("sos.contacts_notify", "sos_alert", a.alert_id, details=_counts(o)))
+                        for a, o in done
+                    ]
+                )
+        for _, outcome in done:
+            for contact in outcome:
+                NOTIFICATIONS.labels(contact.status.value).inc()
 
     async def _notify(
         self,
@@ -208,6 +208,16 @@ class ContactNotifier:
             except TimeoutError:
                 continue
             raise _Stopping
+
+
+def _unsent(alert: PendingAlert) -> list[ContactNotification]:
+    """Expired, or no gateway to send through."""
+    status = ContactNotificationStatus.EXPIRED if alert.expired else ContactNotificationStatus.NOT_CONFIGURED
+    return [_outcome(c, status, 0) for c in alert.contacts]
+
+
+def _counts(outcome: list[ContactNotification]) -> dict[str, int]:
+    return {"contacts": len(outcome), **Tally(c.status.value for c in outcome)}
 
 
 def _outcome(
