@@ -216,8 +216,9 @@ async def test_an_alert_found_after_the_window_is_recorded_expired_not_sent(
 
 def test_production_needs_the_gateway_secret_and_https() -> None:
     production = {"env": "production"}
-    with pytest.raises(ValueError, match="SECURENOW_CONTACT_NOTIFY_SECRET"):
-        make_settings(**production, contact_notify_url="https://sms.example/notify")
+    for missing in ({}, {"contact_notify_secret": ""}, {"contact_notify_secret": "short"}):
+        with pytest.raises(ValueError, match="SECURENOW_CONTACT_NOTIFY_SECRET"):
+            make_settings(**production, contact_notify_url="https://sms.example/notify", **missing)
     with pytest.raises(ValueError, match="https"):
         make_settings(**production, contact_notify_url="http://sms.example/notify", contact_notify_secret=SECRET)
     ok = make_settings(**production, contact_notify_url="https://sms.example/notify", contact_notify_secret=SECRET)

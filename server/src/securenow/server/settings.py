@@ -13,7 +13,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("contact_notify_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes an unset variable as "": that is no secret, not an empty one.
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
         if self.env is Environment.PRODUCTION:
@@ -143,9 +149,12 @@ class Settings(BaseSettings):
             if "database_url" not in self.model_fields_set:
                 # The default URL carries the development password.
                 raise SettingsError("production mode needs SECURENOW_DATABASE_URL")
-            if self.contact_notify_url and self.contact_notify_secret is None:
+            if self.contact_notify_url and (
+                self.contact_notify_secret is None or len(self.contact_notify_secret.get_secret_value()) < 16
+            ):
                 raise SettingsError(
-                    "production mode needs SECURENOW_CONTACT_NOTIFY_SECRET with SECURENOW_CONTACT_NOTIFY_URL"
+                    "production mode needs SECURENOW_CONTACT_NOTIFY_SECRET (at least 16 characters)"
+                    " with SECURENOW_CONTACT_NOTIFY_URL"
                 )
         if self.contact_notify_url:
             scheme = self.contact_notify_url.partition("://")[0].lower()
