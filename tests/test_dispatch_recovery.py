@@ -87,6 +87,46 @@ async def test_events_put_back_below_where_a_cad_is_reading_live_reach_it_again(
         await cad.close()
 
 
+async def test_rewrites_still_reach_a_cad_when_redis_comes_back_empty_with_its_clock_behind(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
+    """Redis restarts without its data on a host whose clock is behind: new rewrite
+    notices get ids below the ones the hub read before. After reconnecting, the hub
+    must still see them, so events put back below a CAD's cursor reach it at once."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    for i in range(3):
+        await raise_sos(api, person, SF, description=f"#{i}")
+    cad = Cad(api.channel, dept.api_key)
+
+    async def raised_again(count: int) -> list[str]:
+        ids: list[str] = []
+        while len(ids) < count:
+            msg = await cad.next(within=10)
+            if msg.WhichOneof("kind") == "alert_raised":
+                ids.append(msg.event_id)
+        return ids
+
+    try:
+        assert await raised_again(3) == ["1-0", "2-0", "3-0"]
+        # A notice numbered by a clock far ahead (the old host's, as the hub sees it):
+        # it rewinds the CAD, which shows the hub has read it.
+        await redis_client.xadd("dispatch:rewrites", {"department": dept.id, "from_seq": "1"}, id="99999999999999-0")
+        assert await raised_again(3) == ["1-0", "2-0", "3-0"]
+        # Redis comes back empty: the notices are gone and every connection dropped.
+        await redis_client.delete("dispatch:rewrites")
+        readers = [c["id"] for c in await redis_client.client_list() if c["cmd"] == "xread"]
+        assert readers, "the hub's reader, blocked in XREAD"
+        for client_id in readers:
+            await redis_client.client_kill_filter(_id=client_id)
+        # Two entries lost too: the relay puts them back with a notice numbered now.
+        await redis_client.xdel(f"dispatch:{dept.id}", "1-0", "2-0")
+        assert await raised_again(2) == ["1-0", "2-0"]
+    finally:
+        await cad.close()
+
+
 async def test_a_stream_redis_lost_is_rewritten_in_order_without_what_was_acknowledged(
     api: Api, redis_client: aioredis.Redis, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -173,6 +173,8 @@ class DispatchHub:
         # seq were read before, and are sent again as redeliveries.
         self._replay_through: dict[str, int] = {}
         self._rewrites_cursor: str | None = None
+        # False after a reconnect until the cursor was checked against what Redis holds.
+        self._rewrites_checked = True
         # Per department: the newest rewrite notice already reflected in its cursor.
         self._rewrites_seen: dict[str, tuple[int, int]] = {}
         self._changed = asyncio.Event()
@@ -441,6 +443,9 @@ class DispatchHub:
                 if self._rewrites_cursor is None:
                     last = await self._reader.xrevrange(DISPATCH_REWRITES, count=1)
                     self._rewrites_cursor = last[0][0] if last else "0-0"
+                elif not self._rewrites_checked:
+                    await self._check_rewrites_cursor()
+                self._rewrites_checked = True
                 streams = {DISPATCH_REWRITES: self._rewrites_cursor}
                 streams.update((dispatch_stream(d), cursor) for d, cursor in self._cursors.items())
                 response = await self._reader.xread(streams, count=500, block=5000)
@@ -453,6 +458,7 @@ class DispatchHub:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("dispatch reader: Redis unavailable (%s); retrying", type(exc).__name__)
                 self._reader_id = None
+                self._rewrites_checked = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -470,6 +476,20 @@ class DispatchHub:
                 self._fan_out(department_id, entries, redelivery=False, replay_through=replay_through)
                 if replay_through and entries and (seq_of(entries[-1][0]) or 0) >= replay_through:
                     del self._replay_through[department_id]
+
+    async def _check_rewrites_cursor(self) -> None:
+        """After a reconnect: a Redis that came back empty (a restart without
+        persistence, a failover to another host) numbers new notices from its own clock,
+        which may be behind the ids read before; reading on after the old cursor would
+        miss them. The stream then ends below the cursor (or is gone): read it from its
+        start, and forget which notices the departments' cursors reflect (those ids
+        belonged to the lost stream; at worst a replay is sent twice)."""
+        last = await self._reader.xrevrange(DISPATCH_REWRITES, count=1)
+        assert self._rewrites_cursor is not None
+        if not last or _entry_key(last[0][0]) < _entry_key(self._rewrites_cursor):
+            log.warning("dispatch reader: the rewrite notices Redis holds end before the ones read; reading them anew")
+            self._rewrites_cursor = "0-0"
+            self._rewrites_seen = dict.fromkeys(self._rewrites_seen, (0, 0))
 
     def _rewind(self, notices: list[tuple[str, dict[str, str]]]) -> set[str]:
         """Moves the cursor of each rewritten stream back to before the first event put
