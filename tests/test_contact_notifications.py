@@ -5,69 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 
 from securenow.server.workers.contact_notifier import ContactGatewayConfig
 from securenow.v1 import sos_pb2, users_pb2
 from tests.conftest import make_settings
 from tests.dispatch_helpers import SF, raise_sos
 from tests.helpers import Account, Api, wait_for
+from tests.receivers import PostReceiver, post_receiver, verify_signature
 
 SECRET = "contact-gateway-secret-0123456789"
 SENT = sos_pb2.CONTACT_NOTIFICATION_STATUS_SENT
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Checks X-SecureNow-Signature as a gateway would (independently of the server's code)."""
-    parts = dict(p.split("=", 1) for p in headers["X-SecureNow-Signature"].split(","))
-    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts["v1"])
-
-
-class Gateway:
-    """The operator's SMS/voice gateway: records each POST, answers `statuses` in turn
-    (then 200)."""
-
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
-        self.statuses: list[int] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.received.put_nowait((dict(request.headers), await request.read()))
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
-
-
 @pytest.fixture
-async def gateway(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    server = Gateway()
-    app = web.Application()
-    app.router.add_post("/notify", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"http://127.0.0.1:{port}/notify"
-    settings = make_settings(
-        contact_notify_url=server.url,
-        contact_notify_secret=SECRET,
-        contact_notify_max_attempts=3,
-        contact_notify_base_delay_seconds=0.05,
-        contact_notify_timeout_seconds=2.0,
-    )
-    # The session server's notifier sends to this gateway for the test (restored after).
-    monkeypatch.setattr(api.app.contact_notifier, "config", ContactGatewayConfig.from_settings(settings))
-    yield server
-    await runner.cleanup()
+async def gateway(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PostReceiver]:
+    """The operator's SMS/voice gateway."""
+    async with post_receiver("/notify") as server:
+        settings = make_settings(
+            contact_notify_url=server.url,
+            contact_notify_secret=SECRET,
+            contact_notify_max_attempts=3,
+            contact_notify_base_delay_seconds=0.05,
+            contact_notify_timeout_seconds=2.0,
+        )
+        # The session server's notifier sends to this gateway for the test (restored after).
+        monkeypatch.setattr(api.app.contact_notifier, "config", ContactGatewayConfig.from_settings(settings))
+        yield server
 
 
 async def person_with_contacts(api: Api, *contacts: users_pb2.EmergencyContact) -> Account:
@@ -100,15 +69,15 @@ async def handled(db_conn: asyncpg.Connection, alert_id: str) -> dict[str, Any] 
 
 
 async def test_each_contact_gets_a_signed_post_and_the_alert_shows_them_sent(
-    api: Api, gateway: Gateway, db_conn: asyncpg.Connection
+    api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
 ) -> None:
     person = await person_with_contacts(api, SIS, DAD)
     alert = await raise_sos(api, person, SF)
     posts = [await asyncio.wait_for(gateway.received.get(), 10) for _ in range(2)]
     messages = []
     for headers, body in posts:
-        assert verify(SECRET, headers, body)
-        assert not verify("wrong-secret", headers, body)
+        assert verify_signature(SECRET, headers, body)
+        assert not verify_signature("wrong-secret", headers, body)
         assert headers["X-SecureNow-Event-Type"] == "sos.contact_notify"
         message = json.loads(body)
         assert headers["X-SecureNow-Event-Id"] == message["event_id"]
@@ -137,7 +106,7 @@ async def test_each_contact_gets_a_signed_post_and_the_alert_shows_them_sent(
     assert gateway.received.empty()  # one POST per contact, no more
 
 
-async def test_a_failing_gateway_is_retried_until_it_accepts(api: Api, gateway: Gateway) -> None:
+async def test_a_failing_gateway_is_retried_until_it_accepts(api: Api, gateway: PostReceiver) -> None:
     gateway.statuses = [500]
     person = await person_with_contacts(api, SIS)
     alert = await raise_sos(api, person, None)
@@ -151,7 +120,7 @@ async def test_a_failing_gateway_is_retried_until_it_accepts(api: Api, gateway: 
 
 
 async def test_a_gateway_that_never_accepts_is_recorded_failed(
-    api: Api, gateway: Gateway, db_conn: asyncpg.Connection
+    api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
 ) -> None:
     gateway.statuses = [503] * 10
     person = await person_with_contacts(api, DAD)
@@ -184,7 +153,7 @@ async def test_without_a_gateway_contacts_are_recorded_not_configured(api: Api, 
 
 
 async def test_a_person_without_contacts_gets_an_empty_list_and_no_post(
-    api: Api, gateway: Gateway, db_conn: asyncpg.Connection
+    api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
 ) -> None:
     person = await api.sign_up()
     alert = await raise_sos(api, person, SF)
@@ -200,7 +169,7 @@ async def test_a_person_without_contacts_gets_an_empty_list_and_no_post(
 
 
 async def test_an_alert_found_after_the_window_is_recorded_expired_not_sent(
-    api: Api, gateway: Gateway, db_conn: asyncpg.Connection
+    api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
 ) -> None:
     person = await person_with_contacts(api, SIS)
     # An alert raised two hours ago that nobody handled (an outage): written directly.

@@ -3,67 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from securenow.v1 import agency_pb2
 from tests.dispatch_helpers import SF, Cad, raise_sos, register_department
 from tests.helpers import Api, wait_for
 from tests.processes import free_port
-
-
-class HookServer:
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
-        self.arrivals: list[float] = []  # time.monotonic() of each POST
-        self.status = 200
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.arrivals.append(time.monotonic())
-        self.received.put_nowait((dict(request.headers), await request.read()))
-        return web.Response(status=self.status)
+from tests.receivers import PostReceiver, post_receiver, verify_signature
 
 
 @pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = HookServer()
-    app = web.Application()
-    app.router.add_post("/hook", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"http://127.0.0.1:{port}/hook"
-    yield server
-    await runner.cleanup()
+async def hook() -> AsyncIterator[PostReceiver]:
+    async with post_receiver("/hook") as receiver:
+        yield receiver
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    parts = dict(p.split("=", 1) for p in headers["X-SecureNow-Signature"].split(","))
-    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts["v1"])
-
-
-async def test_status_changes_are_posted_signed_to_the_webhook(api: Api, hook: HookServer) -> None:
+async def test_status_changes_are_posted_signed_to_the_webhook(api: Api, hook: PostReceiver) -> None:
     admin = await api.admin()
     dept = await register_department(api, admin, SF, webhook_url=hook.url)
     assert dept.webhook_secret.startswith("whsec_")
     person = await api.sign_up()
     alert = await raise_sos(api, person, SF)
     headers, body = await asyncio.wait_for(hook.received.get(), 10)
-    assert verify(dept.webhook_secret, headers, body)
-    assert not verify("whsec_wrong", headers, body)
+    assert verify_signature(dept.webhook_secret, headers, body)
+    assert not verify_signature("whsec_wrong", headers, body)
     event = json.loads(body)
     assert headers["X-SecureNow-Event-Type"] == event["event_type"] == "alert_raised"
     assert headers["X-SecureNow-Event-Id"] == event["event_id"]
@@ -77,11 +46,11 @@ async def test_status_changes_are_posted_signed_to_the_webhook(api: Api, hook: H
     event = json.loads(body)
     assert event["event_type"] == "incident_updated"
     assert event["data"]["incident"]["status"] == "dispatched"
-    assert verify(dept.webhook_secret, headers, body)
+    assert verify_signature(dept.webhook_secret, headers, body)
 
 
 async def test_failing_webhook_is_retried_with_backoff_then_dead_lettered(
-    api: Api, hook: HookServer, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    api: Api, hook: PostReceiver, db_conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sender, base_delay = api.app.webhooks, 0.5
     # The sender looks for due deliveries every 0.5 s, which would blur retry gaps of a
@@ -113,7 +82,7 @@ async def test_failing_webhook_is_retried_with_backoff_then_dead_lettered(
     assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
 
 
-async def test_webhooks_keep_flowing_while_the_relay_cannot_reach_redis(api: Api, hook: HookServer, db_conn) -> None:  # type: ignore[no-untyped-def]
+async def test_webhooks_keep_flowing_while_the_relay_cannot_reach_redis(api: Api, hook: PostReceiver, db_conn) -> None:  # type: ignore[no-untyped-def]
     admin = await api.admin()
     dept = await register_department(api, admin, SF, webhook_url=hook.url)
     person = await api.sign_up()
@@ -126,7 +95,7 @@ async def test_webhooks_keep_flowing_while_the_relay_cannot_reach_redis(api: Api
         alert = await raise_sos(api, person, SF)
         headers, body = await asyncio.wait_for(hook.received.get(), 10)
         event = json.loads(body)
-        assert verify(dept.webhook_secret, headers, body)
+        assert verify_signature(dept.webhook_secret, headers, body)
         assert event["event_type"] == "alert_raised"
         assert event["data"]["alert"]["id"] == alert.id
         published = await db_conn.fetchval(
