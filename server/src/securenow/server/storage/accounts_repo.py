@@ -12,8 +12,8 @@ from securenow.server.domain.accounts import EmergencyContact, SignUp, User
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists
 from securenow.server.domain.geo import LocationFix
-from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
-from securenow.server.storage.rows import Conn, must, sid
+from securenow.server.domain.paging import PageRequest
+from securenow.server.storage.rows import Conn, must, newest_first, sid
 
 USER_COLUMNS = """u.id, u.email, u.phone, u.first_name, u.last_name, u.role, u.status, u.safety_score,
     u.location_data, u.emergency_contacts, u.created_at, u.updated_at, u.last_active,
@@ -200,26 +200,14 @@ class AccountsRepo:
         status: UserStatus | None,
         verification: VerificationStatus | None,
     ) -> tuple[list[User], list[Any] | None]:
-        where: list[str] = ["TRUE"]
+        where: list[str] = []
         args: list[Any] = []
         for column, value in (("role", role), ("status", status), ("verification_status", verification)):
             if value is not None:
                 args.append(value.value)
                 where.append(f"u.{column} = ${len(args)}")
-        after = page.keyset(cursor_time, cursor_uuid)
-        if after is not None:
-            args += after
-            where.append(f"(u.created_at, u.id) < (${len(args) - 1}, ${len(args)}::uuid)")
-        args.append(page.size + 1)
-        rows = await self.conn.fetch(
-            f"""SELECT {USER_COLUMNS} FROM users u WHERE {" AND ".join(where)}
-                ORDER BY u.created_at DESC, u.id DESC LIMIT ${len(args)}""",
-            *args,
-        )
-        users = [user_from_row(r) for r in rows[: page.size]]
-        more = len(rows) > page.size
-        cursor = [users[-1].create_time.isoformat(), users[-1].id] if more and users else None
-        return users, cursor
+        rows, cursor = await newest_first(self.conn, page, f"SELECT {USER_COLUMNS} FROM users u", "u", where, args)
+        return [user_from_row(r) for r in rows], cursor
 
     # Sessions and refresh tokens -------------------------------------------------
 

@@ -9,8 +9,8 @@ import asyncpg
 
 from securenow.server.domain.agency import ApiKeyInfo, ApiKeySecret, ContactInfo, Department, NewDepartment
 from securenow.server.domain.enums import AgencyType, DepartmentStatus
-from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
-from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
+from securenow.server.domain.paging import PageRequest
+from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, newest_first, sid
 
 DEPARTMENT_COLUMNS = """d.id, d.department_name, d.agency_type, d.jurisdiction, d.contact_info, d.webhook_url,
     d.status, d.provider_id, d.ack_timeout_seconds, d.created_at, d.updated_at"""
@@ -81,21 +81,10 @@ class AgencyRepo:
         return value
 
     async def list_departments(self, page: PageRequest) -> tuple[list[Department], list[Any] | None]:
-        args: list[Any] = []
-        where = "TRUE"
-        after = page.keyset(cursor_time, cursor_uuid)
-        if after is not None:
-            args = list(after)
-            where = "(d.created_at, d.id) < ($1, $2::uuid)"
-        args.append(page.size + 1)
-        rows = await self.conn.fetch(
-            f"""SELECT {DEPARTMENT_COLUMNS} FROM police_departments d WHERE {where}
-                ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(args)}""",
-            *args,
+        rows, cursor = await newest_first(
+            self.conn, page, f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d", "d", [], []
         )
-        items = [department_from_row(r) for r in rows[: page.size]]
-        more = len(rows) > page.size
-        return items, ([items[-1].create_time.isoformat(), items[-1].id] if more and items else None)
+        return [department_from_row(r) for r in rows], cursor
 
     async def set_department_status(self, department_id: str, status: DepartmentStatus) -> Department:
         row = await self.conn.fetchrow(
@@ -135,21 +124,15 @@ class AgencyRepo:
         return key_from_row(row) if row else None
 
     async def list_api_keys(self, department_id: str, page: PageRequest) -> tuple[list[ApiKeyInfo], list[Any] | None]:
-        args: list[Any] = [department_id]
-        where = "k.department_id = $1"
-        after = page.keyset(cursor_time, cursor_uuid)
-        if after is not None:
-            args += list(after)
-            where += " AND (k.created_at, k.id) < ($2, $3::uuid)"
-        args.append(page.size + 1)
-        rows = await self.conn.fetch(
-            f"""SELECT {KEY_COLUMNS} FROM agency_api_keys k WHERE {where}
-                ORDER BY k.created_at DESC, k.id DESC LIMIT ${len(args)}""",
-            *args,
+        rows, cursor = await newest_first(
+            self.conn,
+            page,
+            f"SELECT {KEY_COLUMNS} FROM agency_api_keys k",
+            "k",
+            ["k.department_id = $1"],
+            [department_id],
         )
-        items = [key_from_row(r) for r in rows[: page.size]]
-        more = len(rows) > page.size
-        return items, ([items[-1].create_time.isoformat(), items[-1].id] if more and items else None)
+        return [key_from_row(r) for r in rows], cursor
 
     async def get_api_key_secret(self, key_id: str) -> ApiKeySecret | None:
         row = await self.conn.fetchrow(

@@ -1,4 +1,4 @@
-"""Helpers shared by the repositories: id/geo conversions."""
+"""Helpers shared by the repositories: id/geo conversions, newest-first pages."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from securenow.server.domain.errors import InvalidArgument
 from securenow.server.domain.geo import Point
+from securenow.server.domain.paging import PageRequest, cursor_time, cursor_uuid
 
 # A connection as repositories receive it (pooled or direct).
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -52,3 +53,26 @@ async def check_area(conn: Conn, geojson: dict[str, Any], field: str) -> None:
 
 
 AREA_SQL = "ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON({param}::text), 4326))"
+
+
+async def newest_first(
+    conn: Conn, page: PageRequest, select_from: str, alias: str, where: list[str], args: list[Any]
+) -> tuple[list[asyncpg.Record], list[Any] | None]:
+    """One page of `select_from` ("SELECT ... FROM <table> <alias>") filtered by `where`
+    (conditions on $1..$len(args)), newest first by the (created_at, id) keyset. Returns
+    the page's rows and the cursor after its last one (None on the last page)."""
+    args = list(args)
+    conditions = list(where) or ["TRUE"]
+    after = page.keyset(cursor_time, cursor_uuid)
+    if after is not None:
+        args += after
+        conditions.append(f"({alias}.created_at, {alias}.id) < (${len(args) - 1}, ${len(args)}::uuid)")
+    args.append(page.size + 1)
+    rows = await conn.fetch(
+        f"""{select_from} WHERE {" AND ".join(conditions)}
+            ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT ${len(args)}""",
+        *args,
+    )
+    more = len(rows) > page.size
+    rows = rows[: page.size]
+    return rows, ([rows[-1]["created_at"].isoformat(), str(rows[-1]["id"])] if more and rows else None)

@@ -12,12 +12,12 @@ import asyncpg
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
 from securenow.server.domain.geo import LocationFix, Point
-from securenow.server.domain.paging import PageRequest, cursor_int, cursor_time, cursor_uuid
+from securenow.server.domain.paging import PageRequest, cursor_int
 from securenow.server.domain.sos import ContactNotification, PoliceIncident, SosAlert
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.outbox_repo import OutboxRow
-from securenow.server.storage.rows import Conn, geog_point, must, sid
+from securenow.server.storage.rows import Conn, geog_point, must, newest_first, sid
 
 ALERT_COLUMNS = """a.id, a.user_id, a.location_data, a.description, a.status, a.priority, a.assigned_agency,
     a.response_time, a.police_notified, a.created_at, a.resolved_at, a.metadata, a.incident_type,
@@ -238,30 +238,20 @@ class SosRepo:
     async def list_alerts(
         self, page: PageRequest, *, user_id: str | None, agency_id: str | None, status: SosStatus | None
     ) -> tuple[list[SosAlert], list[Any] | None]:
-        where: list[str] = ["TRUE"]
+        where: list[str] = []
         args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if user_id is not None:
-            where.append(f"a.user_id = {arg(user_id)}")
-        if agency_id is not None:
-            where.append(f"a.assigned_agency = {arg(agency_id)}")
-        if status is not None:
-            where.append(f"a.status = {arg(status.value)}")
-        after = page.keyset(cursor_time, cursor_uuid)
-        if after is not None:
-            where.append(f"(a.created_at, a.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
-        rows = await self.conn.fetch(
-            f"""SELECT {ALERT_COLUMNS} FROM sos_alerts a WHERE {" AND ".join(where)}
-                ORDER BY a.created_at DESC, a.id DESC LIMIT {arg(page.size + 1)}""",
-            *args,
+        for condition, value in (
+            ("a.user_id = $", user_id),
+            ("a.assigned_agency = $", agency_id),
+            ("a.status = $", status.value if status is not None else None),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(f"{condition}{len(args)}")
+        rows, cursor = await newest_first(
+            self.conn, page, f"SELECT {ALERT_COLUMNS} FROM sos_alerts a", "a", where, args
         )
-        alerts = [alert_from_row(r) for r in rows[: page.size]]
-        more = len(rows) > page.size
-        return alerts, ([alerts[-1].create_time.isoformat(), alerts[-1].id] if more and alerts else None)
+        return [alert_from_row(r) for r in rows], cursor
 
     async def lock_due_escalations(self, limit: int) -> list[str]:
         """Ids of open alerts whose acknowledgement deadline passed, locked for this
@@ -321,28 +311,19 @@ class SosRepo:
     async def list_incidents(
         self, page: PageRequest, *, department_id: str | None, status: IncidentStatus | None
     ) -> tuple[list[PoliceIncident], list[Any] | None]:
-        where: list[str] = ["TRUE"]
+        where: list[str] = []
         args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if department_id is not None:
-            where.append(f"i.police_department_id = {arg(department_id)}")
-        if status is not None:
-            where.append(f"i.status = {arg(status.value)}")
-        after = page.keyset(cursor_time, cursor_uuid)
-        if after is not None:
-            where.append(f"(i.created_at, i.id) < ({arg(after[0])}, {arg(after[1])}::uuid)")
-        rows = await self.conn.fetch(
-            f"""SELECT {INCIDENT_COLUMNS} FROM police_incidents i WHERE {" AND ".join(where)}
-                ORDER BY i.created_at DESC, i.id DESC LIMIT {arg(page.size + 1)}""",
-            *args,
+        for condition, value in (
+            ("i.police_department_id = $", department_id),
+            ("i.status = $", status.value if status is not None else None),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(f"{condition}{len(args)}")
+        rows, cursor = await newest_first(
+            self.conn, page, f"SELECT {INCIDENT_COLUMNS} FROM police_incidents i", "i", where, args
         )
-        items = [incident_from_row(r) for r in rows[: page.size]]
-        more = len(rows) > page.size
-        return items, ([items[-1].create_time.isoformat(), items[-1].id] if more and items else None)
+        return [incident_from_row(r) for r in rows], cursor
 
     # Location trail -----------------------------------------------------------------
 
