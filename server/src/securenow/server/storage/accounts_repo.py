@@ -200,13 +200,9 @@ class AccountsRepo:
         status: UserStatus | None,
         verification: VerificationStatus | None,
     ) -> tuple[list[User], list[Any] | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("role", role), ("status", status), ("verification_status", verification)):
-            if value is not None:
-                args.append(value.value)
-                where.append(f"u.{column} = ${len(args)}")
-        rows, cursor = await newest_first(self.conn, page, f"SELECT {USER_COLUMNS} FROM users u", "u", where, args)
+        filters = {"u.role": role, "u.status": status, "u.verification_status": verification}
+        equal = {column: None if value is None else value.value for column, value in filters.items()}
+        rows, cursor = await newest_first(self.conn, page, f"SELECT {USER_COLUMNS} FROM users u", "u", equal)
         return [user_from_row(r) for r in rows], cursor
 
     # Sessions and refresh tokens -------------------------------------------------

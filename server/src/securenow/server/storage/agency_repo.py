@@ -82,7 +82,7 @@ class AgencyRepo:
 
     async def list_departments(self, page: PageRequest) -> tuple[list[Department], list[Any] | None]:
         rows, cursor = await newest_first(
-            self.conn, page, f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d", "d", [], []
+            self.conn, page, f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d", "d", {}
         )
         return [department_from_row(r) for r in rows], cursor
 
@@ -124,14 +124,8 @@ class AgencyRepo:
         return key_from_row(row) if row else None
 
     async def list_api_keys(self, department_id: str, page: PageRequest) -> tuple[list[ApiKeyInfo], list[Any] | None]:
-        rows, cursor = await newest_first(
-            self.conn,
-            page,
-            f"SELECT {KEY_COLUMNS} FROM agency_api_keys k",
-            "k",
-            ["k.department_id = $1"],
-            [department_id],
-        )
+        select = f"SELECT {KEY_COLUMNS} FROM agency_api_keys k"
+        rows, cursor = await newest_first(self.conn, page, select, "k", {"k.department_id": department_id})
         return [key_from_row(r) for r in rows], cursor
 
     async def get_api_key_secret(self, key_id: str) -> ApiKeySecret | None:

@@ -56,13 +56,18 @@ AREA_SQL = "ST_Multi(ST_SetSRID(ST_GeomFromGeoJSON({param}::text), 4326))"
 
 
 async def newest_first(
-    conn: Conn, page: PageRequest, select_from: str, alias: str, where: list[str], args: list[Any]
+    conn: Conn, page: PageRequest, select_from: str, alias: str, equal: dict[str, Any]
 ) -> tuple[list[asyncpg.Record], list[Any] | None]:
-    """One page of `select_from` ("SELECT ... FROM <table> <alias>") filtered by `where`
-    (conditions on $1..$len(args)), newest first by the (created_at, id) keyset. Returns
-    the page's rows and the cursor after its last one (None on the last page)."""
-    args = list(args)
-    conditions = list(where) or ["TRUE"]
+    """One page of `select_from` ("SELECT ... FROM <table> <alias>") where each column of
+    `equal` has its value (None: not filtered), newest first by the (created_at, id)
+    keyset. Returns the page's rows and the cursor after its last one (None on the last
+    page)."""
+    args: list[Any] = []
+    conditions = ["TRUE"]
+    for column, value in equal.items():
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
     after = page.keyset(cursor_time, cursor_uuid)
     if after is not None:
         args += after

@@ -238,19 +238,12 @@ class SosRepo:
     async def list_alerts(
         self, page: PageRequest, *, user_id: str | None, agency_id: str | None, status: SosStatus | None
     ) -> tuple[list[SosAlert], list[Any] | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        for condition, value in (
-            ("a.user_id = $", user_id),
-            ("a.assigned_agency = $", agency_id),
-            ("a.status = $", status.value if status is not None else None),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{condition}{len(args)}")
-        rows, cursor = await newest_first(
-            self.conn, page, f"SELECT {ALERT_COLUMNS} FROM sos_alerts a", "a", where, args
-        )
+        equal = {
+            "a.user_id": user_id,
+            "a.assigned_agency": agency_id,
+            "a.status": None if status is None else status.value,
+        }
+        rows, cursor = await newest_first(self.conn, page, f"SELECT {ALERT_COLUMNS} FROM sos_alerts a", "a", equal)
         return [alert_from_row(r) for r in rows], cursor
 
     async def lock_due_escalations(self, limit: int) -> list[str]:
@@ -311,18 +304,9 @@ class SosRepo:
     async def list_incidents(
         self, page: PageRequest, *, department_id: str | None, status: IncidentStatus | None
     ) -> tuple[list[PoliceIncident], list[Any] | None]:
-        where: list[str] = []
-        args: list[Any] = []
-        for condition, value in (
-            ("i.police_department_id = $", department_id),
-            ("i.status = $", status.value if status is not None else None),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{condition}{len(args)}")
-        rows, cursor = await newest_first(
-            self.conn, page, f"SELECT {INCIDENT_COLUMNS} FROM police_incidents i", "i", where, args
-        )
+        equal = {"i.police_department_id": department_id, "i.status": None if status is None else status.value}
+        select = f"SELECT {INCIDENT_COLUMNS} FROM police_incidents i"
+        rows, cursor = await newest_first(self.conn, page, select, "i", equal)
         return [incident_from_row(r) for r in rows], cursor
 
     # Location trail -----------------------------------------------------------------
