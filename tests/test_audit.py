@@ -168,6 +168,7 @@ async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
     await api.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=person.refresh_token))
     # The department looks through its alerts, reads the trail and watches the alert.
     await api.sos.ListSosAlerts(sos_pb2.ListSosAlertsRequest(), metadata=dept.md)
+    incidents = await api.agency.ListIncidents(agency_pb2.ListIncidentsRequest(), metadata=dept.md)
     await api.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=dept.md)
     watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=dept.md)
     assert (await watch.read()).event == "snapshot"
@@ -187,6 +188,10 @@ async def test_sharing_refreshing_and_agency_reads_of_an_emergency_are_audited(
     (listing,) = by_action["sos.list"]
     assert listing["actor_id"] == dept.key_id
     assert json.loads(listing["details"])["alert_ids"] == [alert.id]
+    (incident_listing,) = by_action["incident.list"]
+    assert incident_listing["actor_id"] == dept.key_id
+    assert json.loads(incident_listing["details"])["incident_ids"] == [i.id for i in incidents.incidents]
+    assert len(incidents.incidents) == 1
     for action in ("sos.trail_read", "sos.watch"):
         (row,) = by_action[action]
         assert (row["actor_type"], row["actor_id"], row["resource_id"]) == ("api_key", dept.key_id, alert.id)
@@ -265,3 +270,34 @@ async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api,
     found = await wait_for(acks, within=20, what="the stream's acks in the audit log")
     assert ("user", dispatcher.id, dept.id, received[2].event_id) in found
     assert {f[2] for f in found} == {dept.id}
+
+
+async def test_a_stream_command_refused_on_another_departments_alert_is_audited(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """Probing another department's alerts over StreamDispatch leaves the same trace as
+    doing it with AcceptSosAlert; a command with merely bad input does not."""
+    admin = await api.admin()
+    await register_department(api, admin, SF, name="Metro PD")
+    other = await register_department(api, admin, (SF[0] + 5, SF[1]), name="Far PD")
+    alert = await raise_sos(api, await api.sign_up(), SF)
+    cad = Cad(api.channel, other.api_key)
+    try:
+        accepted = await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="U1"))
+        declined = await cad.command(decline=agency_pb2.DeclineAlert(alert_id=alert.id))
+        malformed = await cad.command(accept=agency_pb2.AcceptAlert(alert_id="not-an-id"))
+    finally:
+        await cad.close()
+    assert [r.code for r in (accepted, declined, malformed)] == [
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.NOT_FOUND.value[0],
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+    ]
+    rows = await db_conn.fetch(
+        "SELECT action, outcome, details FROM audit_log WHERE actor_id = $1 AND action LIKE 'rpc:%' ORDER BY id",
+        other.key_id,
+    )
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("rpc:/securenow.v1.AgencyService/StreamDispatch:accept", "NOT_FOUND"),
+        ("rpc:/securenow.v1.AgencyService/StreamDispatch:decline", "NOT_FOUND"),
+    ]

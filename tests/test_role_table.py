@@ -104,6 +104,7 @@ REFUSED: dict[str, frozenset[Caller]] = {
     "AgencyService/RegisterDepartment": ALL_BUT_ADMINS,
     "AgencyService/GetDepartment": CUSTOMERS,
     "AgencyService/ListDepartments": ALL_BUT_ADMINS,
+    "AgencyService/UpdateDepartment": ALL_BUT_ADMINS,
     "AgencyService/IssueApiKey": ALL_BUT_ADMINS,
     "AgencyService/RevokeApiKey": ALL_BUT_ADMINS,
     "AgencyService/ListApiKeys": ALL_BUT_ADMINS,

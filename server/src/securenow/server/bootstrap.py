@@ -119,6 +119,8 @@ class App:
             sos=sos,
             agency=AgencyService(
                 db,
+                live,
+                dispatch,
                 encryptor,
                 api_keys,
                 default_ack_timeout_seconds=settings.ack_timeout_seconds,

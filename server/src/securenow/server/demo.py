@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from securenow.server.bootstrap import App
 from securenow.server.domain.accounts import Principal, PrincipalKind, User
-from securenow.server.domain.agency import ContactInfo
+from securenow.server.domain.agency import ContactInfo, DepartmentDraft
 from securenow.server.domain.enums import AgencyType, ProviderType, Role, ServiceType, VerificationStatus
 from securenow.server.domain.errors import AlreadyExists, DomainError, FailedPrecondition
 from securenow.server.domain.geo import LocationInput, Point
@@ -58,13 +58,13 @@ async def _department(app: App, admin: User) -> str:
         return str(existing)
     department, _ = await app.agency.register(
         _as(admin),
-        department_name=DEPARTMENT_NAME,
-        jurisdiction_geojson=_sf_jurisdiction(),
-        contact_info=ContactInfo(contact_name="Dispatch desk", phone="+14155550100"),
-        webhook_url="",
+        DepartmentDraft(
+            department_name=DEPARTMENT_NAME,
+            jurisdiction_geojson=_sf_jurisdiction(),
+            contact_info=ContactInfo(contact_name="Dispatch desk", phone="+14155550100"),
+        ),
         agency_type=AgencyType.POLICE_DEPARTMENT,
         provider_id="",
-        ack_timeout_seconds=None,
         key=None,
     )
     return department.id

@@ -170,6 +170,7 @@ class Runtime:
                 app.dispatch,
                 app.dispatch_hub,
                 app.credentials,
+                app.audit.record_failure,
                 heartbeat_interval=app.settings.dispatch_heartbeat_seconds,
                 client_idle_timeout=app.settings.dispatch_idle_timeout_seconds,
             ),

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -411,6 +412,62 @@ class ListDepartmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDepartmentsResponse: _TypeAlias = ListDepartmentsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateDepartmentRequest(_message.Message):
+    """Request for AgencyService.UpdateDepartment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def department(self) -> Global___Department:
+        """The new values; `department.id` names the department."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to update: department_name, contact_info, webhook_url,
+        jurisdiction_geojson, ack_timeout, status.
+        """
+
+    def __init__(
+        self,
+        *,
+        department: Global___Department | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDepartmentRequest: _TypeAlias = UpdateDepartmentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDepartmentResponse(_message.Message):
+    """Response for AgencyService.UpdateDepartment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def department(self) -> Global___Department:
+        """The updated department."""
+
+    def __init__(
+        self,
+        *,
+        department: Global___Department | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["department", b"department"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDepartmentResponse: _TypeAlias = UpdateDepartmentResponse  # noqa: Y015
 
 @_typing.final
 class IssueApiKeyRequest(_message.Message):

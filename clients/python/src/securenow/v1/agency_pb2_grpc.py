@@ -55,6 +55,11 @@ class AgencyServiceStub:
                 request_serializer=securenow_dot_v1_dot_agency__pb2.ListDepartmentsRequest.SerializeToString,
                 response_deserializer=securenow_dot_v1_dot_agency__pb2.ListDepartmentsResponse.FromString,
                 _registered_method=True)
+        self.UpdateDepartment = channel.unary_unary(
+                '/securenow.v1.AgencyService/UpdateDepartment',
+                request_serializer=securenow_dot_v1_dot_agency__pb2.UpdateDepartmentRequest.SerializeToString,
+                response_deserializer=securenow_dot_v1_dot_agency__pb2.UpdateDepartmentResponse.FromString,
+                _registered_method=True)
         self.IssueApiKey = channel.unary_unary(
                 '/securenow.v1.AgencyService/IssueApiKey',
                 request_serializer=securenow_dot_v1_dot_agency__pb2.IssueApiKeyRequest.SerializeToString,
@@ -140,6 +145,18 @@ class AgencyServiceServicer:
 
     def ListDepartments(self, request, context):
         """Lists departments (admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDepartment(self, request, context):
+        """Changes a department (admin only): name, contacts, webhook, jurisdiction,
+        acknowledgement timeout or status. A department set INACTIVE or SUSPENDED stops
+        receiving alerts at once: its API keys and dispatchers stop working, its open
+        streams close within seconds, and alerts routed to it but not yet accepted are
+        rerouted. Returns NOT_FOUND for an unknown department, INVALID_ARGUMENT for an
+        empty or unknown update_mask path or a bad value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +274,11 @@ def add_AgencyServiceServicer_to_server(servicer, server):
                     servicer.ListDepartments,
                     request_deserializer=securenow_dot_v1_dot_agency__pb2.ListDepartmentsRequest.FromString,
                     response_serializer=securenow_dot_v1_dot_agency__pb2.ListDepartmentsResponse.SerializeToString,
+            ),
+            'UpdateDepartment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDepartment,
+                    request_deserializer=securenow_dot_v1_dot_agency__pb2.UpdateDepartmentRequest.FromString,
+                    response_serializer=securenow_dot_v1_dot_agency__pb2.UpdateDepartmentResponse.SerializeToString,
             ),
             'IssueApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueApiKey,
@@ -401,6 +423,33 @@ class AgencyService:
             '/securenow.v1.AgencyService/ListDepartments',
             securenow_dot_v1_dot_agency__pb2.ListDepartmentsRequest.SerializeToString,
             securenow_dot_v1_dot_agency__pb2.ListDepartmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDepartment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/securenow.v1.AgencyService/UpdateDepartment',
+            securenow_dot_v1_dot_agency__pb2.UpdateDepartmentRequest.SerializeToString,
+            securenow_dot_v1_dot_agency__pb2.UpdateDepartmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

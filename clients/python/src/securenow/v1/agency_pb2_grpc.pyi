@@ -50,6 +50,14 @@ class AgencyServiceStub:
     """
     ListDepartments: _grpc.UnaryUnaryMultiCallable[_agency_pb2.ListDepartmentsRequest, _agency_pb2.ListDepartmentsResponse]
     """Lists departments (admin only)."""
+    UpdateDepartment: _grpc.UnaryUnaryMultiCallable[_agency_pb2.UpdateDepartmentRequest, _agency_pb2.UpdateDepartmentResponse]
+    """Changes a department (admin only): name, contacts, webhook, jurisdiction,
+    acknowledgement timeout or status. A department set INACTIVE or SUSPENDED stops
+    receiving alerts at once: its API keys and dispatchers stop working, its open
+    streams close within seconds, and alerts routed to it but not yet accepted are
+    rerouted. Returns NOT_FOUND for an unknown department, INVALID_ARGUMENT for an
+    empty or unknown update_mask path or a bad value.
+    """
     IssueApiKey: _grpc.UnaryUnaryMultiCallable[_agency_pb2.IssueApiKeyRequest, _agency_pb2.IssueApiKeyResponse]
     """Issues an API key for a department (admin only). The key is shown once and
     stored hashed. Returns NOT_FOUND for an unknown department.
@@ -122,6 +130,14 @@ class AgencyServiceAsyncStub(AgencyServiceStub):
     """
     ListDepartments: _aio.UnaryUnaryMultiCallable[_agency_pb2.ListDepartmentsRequest, _agency_pb2.ListDepartmentsResponse]  # type: ignore[assignment]
     """Lists departments (admin only)."""
+    UpdateDepartment: _aio.UnaryUnaryMultiCallable[_agency_pb2.UpdateDepartmentRequest, _agency_pb2.UpdateDepartmentResponse]  # type: ignore[assignment]
+    """Changes a department (admin only): name, contacts, webhook, jurisdiction,
+    acknowledgement timeout or status. A department set INACTIVE or SUSPENDED stops
+    receiving alerts at once: its API keys and dispatchers stop working, its open
+    streams close within seconds, and alerts routed to it but not yet accepted are
+    rerouted. Returns NOT_FOUND for an unknown department, INVALID_ARGUMENT for an
+    empty or unknown update_mask path or a bad value.
+    """
     IssueApiKey: _aio.UnaryUnaryMultiCallable[_agency_pb2.IssueApiKeyRequest, _agency_pb2.IssueApiKeyResponse]  # type: ignore[assignment]
     """Issues an API key for a department (admin only). The key is shown once and
     stored hashed. Returns NOT_FOUND for an unknown department.
@@ -209,6 +225,20 @@ class AgencyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agency_pb2.ListDepartmentsResponse, _abc.Awaitable[_agency_pb2.ListDepartmentsResponse]]:
         """Lists departments (admin only)."""
+
+    @_abc_1.abstractmethod
+    def UpdateDepartment(
+        self,
+        request: _agency_pb2.UpdateDepartmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agency_pb2.UpdateDepartmentResponse, _abc.Awaitable[_agency_pb2.UpdateDepartmentResponse]]:
+        """Changes a department (admin only): name, contacts, webhook, jurisdiction,
+        acknowledgement timeout or status. A department set INACTIVE or SUSPENDED stops
+        receiving alerts at once: its API keys and dispatchers stop working, its open
+        streams close within seconds, and alerts routed to it but not yet accepted are
+        rerouted. Returns NOT_FOUND for an unknown department, INVALID_ARGUMENT for an
+        empty or unknown update_mask path or a bad value.
+        """
 
     @_abc_1.abstractmethod
     def IssueApiKey(

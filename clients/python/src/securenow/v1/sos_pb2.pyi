@@ -562,7 +562,8 @@ class WatchSosResponse(_message.Message):
     INCIDENT_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     """What happened: "snapshot", "location", "accepted", "declined", "escalated",
-    "incident_updated", "cancelled" or "resolved".
+    "rerouted" (the agency stopped taking alerts), "incident_updated", "cancelled"
+    or "resolved".
     """
     @_builtins.property
     def alert(self) -> Global___SosAlert:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,18 @@ class ApiKeySecret:
 
 
 @dataclass(frozen=True)
+class DepartmentDraft:
+    """A department's editable fields as a caller sent them, not yet validated."""
+
+    department_name: str = ""
+    jurisdiction_geojson: str = ""
+    contact_info: ContactInfo = ContactInfo()
+    webhook_url: str = ""
+    ack_timeout_seconds: int | None = None  # None: unset (the server default on register)
+    status: DepartmentStatus | None = None
+
+
+@dataclass(frozen=True)
 class NewDepartment:
     department_name: str
     agency_type: AgencyType
@@ -63,4 +75,3 @@ class NewDepartment:
     webhook_url: str
     provider_id: str | None
     ack_timeout_seconds: int
-    extra: dict[str, Any] = field(default_factory=dict)

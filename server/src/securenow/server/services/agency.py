@@ -5,30 +5,40 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from securenow.server.domain.accounts import Principal
-from securenow.server.domain.agency import ApiKeyInfo, ContactInfo, Department, NewDepartment
-from securenow.server.domain.enums import AgencyType
+from securenow.server.domain.agency import ApiKeyInfo, ContactInfo, Department, DepartmentDraft, NewDepartment
+from securenow.server.domain.enums import AgencyType, DepartmentStatus
 from securenow.server.domain.errors import NotFound
 from securenow.server.domain.geo import validate_area_geojson
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_uuid
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.security.tokens import OpaqueSecretCodec
-from securenow.server.services.common import replayed_resource
+from securenow.server.services.common import replace_sessions, replayed_resource
+from securenow.server.services.dispatch import DispatchService
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
+from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
 
 MIN_ACK_TIMEOUT = 1
 MAX_ACK_TIMEOUT = 600
+# What an admin can change after registration (UpdateDepartment's update_mask paths).
+UPDATE_PATHS = ("department_name", "contact_info", "webhook_url", "jurisdiction_geojson", "ack_timeout", "status")
+REGISTER_PATHS = tuple(p for p in UPDATE_PATHS if p != "status")
 
 
 class AgencyService:
     def __init__(
         self,
         db: Database,
+        live: LiveState,
+        dispatch: DispatchService,
         encryptor: FieldEncryptor,
         api_keys: OpaqueSecretCodec,
         *,
@@ -37,6 +47,8 @@ class AgencyService:
         on_key_revoked: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
+        self._live = live
+        self._dispatch = dispatch
         self._enc = encryptor
         self._keys = api_keys
         self._default_timeout = default_ack_timeout_seconds
@@ -48,40 +60,21 @@ class AgencyService:
     async def register(
         self,
         caller: Principal,
+        draft: DepartmentDraft,
         *,
-        department_name: str,
-        jurisdiction_geojson: str,
-        contact_info: ContactInfo,
-        webhook_url: str,
         agency_type: AgencyType | None,
         provider_id: str,
-        ack_timeout_seconds: int | None,
         key: IdempotencyKey | None,
     ) -> tuple[Department, str | None]:
         """Returns the department and its webhook secret (None for a replayed request:
         the secret is shown once)."""
         caller.require_admin("manage departments and their API keys")
         v = Validator()
-        name = v.text("department_name", department_name, required=True, max_len=255)
-        area = validate_area_geojson(v, "jurisdiction_geojson", jurisdiction_geojson, required=True)
-        url = webhook_url.strip()
-        if url and v.characters("webhook_url", url, single_line=True):
-            parts = urlsplit(url)
-            schemes = ("https", "http") if self._allow_http else ("https",)
-            if parts.scheme not in schemes or not parts.hostname or len(url) > 500:
-                v.add("webhook_url", "must be an https:// URL of at most 500 characters")
+        if draft.ack_timeout_seconds is None:
+            draft = replace(draft, ack_timeout_seconds=self._default_timeout)
+        values = self._validate(v, draft, REGISTER_PATHS, prefix="")
         provider = v.uuid("provider_id", provider_id, required=False) or None
-        timeout = ack_timeout_seconds if ack_timeout_seconds is not None else self._default_timeout
-        v.int_range("ack_timeout", timeout, MIN_ACK_TIMEOUT, MAX_ACK_TIMEOUT)
-        with v.nested("contact_info") as c:
-            contact = ContactInfo(
-                contact_name=c.text("contact_name", contact_info.contact_name, max_len=200),
-                phone=c.phone("phone", contact_info.phone, required=False),
-                email=c.email("email", contact_info.email, required=False),
-                address=c.text("address", contact_info.address, max_len=500),
-            )
         v.check()
-        assert area is not None
         new_id = str(uuid.uuid4())
         secret = "whsec_" + secrets.token_urlsafe(32)
         async with self._db.unit_of_work() as uow:
@@ -95,13 +88,13 @@ class AgencyService:
             department = await uow.agency.create_department(
                 new_id,
                 NewDepartment(
-                    department_name=name,
+                    department_name=values["department_name"],
                     agency_type=agency_type or AgencyType.POLICE_DEPARTMENT,
-                    jurisdiction=area,
-                    contact_info=contact,
-                    webhook_url=url,
+                    jurisdiction=values["jurisdiction"],
+                    contact_info=values["contact_info"],
+                    webhook_url=values["webhook_url"],
                     provider_id=provider,
-                    ack_timeout_seconds=timeout,
+                    ack_timeout_seconds=values["ack_timeout_seconds"],
                 ),
                 self._enc.encrypt({"webhook_secret": secret}, bound_to=f"department:{new_id}"),
             )
@@ -110,6 +103,92 @@ class AgencyService:
                 AuditEntry("agency.register", "department", new_id, details={"type": department.agency_type}),
             )
         return department, secret
+
+    async def update(
+        self, caller: Principal, department_id: str, draft: DepartmentDraft, paths: list[str]
+    ) -> Department:
+        """Changes the fields named by `paths`. A department that stops being active
+        hands its alerts that no one has accepted yet to the next agency in the same
+        transaction; its keys and dispatchers stop working at once (streams close at
+        the next credential check)."""
+        caller.require_admin("manage departments and their API keys")
+        v = Validator()
+        did = v.uuid("department.id", department_id)
+        if not paths:
+            v.add("update_mask", "must name at least one field")
+        unknown = [p for p in paths if p not in UPDATE_PATHS]
+        if unknown:
+            v.add("update_mask", f"unknown or read-only paths {unknown}; allowed: {', '.join(UPDATE_PATHS)}")
+        values = self._validate(v, draft, tuple(p for p in paths if p in UPDATE_PATHS), prefix="department")
+        v.check()
+        async with self._db.unit_of_work() as uow:
+            before = await uow.agency.get_department(did, for_update=True)
+            if before is None:
+                raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
+            department = await uow.agency.update_department(did, values)
+            details: dict[str, object] = {"paths": sorted(set(paths))}
+            stopped = before.status is DepartmentStatus.ACTIVE and department.status is not DepartmentStatus.ACTIVE
+            if department.status is not before.status:
+                details["status"] = {"from": before.status.value, "to": department.status.value}
+            if stopped:
+                details["rerouted_alerts"] = await self._dispatch.reroute_from(
+                    uow, did, f"the agency is {department.status.value}"
+                )
+            await uow.audit.record(caller, AuditEntry("agency.update", "department", did, details=details))
+            if department.status is not before.status:
+                # Dispatcher accounts act for the agency only while it is active: their
+                # cached session state is replaced by one with or without the agency.
+                states = await uow.accounts.session_states(await uow.accounts.agency_session_ids(did))
+                fresh = {sid: state.to_json() for sid, state in states.items()}
+                uow.after_commit(lambda: replace_sessions(self._live, fresh))
+        if department.status is not before.status:
+            self._on_key_revoked()
+        return department
+
+    def _validate(self, v: Validator, draft: DepartmentDraft, paths: tuple[str, ...], *, prefix: str) -> dict[str, Any]:
+        """Column values for the fields named by `paths` (violations go to `v`)."""
+        values: dict[str, Any] = {}
+        with v.nested(prefix) if prefix else nullcontext(v) as d:
+            if "department_name" in paths:
+                values["department_name"] = d.text(
+                    "department_name", draft.department_name, required=True, max_len=255, single_line=True
+                )
+            if "jurisdiction_geojson" in paths:
+                values["jurisdiction"] = validate_area_geojson(
+                    d, "jurisdiction_geojson", draft.jurisdiction_geojson, required=True
+                )
+            if "webhook_url" in paths:
+                values["webhook_url"] = self._webhook_url(d, draft.webhook_url)
+            if "ack_timeout" in paths:
+                timeout = draft.ack_timeout_seconds
+                if timeout is None:
+                    d.add("ack_timeout", "is required")
+                else:
+                    d.int_range("ack_timeout", timeout, MIN_ACK_TIMEOUT, MAX_ACK_TIMEOUT)
+                values["ack_timeout_seconds"] = timeout
+            if "status" in paths:
+                if draft.status is None:
+                    d.add("status", "is required")
+                values["status"] = draft.status
+            if "contact_info" in paths:
+                c = draft.contact_info
+                with d.nested("contact_info") as cv:
+                    values["contact_info"] = ContactInfo(
+                        contact_name=cv.text("contact_name", c.contact_name, max_len=200),
+                        phone=cv.phone("phone", c.phone, required=False),
+                        email=cv.email("email", c.email, required=False),
+                        address=cv.text("address", c.address, max_len=500),
+                    )
+        return values
+
+    def _webhook_url(self, v: Validator, webhook_url: str) -> str:
+        url = webhook_url.strip()
+        if url and v.characters("webhook_url", url, single_line=True):
+            parts = urlsplit(url)
+            schemes = ("https", "http") if self._allow_http else ("https",)
+            if parts.scheme not in schemes or not parts.hostname or len(url) > 500:
+                v.add("webhook_url", "must be an https:// URL of at most 500 characters")
+        return url
 
     async def get(self, caller: Principal, department_id: str) -> Department:
         did = parse_uuid("department_id", department_id)

@@ -78,16 +78,18 @@ class CredentialMonitor:
         if not keys and not sessions:
             return
         async with self._db.reader() as uow:
-            dead_keys = set(await uow.agency.unusable_api_keys(sorted(keys))) if keys else set()
+            dead_keys = await uow.agency.unusable_api_keys(sorted(keys)) if keys else {}
             states = await uow.accounts.session_states(sorted(sessions)) if sessions else {}
         for token, w in watchers:
             error: DomainError | None
             if w.principal.kind is PrincipalKind.API_KEY:
-                error = (
-                    Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
-                    if w.principal.id in dead_keys
-                    else None
-                )
+                revoked = dead_keys.get(w.principal.id)
+                if revoked is None:
+                    error = None
+                elif revoked:
+                    error = Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
+                else:
+                    error = Unauthenticated("the department is not active", reason="DEPARTMENT_INACTIVE")
             elif w.principal.session_id is not None:
                 error = _session_problem(states.get(w.principal.session_id), w.agency_id)
             else:

@@ -110,7 +110,7 @@ class DispatchService:
         """Routes the alert (or re-routes it, skipping `passed` agencies). When every
         candidate has passed, the round starts over. Emits alert_raised to the new
         agency, and alert_escalated to the previous one when it changes hands; tells
-        the person's WatchSos with `watch` ("escalated", "declined"; the default,
+        the person's WatchSos with `watch` ("escalated", "declined", "rerouted"; the default,
         "incident_updated", is the first routing of an alert raised without a fix:
         it now has an agency and an incident)."""
         point = alert.location.point if alert.location else None
@@ -194,6 +194,22 @@ class DispatchService:
                 details={"from": previous, "to": alert.assigned_agency_id, "priority": alert.priority},
             ),
         )
+
+    async def reroute_from(self, uow: UnitOfWork, department_id: str, reason: str) -> int:
+        """Hands the alerts routed to a department that stopped taking alerts, and not
+        accepted yet, to the next agency now (same priority). Returns how many."""
+        ids = await uow.sos.lock_unaccepted_of(department_id)
+        for alert_id in ids:
+            alert = await uow.sos.get_alert(alert_id)
+            assert alert is not None
+            await self.assign(
+                uow, alert, passed=[*alert.passed_agencies, department_id], reason=reason, watch="rerouted"
+            )
+            await uow.audit.record(
+                None,
+                AuditEntry("sos.reroute", "sos_alert", alert_id, details={"from": department_id, "reason": reason}),
+            )
+        return len(ids)
 
     # Agency commands ----------------------------------------------------------------
 
@@ -365,4 +381,7 @@ class DispatchService:
         page = page_request(page_size, page_token, filters=("incidents", department, status))
         async with reads_of(self._db, principal) as uow:
             items, cursor = await uow.sos.list_incidents(page, department_id=department, status=status)
+            # Agencies and admins reading emergencies: audited, like sos.list and incident.read.
+            details = {"status": status.value if status else None, "incident_ids": [i.id for i in items]}
+            await uow.audit.record(principal, AuditEntry("incident.list", "police_incident", None, details=details))
         return items, page.next_token(cursor)

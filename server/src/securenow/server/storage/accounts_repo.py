@@ -268,15 +268,28 @@ class AccountsRepo:
         )
         return [str(r["id"]) for r in rows]
 
+    async def agency_session_ids(self, agency_id: str) -> list[str]:
+        """Live sessions of the agency's dispatchers."""
+        rows = await self.conn.fetch(
+            """SELECT s.id FROM auth_sessions s JOIN users u ON u.id = s.user_id
+               WHERE u.agency_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()""",
+            agency_id,
+        )
+        return [str(r["id"]) for r in rows]
+
     async def session_state(self, session_id: str) -> SessionState | None:
         return (await self.session_states([session_id])).get(session_id)
 
     async def session_states(self, session_ids: list[str]) -> dict[str, SessionState]:
         """The state of each of these sessions that exists, by id (one query)."""
         rows = await self.conn.fetch(
-            """SELECT s.id, s.user_id, u.role, u.status, u.agency_id,
+            # A dispatcher acts for the agency only while it is active.
+            """SELECT s.id, s.user_id, u.role, u.status,
+                      CASE WHEN d.status = 'active' THEN u.agency_id END AS agency_id,
                       (s.revoked_at IS NULL AND s.expires_at > now()) AS live
-               FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ANY($1::uuid[])""",
+               FROM auth_sessions s JOIN users u ON u.id = s.user_id
+               LEFT JOIN police_departments d ON d.id = u.agency_id
+               WHERE s.id = ANY($1::uuid[])""",
             session_ids,
         )
         return {

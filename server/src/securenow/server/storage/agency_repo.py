@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -14,6 +15,15 @@ from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, newe
 
 DEPARTMENT_COLUMNS = """d.id, d.department_name, d.agency_type, d.jurisdiction, d.contact_info, d.webhook_url,
     d.status, d.provider_id, d.ack_timeout_seconds, d.created_at, d.updated_at"""
+# Columns UpdateDepartment may set, with how a domain value is stored.
+UPDATABLE_COLUMNS: dict[str, Callable[[Any], Any]] = {
+    "department_name": str,
+    "jurisdiction": lambda area: area,
+    "contact_info": lambda contact: contact.__dict__,
+    "webhook_url": lambda url: url or None,
+    "ack_timeout_seconds": int,
+    "status": lambda status: status.value,
+}
 KEY_COLUMNS = "k.id, k.department_id, k.display_prefix, k.label, k.created_at, k.revoked_at"
 
 
@@ -68,11 +78,30 @@ class AgencyRepo:
         )
         return department_from_row(must(row))
 
-    async def get_department(self, department_id: str) -> Department | None:
+    async def get_department(self, department_id: str, *, for_update: bool = False) -> Department | None:
+        lock = " FOR UPDATE" if for_update else ""
         row = await self.conn.fetchrow(
-            f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d WHERE d.id = $1", department_id
+            f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d WHERE d.id = $1{lock}", department_id
         )
         return department_from_row(row) if row else None
+
+    async def update_department(self, department_id: str, values: dict[str, Any]) -> Department:
+        """Sets the given columns (keys of UPDATABLE_COLUMNS; `jurisdiction` also sets
+        the geometry routing uses)."""
+        sets, args = ["updated_at = now()"], [department_id]
+        for column, value in values.items():
+            args.append(UPDATABLE_COLUMNS[column](value))
+            param = f"${len(args)}"
+            if column == "jurisdiction":
+                await check_area(self.conn, value, "department.jurisdiction_geojson")
+                args.append(json.dumps(value))
+                sets.append(f"jurisdiction = {param}, jurisdiction_geom = {AREA_SQL.format(param=f'${len(args)}')}")
+            else:
+                sets.append(f"{column} = {param}")
+        row = await self.conn.fetchrow(
+            f"UPDATE police_departments d SET {', '.join(sets)} WHERE d.id = $1 RETURNING {DEPARTMENT_COLUMNS}", *args
+        )
+        return department_from_row(must(row))
 
     async def get_credentials(self, department_id: str) -> dict[str, Any] | None:
         value: dict[str, Any] | None = await self.conn.fetchval(
@@ -85,15 +114,6 @@ class AgencyRepo:
             self.conn, page, f"SELECT {DEPARTMENT_COLUMNS} FROM police_departments d", "d", {}
         )
         return [department_from_row(r) for r in rows], cursor
-
-    async def set_department_status(self, department_id: str, status: DepartmentStatus) -> Department:
-        row = await self.conn.fetchrow(
-            f"""UPDATE police_departments d SET status = $2, updated_at = now() WHERE d.id = $1
-                RETURNING {DEPARTMENT_COLUMNS}""",
-            department_id,
-            status.value,
-        )
-        return department_from_row(must(row))
 
     # API keys -----------------------------------------------------------------------
 
@@ -146,11 +166,13 @@ class AgencyRepo:
             agency_type=row["agency_type"],
         )
 
-    async def unusable_api_keys(self, key_ids: list[str]) -> list[str]:
-        """Of these keys, the ones revoked or belonging to a department that is not active."""
+    async def unusable_api_keys(self, key_ids: list[str]) -> dict[str, bool]:
+        """Of these keys, the ones revoked (True) or belonging to a department that is
+        not active (False)."""
         rows = await self.conn.fetch(
-            """SELECT k.id FROM agency_api_keys k JOIN police_departments d ON d.id = k.department_id
+            """SELECT k.id, k.revoked_at IS NOT NULL AS revoked
+               FROM agency_api_keys k JOIN police_departments d ON d.id = k.department_id
                WHERE k.id = ANY($1::uuid[]) AND (k.revoked_at IS NOT NULL OR d.status <> 'active')""",
             key_ids,
         )
-        return [str(r["id"]) for r in rows]
+        return {str(r["id"]): r["revoked"] for r in rows}

@@ -256,6 +256,16 @@ class SosRepo:
         )
         return [str(r["id"]) for r in rows]
 
+    async def lock_unaccepted_of(self, department_id: str) -> list[str]:
+        """Ids of alerts routed to the department and not accepted yet, locked for this
+        transaction, oldest first."""
+        rows = await self.conn.fetch(
+            """SELECT id FROM sos_alerts WHERE assigned_agency = $1 AND status = 'active'
+               ORDER BY created_at FOR UPDATE""",
+            department_id,
+        )
+        return [str(r["id"]) for r in rows]
+
     # Incidents --------------------------------------------------------------------
 
     async def insert_incident(self, incident_id: str, alert: SosAlert, department_id: str) -> PoliceIncident:
@@ -415,7 +425,8 @@ class SosRepo:
     async def agencies_of_providers(self, provider_ids: list[str], passed: list[str]) -> dict[str, AgencyChoice]:
         rows = await self.conn.fetch(
             f"""SELECT {CHOICE_COLUMNS}, d.provider_id FROM police_departments d
-                WHERE d.status = 'active' AND d.provider_id = ANY($1::uuid[]) AND NOT (d.id = ANY($2::uuid[]))""",
+                WHERE d.status = 'active' AND d.agency_type = 'security_agency'
+                  AND d.provider_id = ANY($1::uuid[]) AND NOT (d.id = ANY($2::uuid[]))""",
             provider_ids,
             passed,
         )

@@ -92,6 +92,7 @@ RULES: dict[str, Rule] = {
         RegisterDepartment=Rule(ADMIN, mutating=True),
         GetDepartment=Rule(AGENCY_OR_ADMIN, api_key=True),
         ListDepartments=Rule(ADMIN),
+        UpdateDepartment=Rule(ADMIN, mutating=True),
         IssueApiKey=Rule(ADMIN, mutating=True),
         RevokeApiKey=Rule(ADMIN, mutating=True),
         ListApiKeys=Rule(ADMIN),

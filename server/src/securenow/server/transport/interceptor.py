@@ -53,7 +53,7 @@ LATENCY = Histogram(
 Authenticate = Callable[[str], Awaitable[Principal]]
 AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
 # Outcomes of mutating calls that are not audited: nothing was attempted on an object.
-_NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
 
 class _Undecodable:
@@ -346,7 +346,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def _audit_refusal(self, call: _Call) -> None:
         """Mutating calls that failed are audited too (who tried what, and the outcome)."""
-        if call.rule is None or not call.rule.mutating or call.code in _NOT_AUDITED:
+        if call.rule is None or not call.rule.mutating or call.code in NOT_AUDITED:
             return
         try:
             await self._audit_failure(call.principal, call.method, call.code, call.reason)

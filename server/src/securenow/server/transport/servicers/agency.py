@@ -11,7 +11,8 @@ import grpc
 from google.rpc import code_pb2
 
 from securenow.server.domain.accounts import Principal
-from securenow.server.domain.enums import AgencyType, IncidentStatus
+from securenow.server.domain.agency import DepartmentDraft
+from securenow.server.domain.enums import AgencyType, DepartmentStatus, IncidentStatus
 from securenow.server.domain.errors import DomainError, InvalidArgument, Unavailable
 from securenow.server.services.agency import AgencyService
 from securenow.server.services.credentials import CredentialMonitor
@@ -20,9 +21,11 @@ from securenow.server.storage.dispatch_streams import DispatchEvent, DispatchHub
 from securenow.server.transport import convert, convert_sos
 from securenow.server.transport.context import current_principal
 from securenow.server.transport.errors import status_code_for
+from securenow.server.transport.interceptor import NOT_AUDITED, AuditFailure
 from securenow.v1 import agency_pb2, agency_pb2_grpc
 
 log = logging.getLogger(__name__)
+STREAM_DISPATCH = "/securenow.v1.AgencyService/StreamDispatch"
 
 
 def _command_result(error: DomainError | None, alert_id: str = "", incident_id: str = "") -> agency_pb2.CommandResult:
@@ -40,6 +43,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         dispatch: DispatchService,
         hub: DispatchHub,
         credentials: CredentialMonitor,
+        audit_failure: AuditFailure,
         *,
         heartbeat_interval: float,
         client_idle_timeout: float,
@@ -48,6 +52,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         self._dispatch = dispatch
         self._hub = hub
         self._credentials = credentials
+        self._audit_failure = audit_failure
         self._heartbeat = heartbeat_interval
         self._idle_timeout = client_idle_timeout
 
@@ -58,13 +63,15 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
     ) -> agency_pb2.RegisterDepartmentResponse:
         department, secret = await self._agency.register(
             current_principal(),
-            department_name=request.department_name,
-            jurisdiction_geojson=request.jurisdiction_geojson,
-            contact_info=convert_sos.contact_info(request.contact_info),
-            webhook_url=request.webhook_url,
+            DepartmentDraft(
+                department_name=request.department_name,
+                jurisdiction_geojson=request.jurisdiction_geojson,
+                contact_info=convert_sos.contact_info(request.contact_info),
+                webhook_url=request.webhook_url,
+                ack_timeout_seconds=request.ack_timeout.seconds if request.HasField("ack_timeout") else None,
+            ),
             agency_type=convert.enum_from_pb(AgencyType, request.agency_type, "agency_type"),
             provider_id=request.provider_id,
-            ack_timeout_seconds=request.ack_timeout.seconds if request.HasField("ack_timeout") else None,
             key=convert.idempotency_key(request),
         )
         return agency_pb2.RegisterDepartmentResponse(
@@ -84,6 +91,25 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         return agency_pb2.ListDepartmentsResponse(
             departments=[convert_sos.department(d) for d in items], next_page_token=token
         )
+
+    async def UpdateDepartment(
+        self, request: agency_pb2.UpdateDepartmentRequest, context: grpc.aio.ServicerContext
+    ) -> agency_pb2.UpdateDepartmentResponse:
+        d = request.department
+        department = await self._agency.update(
+            current_principal(),
+            d.id,
+            DepartmentDraft(
+                department_name=d.department_name,
+                jurisdiction_geojson=d.jurisdiction_geojson,
+                contact_info=convert_sos.contact_info(d.contact_info),
+                webhook_url=d.webhook_url,
+                ack_timeout_seconds=d.ack_timeout.seconds if d.HasField("ack_timeout") else None,
+                status=convert.enum_from_pb(DepartmentStatus, d.status, "department.status"),
+            ),
+            list(request.update_mask.paths),
+        )
+        return agency_pb2.UpdateDepartmentResponse(department=convert_sos.department(department))
 
     async def IssueApiKey(
         self, request: agency_pb2.IssueApiKeyRequest, context: grpc.aio.ServicerContext
@@ -232,6 +258,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 return _command_result(None, incident.sos_alert_id, incident.id)
             raise InvalidArgument.field("kind", "subscribe is only allowed as the first message")
         except DomainError as err:
+            await self._audit_refused(principal, kind, err)
             return _command_result(err, alert_id, incident_id)
         except Exception:
             # A bug or an unexpected failure is this command's INTERNAL result, not the
@@ -244,6 +271,17 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 alert_id=alert_id,
                 incident_id=incident_id,
             )
+
+    async def _audit_refused(self, principal: Principal, kind: str | None, error: DomainError) -> None:
+        """A refused stream command is audited like the refused unary call it stands
+        for (AcceptSosAlert, ...): who tried what on which object, and the outcome."""
+        code = status_code_for(error).name
+        if code in NOT_AUDITED:
+            return
+        try:
+            await self._audit_failure(principal, f"{STREAM_DISPATCH}:{kind}", code, error.reason)
+        except Exception:
+            log.warning("could not audit a refused %s command", kind, exc_info=True)
 
     async def WatchDispatch(
         self, request: agency_pb2.WatchDispatchRequest, context: grpc.aio.ServicerContext

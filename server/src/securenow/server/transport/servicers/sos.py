@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from securenow.server.domain.accounts import Principal
+from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.enums import SosStatus
 from securenow.server.domain.errors import DomainError, InvalidArgument
 from securenow.server.domain.geo import validate_location
@@ -75,6 +75,17 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
         allowed: set[str] = set()
         accepted = 0
         last = 0
+        # A suspended account or ended session stops the sharing at once: the monitor
+        # interrupts this handler, which then ends the call with the monitor's error.
+        ended: list[DomainError] = []
+        handler = asyncio.current_task()
+
+        def end(error: DomainError) -> None:
+            ended.append(error)
+            if handler is not None:
+                handler.cancel()
+
+        credential = self._credentials.register(principal, end)
         try:
             async for req in request_iterator:
                 alert_id = None
@@ -89,7 +100,7 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                 v.check()
                 last = self._locations.submit(principal.user_id, alert_id, fix)
                 accepted += 1
-        except BaseException:
+        except BaseException as exc:
             # The fixes accepted before a bad one (or a cancel) are stored all the same,
             # so they are audited all the same; the caller still gets the first error.
             if accepted:
@@ -97,7 +108,11 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                     await asyncio.shield(self._close_sharing(principal, allowed, accepted, last))
                 except Exception:
                     log.exception("ShareLocation: auditing %d accepted fixes failed", accepted)
+            if ended and isinstance(exc, asyncio.CancelledError):
+                raise ended[0] from None
             raise
+        finally:
+            self._credentials.unregister(credential)
         if accepted:
             await self._close_sharing(principal, allowed, accepted, last)
         return sos_pb2.ShareLocationResponse(accepted_count=accepted)
@@ -121,7 +136,9 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
             except asyncio.QueueFull:
                 pass  # a full queue wakes its reader anyway, which then sees `ended`
 
-        credential = self._credentials.register(principal, end)
+        # A dispatcher watches for the agency only while a member of it.
+        agency = principal.agency_id if principal.kind is PrincipalKind.USER else None
+        credential = self._credentials.register(principal, end, agency_id=agency)
         try:
             alert, incident = await self._sos.watch_snapshot(principal, alert_id, opening=True)
             yield sos_pb2.WatchSosResponse(
