@@ -499,6 +499,57 @@ async def department_nan_altitude(w: World) -> Awaitable[Any]:
     )
 
 
+# An edge spanning 180 degrees of longitude has no single great circle: PostGIS refuses
+# any distance to it, so such an area would break routing for everyone.
+ANTIPODAL_EDGE = json.dumps({"type": "Polygon", "coordinates": [[[-90, 0], [90, 0], [90, 10], [-90, 10], [-90, 0]]]})
+# A coordinate no float can hold, written as a JSON integer.
+HUGE_INT_COORDINATE = (
+    '{"type":"Polygon","coordinates":[[[' + "1" + "0" * 400 + ",0],[1,0],[1,1],[0,1],[" + "1" + "0" * 400 + ",0]]]}"
+)
+
+
+def department_area(area: str, agency_type: int = agency_pb2.AGENCY_TYPE_SECURITY_AGENCY) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        return w.api.agency.RegisterDepartment(
+            agency_pb2.RegisterDepartmentRequest(
+                department_name="Wide Guards", jurisdiction_geojson=area, agency_type=agency_type
+            ),
+            metadata=(await w.admin()).md,
+        )
+
+    return case
+
+
+def provider_area(area: str) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        owner, prov = await w.provider()
+        return w.api.providers.UpdateProvider(
+            providers_pb2.UpdateProviderRequest(
+                provider=providers_pb2.Provider(id=prov.id, service_area_geojson=area),
+                update_mask=mask("service_area_geojson"),
+            ),
+            metadata=owner.md,
+        )
+
+    return case
+
+
+def department_webhook(url: str) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        return w.api.agency.RegisterDepartment(
+            agency_pb2.RegisterDepartmentRequest(
+                department_name="Hook PD",
+                jurisdiction_geojson=json.dumps(
+                    {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+                ),
+                webhook_url=url,
+            ),
+            metadata=(await w.admin()).md,
+        )
+
+    return case
+
+
 async def provider_deep_geojson(w: World) -> Awaitable[Any]:
     owner, prov = await w.provider()
     return w.api.providers.UpdateProvider(
@@ -661,6 +712,30 @@ CASES: list[Any] = [
     pytest.param(department_nan_altitude, "jurisdiction_geojson", id="RegisterDepartment.geojson-nan-altitude"),
     pytest.param(provider_deep_geojson, "provider.service_area_geojson", id="UpdateProvider.geojson-deep"),
     pytest.param(provider_huge_geojson, "provider.service_area_geojson", id="UpdateProvider.geojson-huge"),
+    pytest.param(department_area(ANTIPODAL_EDGE), "jurisdiction_geojson", id="RegisterDepartment.geojson-antipodal"),
+    pytest.param(
+        department_area(HUGE_INT_COORDINATE), "jurisdiction_geojson", id="RegisterDepartment.geojson-huge-int"
+    ),
+    pytest.param(provider_area(ANTIPODAL_EDGE), "provider.service_area_geojson", id="UpdateProvider.geojson-antipodal"),
+    pytest.param(
+        provider_area(HUGE_INT_COORDINATE), "provider.service_area_geojson", id="UpdateProvider.geojson-huge-int"
+    ),
+    pytest.param(department_webhook("https://[::1"), "webhook_url", id="RegisterDepartment.webhook_url-bad-ipv6"),
+    pytest.param(department_webhook("https://[zz]/hook"), "webhook_url", id="RegisterDepartment.webhook_url-not-ip"),
+    pytest.param(
+        department_webhook("https://a\uff0fb.example/hook"), "webhook_url", id="RegisterDepartment.webhook_url-nfkc"
+    ),
+    pytest.param(
+        department_webhook("https://cad.example:99999/hook"), "webhook_url", id="RegisterDepartment.webhook_url-port"
+    ),
+    pytest.param(
+        department_webhook("https://exa mple.com/hook"), "webhook_url", id="RegisterDepartment.webhook_url-space"
+    ),
+    pytest.param(
+        department_webhook("https://user:pw@cad.example/hook"),
+        "webhook_url",
+        id="RegisterDepartment.webhook_url-credentials",
+    ),
     pytest.param(ack_huge_event_id, "event_id", id="AckDispatchEvent.event_id-huge"),
     pytest.param(ack_unicode_digits, "event_id", id="AckDispatchEvent.event_id-unicode-digits"),
     pytest.param(watch_huge_resume, "resume_after_event_id", id="WatchDispatch.resume-huge"),

@@ -361,6 +361,9 @@ async def test_update_provider_by_owner_only(api: Api) -> None:
     assert updated.company_name == "Acme Two"
     assert updated.description == provider.description
     assert updated.license_number == provider.license_number
+    # A path named twice is one change.
+    tagged = await update(api, owner, providers_pb2.Provider(id=provider.id, tags=["night", "k9"]), "tags", "tags")
+    assert sorted(tagged.tags) == ["k9", "night"]
 
     err = await expect_invalid(update(api, owner, body, "rating"), "update_mask")
     assert set(err.fields) == {"update_mask"}
@@ -370,7 +373,9 @@ async def test_update_provider_by_owner_only(api: Api) -> None:
     )
 
 
-async def test_new_license_sends_a_verified_provider_back_to_review(api: Api, redis_client: aioredis.Redis) -> None:
+async def test_new_name_or_license_sends_a_verified_provider_back_to_review(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
     admin = await api.admin()
     owner, provider = await new_provider(api)
     await verify(api, admin, provider.id)
@@ -378,6 +383,13 @@ async def test_new_license_sends_a_verified_provider_back_to_review(api: Api, re
     # A cosmetic change keeps it verified.
     same = await update(api, owner, providers_pb2.Provider(id=provider.id, description="New text"), "description")
     assert same.verification_status == VERIFIED
+    # A new name is a new identity to customers: verified again before it is shown.
+    renamed = await update(
+        api, owner, providers_pb2.Provider(id=provider.id, company_name="City Police"), "company_name"
+    )
+    assert renamed.verification_status == PENDING
+    await verify(api, admin, provider.id)
+    await set_duty(api, owner, provider.id, True, CENTER)
 
     changed = await update(api, owner, providers_pb2.Provider(id=provider.id, license_number="LIC-2"), "license_number")
     assert changed.license_number == "LIC-2"

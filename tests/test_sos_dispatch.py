@@ -266,6 +266,19 @@ async def test_cancel_reaches_the_cad_and_the_watcher_and_only_the_owner_can_can
         assert seen.event == "cancelled"
         assert seen.alert.cancel_reason == "false alarm"
         assert await watch.read() == grpc.aio.EOF
+        # The closed incident keeps what it was closed with: the CAD cannot rewrite it.
+        incident_id = seen.incident.id
+        rewrite = await cad.command(
+            update=agency_pb2.IncidentUpdate(
+                incident_id=incident_id, status=seen.incident.status, notes="overwritten", assigned_unit="X9"
+            )
+        )
+        assert rewrite.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "cancelled" in rewrite.message
+        kept = await api.agency.GetIncident(agency_pb2.GetIncidentRequest(incident_id=incident_id), metadata=dept.md)
+        assert kept.incident.resolution_notes == seen.incident.resolution_notes
+        assert "overwritten" not in kept.incident.resolution_notes
+        assert kept.incident.assigned_unit != "X9"
     finally:
         watch.cancel()
         await cad.close()

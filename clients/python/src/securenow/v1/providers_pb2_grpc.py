@@ -97,7 +97,8 @@ class ProviderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProvider(self, request, context):
-        """Updates the owner's provider. Changing license or insurance puts it back to PENDING.
+        """Updates the owner's provider. Changing company name, license or insurance puts it
+        back to PENDING (an admin verifies it again).
         Returns NOT_FOUND for others' providers, INVALID_ARGUMENT for bad fields or mask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

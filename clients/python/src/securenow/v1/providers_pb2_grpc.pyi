@@ -46,7 +46,8 @@ class ProviderServiceStub:
     unverified ones only to their owner and admins (NOT_FOUND for others).
     """
     UpdateProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.UpdateProviderRequest, _providers_pb2.UpdateProviderResponse]
-    """Updates the owner's provider. Changing license or insurance puts it back to PENDING.
+    """Updates the owner's provider. Changing company name, license or insurance puts it
+    back to PENDING (an admin verifies it again).
     Returns NOT_FOUND for others' providers, INVALID_ARGUMENT for bad fields or mask.
     """
     ListProviders: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ListProvidersRequest, _providers_pb2.ListProvidersResponse]
@@ -87,7 +88,8 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     unverified ones only to their owner and admins (NOT_FOUND for others).
     """
     UpdateProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.UpdateProviderRequest, _providers_pb2.UpdateProviderResponse]  # type: ignore[assignment]
-    """Updates the owner's provider. Changing license or insurance puts it back to PENDING.
+    """Updates the owner's provider. Changing company name, license or insurance puts it
+    back to PENDING (an admin verifies it again).
     Returns NOT_FOUND for others' providers, INVALID_ARGUMENT for bad fields or mask.
     """
     ListProviders: _aio.UnaryUnaryMultiCallable[_providers_pb2.ListProvidersRequest, _providers_pb2.ListProvidersResponse]  # type: ignore[assignment]
@@ -143,7 +145,8 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _providers_pb2.UpdateProviderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_providers_pb2.UpdateProviderResponse, _abc.Awaitable[_providers_pb2.UpdateProviderResponse]]:
-        """Updates the owner's provider. Changing license or insurance puts it back to PENDING.
+        """Updates the owner's provider. Changing company name, license or insurance puts it
+        back to PENDING (an admin verifies it again).
         Returns NOT_FOUND for others' providers, INVALID_ARGUMENT for bad fields or mask.
         """
 

@@ -162,7 +162,10 @@ def validate_area_geojson(v: Validator, name: str, text: str, *, required: bool)
 
 def _is_number(value: Any) -> bool:
     # json.loads reads NaN, Infinity and 1e400 (inf) as floats: none is a coordinate.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # Integers are exact (math.isfinite overflows on a 400-digit one); range is checked after.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _valid_ring(ring: Any) -> bool:

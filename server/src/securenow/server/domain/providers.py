@@ -31,7 +31,9 @@ UPDATABLE_FIELDS = (
     "description",
 )
 # Changing these sends the provider back to admin review.
-REVIEWED_FIELDS = ("license_number", "insurance", "business_type")
+# What an admin verified: changing any of it (the name customers trust included) sends
+# a verified provider back to review.
+REVIEWED_FIELDS = ("company_name", "license_number", "insurance", "business_type")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -31,6 +33,7 @@ MAX_ACK_TIMEOUT = 600
 # What an admin can change after registration (UpdateDepartment's update_mask paths).
 UPDATE_PATHS = ("department_name", "contact_info", "webhook_url", "jurisdiction_geojson", "ack_timeout", "status")
 REGISTER_PATHS = tuple(p for p in UPDATE_PATHS if p != "status")
+HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class AgencyService:
@@ -184,10 +187,9 @@ class AgencyService:
     def _webhook_url(self, v: Validator, webhook_url: str) -> str:
         url = webhook_url.strip()
         if url and v.characters("webhook_url", url, single_line=True):
-            parts = urlsplit(url)
             schemes = ("https", "http") if self._allow_http else ("https",)
-            if parts.scheme not in schemes or not parts.hostname or len(url) > 500:
-                v.add("webhook_url", "must be an https:// URL of at most 500 characters")
+            if len(url) > 500 or not _usable_url(url, schemes):
+                v.add("webhook_url", "must be an https:// URL (host, optional port, path) of at most 500 characters")
         return url
 
     async def get(self, caller: Principal, department_id: str) -> Department:
@@ -247,3 +249,20 @@ class AgencyService:
                 raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
             items, cursor = await uow.agency.list_api_keys(did, page)
         return items, page.next_token(cursor)
+
+
+def _usable_url(url: str, schemes: tuple[str, ...]) -> bool:
+    """A URL a webhook can be delivered to: an allowed scheme, a DNS name or IP address,
+    a valid port, and no credentials in it (URLs end up in logs; the payload is signed)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises for one out of range
+    except ValueError:
+        return False
+    if parts.scheme not in schemes or not host or parts.username is not None or parts.password is not None:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return HOSTNAME_RE.fullmatch(host) is not None

@@ -312,8 +312,9 @@ class DispatchService:
             incident = await uow.sos.get_incident(iid, for_update=True)
             if incident is None or incident.police_department_id != agency:  # re-routed meanwhile
                 raise NotFound("incident not found", reason="INCIDENT_NOT_FOUND")
+            closed = FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
             if not alert.is_open and status is not incident.status:
-                raise FailedPrecondition(f"the alert is {alert.status.value}", reason="ALERT_CLOSED")
+                raise closed
             changes = check_incident_step(incident.status, status)
             now = datetime.now(UTC)
             updated = replace(
@@ -327,7 +328,9 @@ class DispatchService:
                 resolution_notes=notes if status is IncidentStatus.RESOLVED and notes else incident.resolution_notes,
             )
             if updated == incident:
-                return incident
+                return incident  # nothing to change (a retried command)
+            if not alert.is_open:
+                raise closed  # a closed incident's unit and notes stay as they were closed
             incident = await uow.sos.save_incident(updated)
             event = "incident_updated"
             if changes and status is IncidentStatus.DISPATCHED:

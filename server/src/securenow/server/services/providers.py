@@ -96,6 +96,7 @@ class ProviderService:
     async def update(self, caller: Principal, provider_id: str, draft: ProviderDraft, paths: list[str]) -> Provider:
         v = Validator()
         pid = v.uuid("provider.id", provider_id)
+        paths = list(dict.fromkeys(paths))  # a path named twice is the same change
         if not paths:
             v.add("update_mask", "must name at least one field")
         unknown = [p for p in paths if p not in UPDATABLE_FIELDS]

@@ -43,11 +43,23 @@ def point_args(point: Point | None) -> tuple[float | None, float | None]:
 
 async def check_area(conn: Conn, geojson: dict[str, Any], field: str) -> None:
     """Raises INVALID_ARGUMENT naming `field` when PostGIS finds the area invalid
-    (self-intersection, unparsable GeoJSON)."""
+    (self-intersection, unparsable GeoJSON) or unusable on the sphere (an edge spanning
+    180 degrees of longitude has no single great circle: distances to it fail)."""
     try:
-        reason = await conn.fetchval("SELECT ST_IsValidReason(ST_GeomFromGeoJSON($1::text))", json.dumps(geojson))
+        # The geography area is computed only for the error it raises on such an edge.
+        row = await conn.fetchrow(
+            """SELECT ST_IsValidReason(g) AS reason, ST_Area(g::geography) AS sphere_area
+               FROM (SELECT ST_SetSRID(ST_GeomFromGeoJSON($1::text), 4326) AS g) AS area""",
+            json.dumps(geojson),
+        )
+        reason = row["reason"] if row else None
     except asyncpg.PostgresError as exc:
-        raise InvalidArgument.field(field, f"is not valid GeoJSON: {exc.args[0] if exc.args else exc}") from None
+        message = exc.args[0] if exc.args else str(exc)
+        if "Antipodal" in message:
+            raise InvalidArgument.field(
+                field, "has an edge spanning 180 degrees of longitude; add points along it"
+            ) from None
+        raise InvalidArgument.field(field, f"is not valid GeoJSON: {message}") from None
     if reason != "Valid Geometry":
         raise InvalidArgument.field(field, f"is not a valid area: {reason}")
 
