@@ -499,6 +499,74 @@ async def department_nan_altitude(w: World) -> Awaitable[Any]:
     )
 
 
+def update_first_name(value: str) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        me = await w.person()
+        return w.api.users.UpdateUser(
+            users_pb2.UpdateUserRequest(
+                user=users_pb2.User(id=me.id, first_name=value), update_mask=mask("first_name")
+            ),
+            metadata=me.md,
+        )
+
+    return case
+
+
+async def update_user_bad_id(w: World) -> Awaitable[Any]:
+    me = await w.person()
+    return w.api.users.UpdateUser(
+        users_pb2.UpdateUserRequest(user=users_pb2.User(id="garbage", first_name="A"), update_mask=mask("first_name")),
+        metadata=me.md,
+    )
+
+
+def submit_kyc(**fields: str) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        kyc = {
+            "document_type": "passport",
+            "document_number": "X1234567",
+            "full_legal_name": "Ada Lovelace",
+            "date_of_birth": "1990-01-01",
+            "issuing_country": "GB",
+        }
+        kyc.update(fields)
+        return w.api.users.SubmitKyc(
+            users_pb2.SubmitKycRequest(kyc=users_pb2.KycData(**kyc)), metadata=(await w.person()).md
+        )
+
+    return case
+
+
+async def record_event_type_newline(w: World) -> Awaitable[Any]:
+    return w.api.analytics.RecordEvents(
+        analytics_pb2.RecordEventsRequest(events=[analytics_pb2.AnalyticsEvent(event_type="click\n")]),
+        metadata=(await w.person()).md,
+    )
+
+
+async def report_interval_nanos(w: World) -> Awaitable[Any]:
+    req = analytics_pb2.GetIncidentReportRequest()
+    req.start_time.FromDatetime(datetime.now(UTC) - timedelta(days=1))
+    req.end_time.FromDatetime(datetime.now(UTC))
+    req.interval.seconds, req.interval.nanos = 7200, 2_000_000_000
+    return w.api.analytics.GetIncidentReport(req, metadata=(await w.dispatcher()).md)
+
+
+async def department_ack_timeout_nanos(w: World) -> Awaitable[Any]:
+    req = agency_pb2.RegisterDepartmentRequest(
+        department_name="Odd PD",
+        jurisdiction_geojson=json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}),
+    )
+    req.ack_timeout.seconds, req.ack_timeout.nanos = 30, -5
+    return w.api.agency.RegisterDepartment(req, metadata=(await w.admin()).md)
+
+
+async def list_incidents_bad_department(w: World) -> Awaitable[Any]:
+    return w.api.agency.ListIncidents(
+        agency_pb2.ListIncidentsRequest(department_id="garbage"), metadata=(await w.dispatcher()).md
+    )
+
+
 # An edge spanning 180 degrees of longitude has no single great circle: PostGIS refuses
 # any distance to it, so such an area would break routing for everyone.
 ANTIPODAL_EDGE = json.dumps({"type": "Polygon", "coordinates": [[[-90, 0], [90, 0], [90, 10], [-90, 10], [-90, 0]]]})
@@ -745,6 +813,25 @@ CASES: list[Any] = [
     pytest.param(provider_pricing_flood, "provider.pricing.rates", id="UpdateProvider.rates-flood"),
     pytest.param(list_providers_nan_rating, "min_rating", id="ListProviders.min_rating-nan"),
     pytest.param(sign_in_long_password, "password", id="SignIn.password-long"),
+    pytest.param(update_first_name("\u200b"), "user.first_name", id="UpdateUser.first_name-invisible"),
+    pytest.param(update_first_name("Ann\x9b2J"), "user.first_name", id="UpdateUser.first_name-c1-escape"),
+    pytest.param(update_first_name("Ann\u202eevil"), "user.first_name", id="UpdateUser.first_name-bidi-override"),
+    pytest.param(update_first_name("Ann\u2028Lee"), "user.first_name", id="UpdateUser.first_name-line-separator"),
+    pytest.param(update_user_bad_id, "user.id", id="UpdateUser.user.id-garbage"),
+    pytest.param(
+        submit_kyc(date_of_birth="\uff11\uff19\uff19\uff10-01-01"), "kyc.date_of_birth", id="SubmitKyc.dob-fullwidth"
+    ),
+    pytest.param(submit_kyc(date_of_birth="2000-1-1"), "kyc.date_of_birth", id="SubmitKyc.dob-short"),
+    pytest.param(submit_kyc(issuing_country="\u00df"), "kyc.issuing_country", id="SubmitKyc.country-sharp-s"),
+    pytest.param(
+        insurance_coverage(currency_code="USD\n", units=1_000_000),
+        "provider.insurance.coverage.currency_code",
+        id="UpdateProvider.coverage-currency-newline",
+    ),
+    pytest.param(record_event_type_newline, "events[0].event_type", id="RecordEvents.event_type-newline"),
+    pytest.param(report_interval_nanos, "interval", id="GetIncidentReport.interval-nanos"),
+    pytest.param(department_ack_timeout_nanos, "ack_timeout", id="RegisterDepartment.ack_timeout-nanos"),
+    pytest.param(list_incidents_bad_department, "department_id", id="ListIncidents.department_id-garbage"),
 ]
 
 

@@ -194,6 +194,10 @@ async def test_invalid_incident_transition_is_a_command_error_and_the_stream_sta
         assert "reported" in skip.message
         bad_id = await cad.command(accept=agency_pb2.AcceptAlert(alert_id="not-a-uuid"))
         assert bad_id.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert bad_id.message.startswith("accept.alert_id: "), bad_id.message  # named as the CAD sent it
+        empty = await cad.command()
+        assert empty.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "one of ack, accept" in empty.message
         ok = await cad.command(accept=agency_pb2.AcceptAlert(alert_id=alert.id, assigned_unit="U1"))
         assert ok.code == 0
         assert cad.error is None

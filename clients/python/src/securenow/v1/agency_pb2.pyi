@@ -1337,7 +1337,9 @@ class ListIncidentsRequest(_message.Message):
     status: _common_pb2.IncidentStatus.ValueType
     """Only incidents with this status, when set."""
     department_id: _builtins.str
-    """Admins: only this department's incidents, when set. Ignored for agencies."""
+    """Admins: only this department's incidents, when set. Agencies may name only
+    their own (any other is NOT_FOUND).
+    """
     def __init__(
         self,
         *,

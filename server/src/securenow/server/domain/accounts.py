@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -120,8 +121,8 @@ def validate_sign_up(
     sign_up = SignUp(
         email=v.email("email", email),
         phone=v.phone("phone", phone),
-        first_name=v.text("first_name", first_name, required=True, max_len=100),
-        last_name=v.text("last_name", last_name, required=True, max_len=100),
+        first_name=v.text("first_name", first_name, required=True, max_len=100, single_line=True),
+        last_name=v.text("last_name", last_name, required=True, max_len=100, single_line=True),
         password=password,
         role=role or Role.USER,
     )
@@ -140,13 +141,21 @@ def validate_emergency_contacts(v: Validator, name: str, contacts: list[Emergenc
         with v.nested(f"{name}[{i}]") as cv:
             out.append(
                 EmergencyContact(
-                    name=cv.text("name", c.name, required=True, max_len=200),
+                    name=cv.text("name", c.name, required=True, max_len=200, single_line=True),
                     phone=cv.phone("phone", c.phone),
                     email=cv.email("email", c.email, required=False),
-                    relationship=cv.text("relationship", c.relationship, max_len=100),
+                    relationship=cv.text("relationship", c.relationship, max_len=100, single_line=True),
                 )
             )
     return out
+
+
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+COUNTRY_RE = re.compile(r"[A-Z]{2}")
+
+
+def _ascii_upper(value: str) -> str:
+    return value.upper() if value.isascii() else value
 
 
 def validate_kyc(kyc: KycData) -> KycData:
@@ -157,17 +166,22 @@ def validate_kyc(kyc: KycData) -> KycData:
             document_number=k.text("document_number", kyc.document_number, required=True, max_len=100),
             full_legal_name=k.text("full_legal_name", kyc.full_legal_name, required=True, max_len=300),
             date_of_birth=k.text("date_of_birth", kyc.date_of_birth, required=True, max_len=10),
-            issuing_country=k.text("issuing_country", kyc.issuing_country, required=True, max_len=2).upper(),
+            # Upper-cased only when ASCII: "ß".upper() is "SS", which is not what was sent.
+            issuing_country=_ascii_upper(k.text("issuing_country", kyc.issuing_country, required=True, max_len=2)),
             address=k.text("address", kyc.address, max_len=500),
         )
         if out.date_of_birth:
-            try:
-                born = datetime.strptime(out.date_of_birth, "%Y-%m-%d")
-                if born.year < 1900 or born > datetime.now():
-                    k.add("date_of_birth", "must be a real date of birth")
-            except ValueError:
+            # strptime also reads "2000-1-1" and non-ASCII digits; stored data is exactly YYYY-MM-DD.
+            if not DATE_RE.fullmatch(out.date_of_birth):
                 k.add("date_of_birth", "must be YYYY-MM-DD")
-        if out.issuing_country and (len(out.issuing_country) != 2 or not out.issuing_country.isalpha()):
+            else:
+                try:
+                    born = datetime.strptime(out.date_of_birth, "%Y-%m-%d")
+                    if born.year < 1900 or born > datetime.now():
+                        k.add("date_of_birth", "must be a real date of birth")
+                except ValueError:
+                    k.add("date_of_birth", "must be YYYY-MM-DD")
+        if out.issuing_country and not COUNTRY_RE.fullmatch(out.issuing_country):
             k.add("issuing_country", "must be an ISO 3166-1 alpha-2 code")
     v.check()
     return out

@@ -12,7 +12,7 @@ from typing import Any
 from securenow.server.domain.geo import MAX_CLOCK_SKEW, LocationFix, LocationInput, validate_location
 from securenow.server.domain.validation import Validator
 
-EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+EVENT_TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,99}")
 MAX_EVENTS_PER_CALL = 100
 MAX_JSON_BYTES = 16 * 1024
 MAX_SESSION_ID_LENGTH = 255
@@ -76,7 +76,7 @@ def validate_events(events: list[EventInput], now: datetime) -> list[ValidEvent]
         with v.nested(f"events[{index}]") as ev:
             if not event.event_type:
                 ev.add("event_type", "is required")
-            elif not EVENT_TYPE_RE.match(event.event_type):
+            elif not EVENT_TYPE_RE.fullmatch(event.event_type):
                 ev.add("event_type", "must be lower_snake_case: a-z, 0-9 and _, starting with a letter, at most 100")
             _json_document(ev, "event_data", event.event_data)
             _json_document(ev, "device_info", event.device_info)

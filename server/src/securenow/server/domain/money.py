@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from securenow.server.domain.validation import Validator
 
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
 NANOS = Decimal(10) ** 9
 CENTS = Decimal("0.01")
 MAX_HOURLY_RATE = Decimal("100000")
@@ -44,7 +44,7 @@ class Money:
 
 def validate_money(v: Validator, name: str, currency_code: str, units: int, nanos: int, *, positive: bool) -> Money:
     with v.nested(name) as m:
-        if not CURRENCY_RE.match(currency_code):
+        if not CURRENCY_RE.fullmatch(currency_code):
             m.add("currency_code", "must be a three-letter ISO 4217 code")
         if abs(nanos) >= 10**9 or (units > 0 and nanos < 0) or (units < 0 and nanos > 0):
             m.add("nanos", "must be below 10^9 in magnitude with the sign of units")

@@ -12,8 +12,8 @@ from securenow.server.domain.geo import Point, validate_area_geojson
 from securenow.server.domain.money import MAX_HOURLY_RATE, Money, validate_money
 from securenow.server.domain.validation import Validator
 
-HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
 MAX_TAGS = 20
 # Seven days of a few shifts each; a longer list is a mistake (or an attack on the
 # validator and the JSONB column).
@@ -197,7 +197,7 @@ def validate_provider(
         if len(tags) > MAX_TAGS:
             p.add("tags", f"at most {MAX_TAGS} tags")
         for t in tags:
-            if not TAG_RE.match(t):
+            if not TAG_RE.fullmatch(t):
                 p.add("tags", f"tag {t!r} must be lower-case letters, digits, '-' or '_' (at most 32)")
                 break
         description = p.text("description", draft.description, max_len=4000)

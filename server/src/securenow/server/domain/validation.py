@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +19,14 @@ REQUEST_ID_NAME = "request_id"
 # trailer, and a list of 100,000 bad entries would not fit in one.
 MAX_REPORTED_VIOLATIONS = 20
 # Control characters no text field may hold: PostgreSQL text cannot store NUL at all
-# (the insert fails), and the others (escape sequences, backspace...) only serve to
+# (the insert fails), and the others (C0 and C1 escape sequences, backspace, bidi
+# overrides and isolates that make text display other than it reads) only serve to
 # forge log lines or confuse a dispatcher's screen. Tab, line feed and carriage return
 # stay allowed in multi-line text (descriptions, notes).
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-LINE_BREAK_RE = re.compile(r"[\t\n\r]")
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069]")
+LINE_BREAK_RE = re.compile(r"[\t\n\r\x85\u2028\u2029]")
+# Characters that show nothing: a name made only of them is no name.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp", "Cc", "Mn"})
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Validator:
         single_line: bool = False,
     ) -> str:
         value = value.strip()
-        if not value:
+        if not value or all(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in value):
             if required:
                 self.add(name, "is required")
             return value

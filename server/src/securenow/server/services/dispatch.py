@@ -375,12 +375,15 @@ class DispatchService:
         status: IncidentStatus | None,
         department_id: str,
     ) -> tuple[list[PoliceIncident], str]:
+        v = Validator()
+        named = v.uuid("department_id", department_id, required=False) or None
+        v.check()
         if principal.is_admin:
-            v = Validator()
-            department = v.uuid("department_id", department_id, required=False) or None
-            v.check()
+            department = named
         else:
             department = agency_of(principal)
+            if named is not None and named != department:
+                raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
         page = page_request(page_size, page_token, filters=("incidents", department, status))
         async with reads_of(self._db, principal) as uow:
             items, cursor = await uow.sos.list_incidents(page, department_id=department, status=status)

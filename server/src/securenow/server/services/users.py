@@ -41,12 +41,12 @@ class UserService:
         if provider_id is not None:
             await take_off_duty(self._live, provider_id, reason="owner_inactive")
 
-    def _resolve(self, caller: Principal, user_id: str) -> str:
+    def _resolve(self, caller: Principal, user_id: str, field: str = "user_id") -> str:
         if user_id in ("", "me"):
             if caller.user_id is None:
-                raise InvalidArgument.field("user_id", "'me' needs a user account")
+                raise InvalidArgument.field(field, "'me' needs a user account")
             return caller.user_id
-        return parse_uuid("user_id", user_id)
+        return parse_uuid(field, user_id)
 
     async def _visible_user(self, uow: UnitOfWork, caller: Principal, user_id: str, *, lock: bool = False) -> User:
         user = await uow.accounts.get_user(user_id, for_update=lock)
@@ -70,7 +70,7 @@ class UserService:
         phone: str,
         emergency_contacts: list[EmergencyContact],
     ) -> User:
-        target = self._resolve(caller, user_id)
+        target = self._resolve(caller, user_id, "user.id")
         if target != caller.user_id:
             raise PermissionDenied("users can only update their own profile", reason="NOT_OWNER")
         v = Validator()
@@ -79,9 +79,9 @@ class UserService:
         changes: dict[str, Any] = {}
         for path in paths:
             if path == "first_name":
-                changes[path] = v.text("user.first_name", first_name, required=True, max_len=100)
+                changes[path] = v.text("user.first_name", first_name, required=True, max_len=100, single_line=True)
             elif path == "last_name":
-                changes[path] = v.text("user.last_name", last_name, required=True, max_len=100)
+                changes[path] = v.text("user.last_name", last_name, required=True, max_len=100, single_line=True)
             elif path == "phone":
                 changes[path] = v.phone("user.phone", phone)
             elif path == "emergency_contacts":

@@ -100,6 +100,33 @@ def from_ts(msg: Message, field: str, name: str | None = None) -> datetime | Non
         ) from None
 
 
+# protobuf's Duration range: about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def from_duration(msg: Message, field: str, name: str | None = None) -> timedelta | None:
+    """An optional Duration field (None when unset). Outside protobuf's rules (range,
+    |nanos| below one second with the sign of seconds) it is INVALID_ARGUMENT naming
+    `name` (default: `field`). Every Duration a client sends is read through here."""
+    if not msg.HasField(field):
+        return None
+    value: duration_pb2.Duration = getattr(msg, field)
+    s, n = value.seconds, value.nanos
+    if abs(s) > MAX_DURATION_SECONDS or abs(n) >= 1_000_000_000 or (s > 0 > n) or (s < 0 < n):
+        raise InvalidArgument.field(name or field, "is not a valid duration") from None
+    return value.ToTimedelta()
+
+
+def whole_seconds(msg: Message, field: str, name: str | None = None) -> int | None:
+    """An optional Duration field that must be whole seconds."""
+    value = from_duration(msg, field, name)
+    if value is None:
+        return None
+    if value.microseconds:
+        raise InvalidArgument.field(name or field, "must be whole seconds")
+    return int(value.total_seconds())
+
+
 def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     if value is None:
         return None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from securenow.server.domain.analytics import EventInput, ReportBucket
@@ -29,16 +28,6 @@ def _struct(msg: Message, field: str, name: str) -> dict[str, Any] | None:
 
 # The AnalyticsServicer's name for the one Timestamp reader (convert.from_ts).
 timestamp = from_ts
-
-
-def interval(msg: Message, field: str) -> timedelta | None:
-    if not msg.HasField(field):
-        return None
-    value: duration_pb2.Duration = getattr(msg, field)
-    try:
-        return value.ToTimedelta()
-    except (ValueError, OverflowError):
-        raise InvalidArgument.field(field, "is not a valid duration") from None
 
 
 def event_input(index: int, msg: analytics_pb2.AnalyticsEvent) -> EventInput:

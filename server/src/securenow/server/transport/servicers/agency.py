@@ -13,7 +13,7 @@ from google.rpc import code_pb2
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.agency import DepartmentDraft
 from securenow.server.domain.enums import AgencyType, DepartmentStatus, IncidentStatus
-from securenow.server.domain.errors import DomainError, InvalidArgument, Unavailable
+from securenow.server.domain.errors import DomainError, FieldViolation, InvalidArgument, Unavailable
 from securenow.server.services.agency import AgencyService
 from securenow.server.services.credentials import CredentialMonitor
 from securenow.server.services.dispatch import DispatchService, agency_of
@@ -26,6 +26,7 @@ from securenow.v1 import agency_pb2, agency_pb2_grpc
 
 log = logging.getLogger(__name__)
 STREAM_DISPATCH = "/securenow.v1.AgencyService/StreamDispatch"
+COMMANDS = ("accept", "decline", "update")
 
 
 def _command_result(error: DomainError | None, alert_id: str = "", incident_id: str = "") -> agency_pb2.CommandResult:
@@ -68,7 +69,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 jurisdiction_geojson=request.jurisdiction_geojson,
                 contact_info=convert_sos.contact_info(request.contact_info),
                 webhook_url=request.webhook_url,
-                ack_timeout_seconds=request.ack_timeout.seconds if request.HasField("ack_timeout") else None,
+                ack_timeout_seconds=convert.whole_seconds(request, "ack_timeout"),
             ),
             agency_type=convert.enum_from_pb(AgencyType, request.agency_type, "agency_type"),
             provider_id=request.provider_id,
@@ -104,7 +105,7 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 jurisdiction_geojson=d.jurisdiction_geojson,
                 contact_info=convert_sos.contact_info(d.contact_info),
                 webhook_url=d.webhook_url,
-                ack_timeout_seconds=d.ack_timeout.seconds if d.HasField("ack_timeout") else None,
+                ack_timeout_seconds=convert.whole_seconds(d, "ack_timeout", "department.ack_timeout"),
                 status=convert.enum_from_pb(DepartmentStatus, d.status, "department.status"),
             ),
             list(request.update_mask.paths),
@@ -256,7 +257,16 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                     eta_minutes=0,
                 )
                 return _command_result(None, incident.sos_alert_id, incident.id)
-            raise InvalidArgument.field("kind", "subscribe is only allowed as the first message")
+            if kind == "subscribe":
+                raise InvalidArgument.field("subscribe", "is only allowed as the first message")
+            raise InvalidArgument.field("kind", "send one of ack, accept, decline, update or heartbeat")
+        except InvalidArgument as err:
+            # Fields are named as the CAD sent them: inside its command (accept.alert_id).
+            named = [
+                FieldViolation(v.field if v.field.startswith(f"{kind}.") else f"{kind}.{v.field}", v.description)
+                for v in err.violations
+            ]
+            return _command_result(InvalidArgument(named) if kind in COMMANDS else err, alert_id, incident_id)
         except DomainError as err:
             await self._audit_refused(principal, kind, err)
             return _command_result(err, alert_id, incident_id)

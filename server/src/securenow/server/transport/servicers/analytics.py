@@ -52,6 +52,6 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             request.department_id,
             convert_analytics.timestamp(request, "start_time", "start_time"),
             convert_analytics.timestamp(request, "end_time", "end_time"),
-            convert_analytics.interval(request, "interval"),
+            convert.from_duration(request, "interval"),
         )
         return analytics_pb2.GetIncidentReportResponse(buckets=[convert_analytics.report_bucket(b) for b in buckets])
