@@ -24,9 +24,42 @@ def test_production_requires_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         env="production",
         secret_key="x" * 40,
         data_key=base64.b64encode(b"k" * 32).decode(),
-        database_url="postgresql://app:s3cret@db/securenow",
+        database_url="postgresql://app:s3cret@db/securenow?sslmode=verify-full",
     )
     assert not ok.allow_http_webhooks
+
+
+def test_production_refuses_plain_text_to_backends_on_other_hosts() -> None:
+    secrets = {"secret_key": "x" * 40, "data_key": base64.b64encode(b"k" * 32).decode()}
+    remote_db = "postgresql://app:s3cret@db.internal/securenow"
+    with pytest.raises(ValidationError, match="TLS to PostgreSQL, Redis, Elasticsearch"):
+        Settings(
+            env="production",
+            database_url=remote_db,
+            redis_url="redis://cache.internal:6379/0",
+            elasticsearch_url="http://search.internal:9200",
+            **secrets,
+        )
+    encrypted = Settings(
+        env="production",
+        database_url=remote_db + "?sslmode=require",
+        redis_url="rediss://cache.internal:6379/0",
+        elasticsearch_url="https://search.internal:9200",
+        **secrets,
+    )
+    assert encrypted.plaintext_backends() == []
+    # Loopback and Unix sockets never leave the machine.
+    local = Settings(
+        env="production",
+        database_url="postgresql://app:s3cret@/securenow?host=/run/postgresql",
+        redis_url="redis://[::1]:6379/0",
+        elasticsearch_url="http://localhost:9200",
+        **secrets,
+    )
+    assert local.plaintext_backends() == []
+    # A private network of their own (one Docker host) is an explicit choice.
+    private = Settings(env="production", database_url=remote_db, allow_plaintext_backends=True, **secrets)
+    assert private.plaintext_backends() == ["PostgreSQL"]
 
 
 def test_a_bad_setting_is_reported_without_echoing_secrets() -> None:

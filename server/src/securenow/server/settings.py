@@ -12,6 +12,7 @@ import socket
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     # credentials). data_keys_old: comma-separated retired keys, still used to decrypt.
     data_key: SecretStr | None = None
     data_keys_old: SecretStr | None = None
+
+    # Production refuses a database, Redis or Elasticsearch URL that reaches another
+    # host in plain text (sslmode=require or verify-*, rediss://, https:// instead).
+    # true: they are on a private network of their own (one Docker host, say).
+    allow_plaintext_backends: bool = False
 
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -149,6 +155,13 @@ class Settings(BaseSettings):
             if "database_url" not in self.model_fields_set:
                 # The default URL carries the development password.
                 raise SettingsError("production mode needs SECURENOW_DATABASE_URL")
+            plaintext = self.plaintext_backends()
+            if plaintext and not self.allow_plaintext_backends:
+                raise SettingsError(
+                    f"production mode needs TLS to {', '.join(plaintext)} on another host"
+                    " (sslmode=require or verify-full, rediss://, https://),"
+                    " or SECURENOW_ALLOW_PLAINTEXT_BACKENDS=true on a private network"
+                )
             if self.contact_notify_url and (
                 self.contact_notify_secret is None or len(self.contact_notify_secret.get_secret_value()) < 16
             ):
@@ -164,6 +177,22 @@ class Settings(BaseSettings):
             _ = self.data_keys  # a malformed key is a bad setting now, not an error at first use
         _ = self.trusted_proxy_networks
         return self
+
+    def plaintext_backends(self) -> list[str]:
+        """The backends this configuration reaches on another host without TLS."""
+        found = []
+        db = urlsplit(self.database_url)
+        sslmode = dict(parse_qsl(db.query)).get("sslmode", "")
+        if _remote(db.hostname) and sslmode not in ("require", "verify-ca", "verify-full"):
+            found.append("PostgreSQL")
+        redis = urlsplit(self.redis_url)
+        if _remote(redis.hostname) and redis.scheme != "rediss":
+            found.append("Redis")
+        if self.elasticsearch_url:
+            es = urlsplit(self.elasticsearch_url)
+            if _remote(es.hostname) and es.scheme != "https":
+                found.append("Elasticsearch")
+        return found
 
     @cached_property
     def _secret_key_bytes(self) -> bytes:
@@ -234,6 +263,16 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_instance_id(self) -> str:
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _remote(host: str | None) -> bool:
+    """Whether a URL's host is another machine (not a Unix socket, not loopback)."""
+    if not host or host == "localhost" or host.startswith("/"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _decode_key(text: str, name: str) -> bytes:
