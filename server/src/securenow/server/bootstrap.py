@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import redis.asyncio as aioredis
 
+from securenow.server.domain.accounts import Principal
 from securenow.server.domain.paging import use_token_key as use_page_token_key
 from securenow.server.security.encryption import FieldEncryptor
 from securenow.server.security.tokens import API_KEY_PREFIX, REFRESH_PREFIX, AccessTokenCodec, OpaqueSecretCodec
@@ -160,6 +161,14 @@ class App:
             elastic=elastic,
             search_indexer=SearchIndexer(db, elastic, settings.database_url) if elastic else None,
         )
+
+    async def rate_limit(self, caller: Principal, limit: str) -> None:
+        """Counts a call of a rate-limited class (transport.access.Rule.limit)."""
+        per_minute = {
+            "lookup": self.settings.lookup_calls_per_minute,
+            "booking": self.settings.booking_calls_per_minute,
+        }[limit]
+        await self.live.hit_rate_limit(caller.id, limit, per_minute)
 
     async def close(self) -> None:
         if self.elastic is not None:

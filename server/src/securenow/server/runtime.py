@@ -151,6 +151,7 @@ class Runtime:
                 CallInterceptor(
                     app.authenticator.authenticate,
                     app.audit.record_failure,
+                    app.rate_limit,
                     trusted_proxies=app.settings.trusted_proxy_networks,
                 )
             ],

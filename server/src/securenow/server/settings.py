@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     trusted_proxies: str = "127.0.0.0/8,::1/128"
     # RecordEvents calls per user and minute (each up to 100 events).
     analytics_calls_per_minute: int = Field(default=120, gt=0)
+    # Per caller and minute: searches and safety-score lookups (computed on demand),
+    # and new bookings. Nothing on the SOS path is limited.
+    lookup_calls_per_minute: int = Field(default=300, gt=0)
+    booking_calls_per_minute: int = Field(default=30, gt=0)
 
     db_pool_min_size: int = Field(default=5, ge=1)
     db_pool_max_size: int = Field(default=20, ge=1)

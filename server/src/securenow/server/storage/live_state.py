@@ -21,6 +21,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,6 +34,10 @@ PROVIDERS_LAST_SEEN = "providers:last_seen"
 CHANNEL_SOS_EMERGENCY = "sos:emergency"
 CHANNEL_BOOKING_UPDATE = "booking:update"
 CHANNEL_PROVIDER_STATUS = "provider:status"
+
+RATE_LIMITED = Counter(
+    "securenow_rate_limited_total", "Calls refused for exceeding a per-caller rate limit.", ["action"]
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -166,6 +171,7 @@ class LiveState:
         except Unavailable:
             return
         if count > limit:
+            RATE_LIMITED.labels(action).inc()
             raise ResourceExhausted(
                 f"too many {action} attempts; retry in {max(ttl, 1)} s", retry_after_seconds=float(max(ttl, 1))
             )

@@ -14,6 +14,10 @@ class Rule:
     public: bool = False  # no credentials needed
     api_key: bool = False  # agency API keys may call it
     mutating: bool = False  # failures are audited too
+    # Rate-limit class (per caller and minute, rate_limit:{caller}:{class} in Redis):
+    # "lookup" for computed reads anyone may call, "booking" for creating bookings.
+    # Nothing on the SOS path is ever limited.
+    limit: str = ""
 
     def allows_role(self, role: Role) -> bool:
         return role in self.roles
@@ -67,7 +71,7 @@ RULES: dict[str, Rule] = {
     ),
     **_rules(
         "BookingService",
-        CreateBooking=Rule(CUSTOMERS, mutating=True),
+        CreateBooking=Rule(CUSTOMERS, mutating=True, limit="booking"),
         GetBooking=Rule(ANY_USER),
         ListBookings=Rule(ANY_USER),
         ConfirmBooking=Rule(PROVIDER_OR_ADMIN, mutating=True),
@@ -107,14 +111,14 @@ RULES: dict[str, Rule] = {
     ),
     **_rules(
         "SearchService",
-        SearchProviders=Rule(ANY_USER, api_key=True),
-        SearchIncidents=Rule(AGENCY_OR_ADMIN, api_key=True),
+        SearchProviders=Rule(ANY_USER, api_key=True, limit="lookup"),
+        SearchIncidents=Rule(AGENCY_OR_ADMIN, api_key=True, limit="lookup"),
     ),
     **_rules(
         "AnalyticsService",
         RecordEvents=Rule(ANY_USER, mutating=True),
-        GetSafetyScore=Rule(ANY_USER, api_key=True),
-        ListSafetyScores=Rule(ANY_USER, api_key=True),
+        GetSafetyScore=Rule(ANY_USER, api_key=True, limit="lookup"),
+        ListSafetyScores=Rule(ANY_USER, api_key=True, limit="lookup"),
         GetIncidentReport=Rule(AGENCY_OR_ADMIN, api_key=True),
     ),
     # Infrastructure.

@@ -52,6 +52,8 @@ LATENCY = Histogram(
 
 Authenticate = Callable[[str], Awaitable[Principal]]
 AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
+# Counts a call of a rate-limited class for the caller; raises ResourceExhausted past the limit.
+RateLimit = Callable[[Principal, str], Awaitable[None]]
 # Outcomes of mutating calls that are not audited: nothing was attempted on an object.
 NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
@@ -194,11 +196,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self,
         authenticate: Authenticate,
         audit_failure: AuditFailure,
+        rate_limit: RateLimit,
         *,
         trusted_proxies: Sequence[IpNetwork] = LOOPBACK_NETWORKS,
     ) -> None:
         self._authenticate = authenticate
         self._audit_failure = audit_failure
+        self._rate_limit = rate_limit
         self._trusted = tuple(trusted_proxies)
 
     async def intercept_service(
@@ -233,6 +237,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 raise PermissionDenied(
                     f"role {principal.role.value} cannot call this method", reason="ROLE_NOT_ALLOWED"
                 )
+            if rule.limit:
+                await self._rate_limit(principal, rule.limit)
             set_principal(principal)
 
         if handler.unary_unary:
