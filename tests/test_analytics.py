@@ -9,7 +9,7 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from securenow.server.domain.enums import IncidentType
 from securenow.server.domain.geo import Point
 from securenow.server.domain.safety_score import IncidentCount, assess, cell_of
 from securenow.server.services.analytics import refresh_safety_scores
-from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, sos_pb2
+from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, sos_pb2, users_pb2
 from tests.dispatch_helpers import LA, SF, dispatcher_of, location, register_department, report_figures
 from tests.helpers import Account, Api, ErrorDetails, expect_error, wait_for
 
@@ -397,6 +397,27 @@ async def test_maintenance_maps_every_cell_with_recent_alerts_and_lists_them_bes
     assert scores[2].score == assess([IncidentCount(IncidentType.ASSAULT, 0, 2)]).score
     # What the map shows is what GetSafetyScore answers there.
     assert await score_at(api, viewer, spots[1]) == scores[1]
+
+    # A person's own safety score is that of the last location they shared: walkers in
+    # the assault cell and in a quiet place get those; nobody located keeps the default.
+    async def walk_to(point: tuple[float, float]) -> Account:
+        walker = await api.sign_up()
+
+        async def fix() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+            yield sos_pb2.ShareLocationRequest(location=location(point))
+
+        assert (await api.sos.ShareLocation(fix(), metadata=walker.md)).accepted_count == 1
+        return walker
+
+    async def own_score(account: Account) -> int:
+        me = await api.users.GetUser(users_pb2.GetUserRequest(user_id="me"), metadata=account.md)
+        return me.user.safety_score
+
+    in_danger, in_quiet = await walk_to(spots[0]), await walk_to(offset(BLOCK, 0, -5000))
+    await api.app.maintenance.refresh_safety_scores()
+    assert await own_score(in_danger) == scores[2].score
+    assert await own_score(in_quiet) == 100
+    assert await own_score(viewer) == 85
 
     # Ties are broken by id; pages of two walk the same list without gaps or repeats.
     # Quiet cells are not stored (nor listed); two more cells with one medical call each

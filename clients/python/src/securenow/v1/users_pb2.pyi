@@ -157,7 +157,10 @@ class User(_message.Message):
     status: Global___UserStatus.ValueType
     """Account status."""
     safety_score: _builtins.int
-    """Personal safety score, 0..100."""
+    """Personal safety score, 0..100: the safety score of the area of the last location
+    the user shared within a day (100 in a quiet area), refreshed with the area map
+    (every 30 minutes); 85 until the user has shared one.
+    """
     verification_status: _common_pb2.VerificationStatus.ValueType
     """KYC verification status."""
     kyc_submitted: _builtins.bool

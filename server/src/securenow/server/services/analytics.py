@@ -17,6 +17,7 @@ from securenow.server.domain.errors import NotFound, PermissionDenied
 from securenow.server.domain.geo import Point
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.safety_score import (
+    CELLS_PER_DEGREE,
     SCORE_RADIUS_M,
     VALIDITY,
     WINDOW,
@@ -32,6 +33,9 @@ from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
 
 DEFAULT_LIST_RADIUS_M = 5_000.0
+# A user's safety score follows a location they shared within this long; older ones
+# (or none) leave the score as it was (the seed's default of 85 for a new account).
+USER_LOCATION_MAX_AGE = timedelta(days=1)
 MAX_LIST_RADIUS_M = 50_000.0
 
 
@@ -56,6 +60,8 @@ async def refresh_safety_scores(db: Database, now: datetime | None = None) -> in
         scores = [(cell, assess(incidents)) for cell, incidents in cells.items()]
         if scores:
             await uow.analytics.save_scores(scores, SCORE_RADIUS_M, now, now + VALIDITY)
+        # A user's own score is that of where they were last seen (users.safety_score).
+        await uow.analytics.refresh_user_scores(CELLS_PER_DEGREE, now - USER_LOCATION_MAX_AGE)
     return len(scores)
 
 

@@ -216,6 +216,28 @@ class AnalyticsRepo:
             UPSERT_SCORE_SQL, [_score_args(c, radius_m, a, calculated_at, valid_until) for c, a in ordered]
         )
 
+    async def refresh_user_scores(self, cells_per_degree: int, located_since: datetime) -> int:
+        """Sets each user's safety_score to the score of the map cell of their last
+        location, if they shared one since `located_since` (100 where no score is
+        stored: a quiet cell). The cell is computed as domain.safety_score.Cell.at does.
+        Returns how many users changed."""
+        result = await self.conn.execute(
+            """WITH located AS (
+                   SELECT id, $1::int || ':'
+                          || LEAST(GREATEST(floor((location_data->>'lat')::float8 * $1)::int, -90 * $1), 90 * $1 - 1)
+                          || ':'
+                          || ((floor((location_data->>'lng')::float8 * $1)::int + 180 * $1) % (360 * $1) - 180 * $1)
+                          AS cell
+                   FROM users
+                   WHERE location_data ? 'lat' AND (location_data->>'time')::timestamptz >= $2)
+               UPDATE users u SET safety_score = COALESCE(s.score, 100), updated_at = now()
+               FROM located l LEFT JOIN safety_scores s ON s.cell = l.cell
+               WHERE u.id = l.id AND u.safety_score IS DISTINCT FROM COALESCE(s.score, 100)""",
+            cells_per_degree,
+            located_since,
+        )
+        return int(result.split()[-1])
+
     async def try_lock_refresh(self) -> bool:
         """Transaction-scoped: only one replica refreshes the map at a time."""
         return bool(await self.conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('securenow_safety_refresh'))"))
