@@ -152,13 +152,46 @@ async def test_without_a_gateway_contacts_are_recorded_not_configured(api: Api, 
     )
 
 
+async def test_watchers_see_the_outcome_for_the_contacts_as_a_change(api: Api, db_conn: asyncpg.Connection) -> None:
+    """WatchSos sends a snapshot, then every change: the contacts' outcome is one."""
+    assert not api.app.contact_notifier.config.url  # the suite's server has none
+    person = await person_with_contacts(api, SIS, DAD)
+    alert = await raise_sos(api, person, SF)
+    watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+    try:
+        # The notifier skips a locked alert (SKIP LOCKED): held until the snapshot is
+        # read, so the snapshot shows the contacts not handled yet.
+        async with db_conn.transaction():
+            await db_conn.execute("SELECT 1 FROM sos_alerts WHERE id = $1 FOR UPDATE", alert.id)
+            snapshot = await asyncio.wait_for(watch.read(), 10)
+            assert snapshot.event == "snapshot"
+            assert len(snapshot.alert.emergency_contacts_notified) == 0
+        change = await asyncio.wait_for(watch.read(), 10)
+    finally:
+        watch.cancel()
+    assert change.event == "contacts_notified"
+    assert [(c.name, c.status) for c in change.alert.emergency_contacts_notified] == [
+        ("Sis", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED),
+        ("Dad", sos_pb2.CONTACT_NOTIFICATION_STATUS_NOT_CONFIGURED),
+    ]
+    assert change.alert.update_time.ToDatetime() > snapshot.alert.update_time.ToDatetime()
+    shown = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+    assert shown.alert.update_time == change.alert.update_time
+
+
 async def test_a_person_without_contacts_gets_an_empty_list_and_no_post(
     api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
 ) -> None:
     person = await api.sign_up()
     alert = await raise_sos(api, person, SF)
+    before = await db_conn.fetchval("SELECT updated_at FROM sos_alerts WHERE id = $1", alert.id)
     row = await wait_for(lambda: handled(db_conn, alert.id), what="contacts handled")
     assert row["outcome"] == []
+    # Nothing a watcher sees changed (an empty list before and after): no watch event.
+    assert await db_conn.fetchval("SELECT updated_at FROM sos_alerts WHERE id = $1", alert.id) == before
+    assert not await db_conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_type = 'contacts_notified' AND aggregate_id = $1", alert.id
+    )
     assert (
         await db_conn.fetchval(
             "SELECT count(*) FROM audit_log WHERE action = 'sos.contacts_notify' AND resource_id = $1", alert.id

@@ -208,8 +208,10 @@ class AgencyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AckDispatchEvent(self, request, context):
-        """Acknowledges dispatch events up to and including event_id (browser clients).
-        Returns INVALID_ARGUMENT for a malformed event_id.
+        """Acknowledges dispatch events up to and including event_id (browser clients):
+        those that were sent and are still pending; a repeat settles nothing new.
+        Returns INVALID_ARGUMENT for a malformed event_id or one after the department's
+        newest event (nothing is acknowledged then).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,8 +83,10 @@ class AgencyServiceStub:
     UpdateIncident.
     """
     AckDispatchEvent: _grpc.UnaryUnaryMultiCallable[_agency_pb2.AckDispatchEventRequest, _agency_pb2.AckDispatchEventResponse]
-    """Acknowledges dispatch events up to and including event_id (browser clients).
-    Returns INVALID_ARGUMENT for a malformed event_id.
+    """Acknowledges dispatch events up to and including event_id (browser clients):
+    those that were sent and are still pending; a repeat settles nothing new.
+    Returns INVALID_ARGUMENT for a malformed event_id or one after the department's
+    newest event (nothing is acknowledged then).
     """
     AcceptSosAlert: _grpc.UnaryUnaryMultiCallable[_agency_pb2.AcceptSosAlertRequest, _agency_pb2.AcceptSosAlertResponse]
     """Accepts an alert routed to the caller's agency and dispatches a unit: the incident
@@ -163,8 +165,10 @@ class AgencyServiceAsyncStub(AgencyServiceStub):
     UpdateIncident.
     """
     AckDispatchEvent: _aio.UnaryUnaryMultiCallable[_agency_pb2.AckDispatchEventRequest, _agency_pb2.AckDispatchEventResponse]  # type: ignore[assignment]
-    """Acknowledges dispatch events up to and including event_id (browser clients).
-    Returns INVALID_ARGUMENT for a malformed event_id.
+    """Acknowledges dispatch events up to and including event_id (browser clients):
+    those that were sent and are still pending; a repeat settles nothing new.
+    Returns INVALID_ARGUMENT for a malformed event_id or one after the department's
+    newest event (nothing is acknowledged then).
     """
     AcceptSosAlert: _aio.UnaryUnaryMultiCallable[_agency_pb2.AcceptSosAlertRequest, _agency_pb2.AcceptSosAlertResponse]  # type: ignore[assignment]
     """Accepts an alert routed to the caller's agency and dispatches a unit: the incident
@@ -300,8 +304,10 @@ class AgencyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agency_pb2.AckDispatchEventRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agency_pb2.AckDispatchEventResponse, _abc.Awaitable[_agency_pb2.AckDispatchEventResponse]]:
-        """Acknowledges dispatch events up to and including event_id (browser clients).
-        Returns INVALID_ARGUMENT for a malformed event_id.
+        """Acknowledges dispatch events up to and including event_id (browser clients):
+        those that were sent and are still pending; a repeat settles nothing new.
+        Returns INVALID_ARGUMENT for a malformed event_id or one after the department's
+        newest event (nothing is acknowledged then).
         """
 
     @_abc_1.abstractmethod

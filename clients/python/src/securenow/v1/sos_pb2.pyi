@@ -562,8 +562,10 @@ class WatchSosResponse(_message.Message):
     INCIDENT_FIELD_NUMBER: _builtins.int
     event: _builtins.str
     """What happened: "snapshot", "location", "accepted", "declined", "escalated",
-    "rerouted" (the agency stopped taking alerts), "incident_updated", "cancelled"
-    or "resolved".
+    "rerouted" (the agency stopped taking alerts), "incident_updated",
+    "contacts_notified" (the outcome for the emergency contacts was stored in
+    emergency_contacts_notified), "cancelled" or "resolved". More may be added:
+    treat an unknown one like any change and show the alert as sent.
     """
     @_builtins.property
     def alert(self) -> Global___SosAlert:

@@ -1,11 +1,17 @@
 """Location ingestion for ShareLocation, batched per process.
 
 Fixes from every stream go into one buffer; a flusher writes them every few
-milliseconds: `user:location:{user_id}` in Redis, the alert trails (COPY), the
-alerts' and users' latest positions, and alert_location events for the handling
-agency, paced per alert (latest wins, at most one per `forward_interval`). Fixes for
-an alert that was cancelled or resolved meanwhile neither join its trail nor reach
-the agency.
+milliseconds: the alert trails (COPY), the alerts' and users' current positions,
+`user:location:{user_id}` in Redis, and alert_location events for the handling agency
+(and "location" watch events), paced per alert (latest wins, at most one per
+`forward_interval`).
+
+Fixes can arrive out of order (a phone sends what it buffered offline, two replicas
+flush at once): every fix joins the alert's trail with its own time, but a current
+position (alert, user, Redis key) only ever moves to a newer fix, and only a fix that
+is the alert's current position is forwarded. The flush locks the alerts' rows, so a
+cancel or resolve either waits for it or is seen by it: fixes for an alert closed
+meanwhile neither join its trail nor reach the agency.
 """
 
 from __future__ import annotations
@@ -86,8 +92,14 @@ class LocationIngestor:
             try:
                 await self.flush()
                 backoff = 0.1
-            except Unavailable as exc:
-                log.warning("location flush failed (%s); retrying", exc)
+            except Exception as exc:
+                # The batch stays buffered and is retried; callers waiting on it time out
+                # meanwhile. Anything unexpected is logged in full but never ends
+                # ingestion for everyone.
+                if isinstance(exc, Unavailable):
+                    log.warning("location flush failed (%s); retrying", exc)
+                else:
+                    log.exception("location flush failed unexpectedly; retrying")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -103,6 +115,9 @@ class LocationIngestor:
             self._flushed = max(self._flushed, upto)
             self._progress.notify_all()
 
+    def _may_forward(self, alert_id: str, now: float) -> bool:
+        return now - self._last_forward.get(alert_id, 0.0) >= self._forward_interval
+
     async def _write(self, batch: list[_Fix]) -> None:
         now = time.monotonic()
         latest_user: dict[str, LocationFix] = {}
@@ -115,50 +130,57 @@ class LocationIngestor:
                 trail.append((item.alert_id, item.fix))
                 if item.alert_id not in latest_alert or item.fix.time >= latest_alert[item.alert_id].time:
                     latest_alert[item.alert_id] = item.fix
-        self._due.update(latest_alert)
-        forward = {a: f for a, f in self._due.items() if now - self._last_forward.get(a, 0.0) >= self._forward_interval}
+        waiting = {a for a in self._due if self._may_forward(a, now)}  # unforwarded fixes whose turn came
+        due = dict(self._due)
+        forwarded: list[str] = []
+        moved_users: set[str] = set()
         unrouted: list[str] = []
-        if trail or latest_user or forward:
+        if trail or latest_user or waiting:
             async with self._db.unit_of_work() as uow:
-                # An alert's trail ends with the alert: fixes still streaming after a
-                # cancel or resolve only move the person's own live location.
-                alert_ids = sorted({a for a, _ in trail} | set(forward))
-                owners = await uow.sos.owners(alert_ids) if alert_ids else {}
-                still_open = {a for a, (_, _, status) in owners.items() if status in OPEN_STATUSES}
+                # The alerts' rows stay locked until commit: a cancel or resolve waits
+                # for this flush or this flush sees it (an alert's trail and its
+                # alert_location events end with the alert; fixes still streaming after
+                # it only move the person's own location).
+                alert_ids = sorted({a for a, _ in trail} | waiting)
+                alerts = await uow.sos.lock_for_locations(alert_ids) if alert_ids else {}
+                still_open = {a for a, alert in alerts.items() if alert.status in OPEN_STATUSES}
                 trail = [(a, f) for a, f in trail if a in still_open]
                 if trail:
                     await uow.sos.add_locations(trail)
-                    # Sorted: concurrent flushes (other replicas) lock alert rows in one order.
-                    await uow.sos.set_latest_locations(
+                    # A fix older than the alert's current location joins the trail only:
+                    # just the fixes that moved it are forwarded and announced.
+                    moved = await uow.sos.set_latest_locations(
                         sorted((a, f) for a, f in latest_alert.items() if a in still_open)
                     )
+                    due.update({a: latest_alert[a] for a in moved})
                 if latest_user:
-                    await uow.sos.set_user_locations(list(latest_user.items()))
-                for alert_id, fix in forward.items():
-                    if alert_id not in still_open:
+                    # Sorted: concurrent flushes (other replicas) lock rows in one order.
+                    moved_users = await uow.sos.set_user_locations(sorted(latest_user.items()))
+                for alert_id in sorted(a for a in due if self._may_forward(a, now)):
+                    fix = due.pop(alert_id)
+                    alert = alerts.get(alert_id)
+                    if alert is None or alert.status not in OPEN_STATUSES:
                         continue
-                    _, agency, _ = owners[alert_id]
-                    if agency is None:
+                    if alert.location_time is not None and fix.time < alert.location_time:
+                        continue  # another replica stored (and forwards) a newer fix meanwhile
+                    if alert.agency_id is None:
                         unrouted.append(alert_id)
-                    await sos_events.alert_location(uow, alert_id, agency, fix)
-        for alert_id in forward:
+                    await sos_events.alert_location(uow, alert_id, alert.user_id, alert.agency_id, fix)
+                    forwarded.append(alert_id)
+        self._due = due
+        for alert_id in forwarded:
             self._last_forward[alert_id] = now
-            self._due.pop(alert_id, None)
         if len(self._last_forward) > 10_000:
             cutoff = now - 60
             self._last_forward = {a: t for a, t in self._last_forward.items() if t > cutoff}
         INGESTED.inc(len(batch))
-        if latest_user:
+        if moved_users:
+            # Conditional on the fix's time too: another replica's newer fix may be there.
             try:
-                async with self._live.redis.pipeline(transaction=False) as pipe:
-                    for user_id, fix in latest_user.items():
-                        pipe.set(
-                            f"user:location:{user_id}",
-                            f"{fix.point.latitude},{fix.point.longitude},{fix.time.timestamp()}",
-                            ex=86400,
-                        )
-                    await pipe.execute()
+                await self._live.set_user_locations(
+                    {u: (latest_user[u].point, latest_user[u].time.timestamp()) for u in moved_users}
+                )
             except Exception as exc:  # Redis down: Postgres has the positions
-                log.warning("could not update user:location keys: %s", type(exc).__name__)
+                log.warning("could not update user:location keys: %s", exc)
         for alert_id in unrouted:
             await self._sos.route_if_unassigned(alert_id)

@@ -7,6 +7,8 @@ subscribers that an alert changed. sos:emergency is the seed's Pub/Sub channel.
 
 from __future__ import annotations
 
+from typing import Any
+
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.sos import PoliceIncident, SosAlert
 from securenow.server.storage.outbox_repo import OutboxRow
@@ -32,7 +34,11 @@ async def alert_raised(uow: UnitOfWork, alert: SosAlert, incident: PoliceInciden
     await uow.outbox.add_row(alert_raised_row(alert, incident))
 
 
-async def alert_location(uow: UnitOfWork, alert_id: str, department_id: str | None, fix: LocationFix) -> None:
+async def alert_location(
+    uow: UnitOfWork, alert_id: str, user_id: str, department_id: str | None, fix: LocationFix
+) -> None:
+    """The alert's current location moved to `fix`. The watch event carries the person
+    and the position too: the outbox relay keeps `sos:active:{alert_id}` with them."""
     if department_id is not None:
         await uow.outbox.add(
             TOPIC_DISPATCH,
@@ -41,7 +47,8 @@ async def alert_location(uow: UnitOfWork, alert_id: str, department_id: str | No
             aggregate_id=alert_id,
             department_id=department_id,
         )
-    await watch(uow, alert_id, "location")
+    position = {"lat": fix.point.latitude, "lng": fix.point.longitude, "time": fix.time.isoformat()}
+    await watch(uow, alert_id, "location", user_id=user_id, location=position)
 
 
 async def alert_cancelled(uow: UnitOfWork, alert: SosAlert, reason: str) -> None:
@@ -76,5 +83,8 @@ async def incident_updated(uow: UnitOfWork, incident: PoliceIncident) -> None:
     )
 
 
-async def watch(uow: UnitOfWork, alert_id: str, event: str) -> None:
-    await uow.outbox.add(TOPIC_WATCH, event, {"alert_id": alert_id, "event": event}, aggregate_id=alert_id)
+async def watch(uow: UnitOfWork, alert_id: str, event: str, **details: Any) -> None:
+    """Payload {alert_id, event, **details}: readers need only `event`; extra keys may
+    come (a "location" event has user_id and location {lat, lng, time})."""
+    payload = {**details, "alert_id": alert_id, "event": event}
+    await uow.outbox.add(TOPIC_WATCH, event, payload, aggregate_id=alert_id)

@@ -64,10 +64,13 @@ class ContactNotificationsRepo:
     async def record(self, outcomes: list[tuple[str, list[ContactNotification]]]) -> list[str]:
         """Stores the outcomes (alert id, one entry per contact) in one statement; returns
         the alerts stored now, leaving out any stored already (another replica took over
-        after this one's lease ran out) or gone."""
+        after this one's lease ran out) or gone. An alert whose outcome lists contacts
+        changed as its watchers see it (SosAlert.emergency_contacts_notified): its
+        updated_at moves; an empty list (no contacts) shows the same as before."""
         rows = await self.conn.fetch(
             """UPDATE sos_alerts a
-               SET emergency_contacts_notified = v.outcome::jsonb, contacts_notify_lease_until = NULL
+               SET emergency_contacts_notified = v.outcome::jsonb, contacts_notify_lease_until = NULL,
+                   updated_at = CASE WHEN v.outcome::jsonb = '[]'::jsonb THEN a.updated_at ELSE now() END
                FROM unnest($1::uuid[], $2::text[]) AS v(id, outcome)
                WHERE a.id = v.id AND a.emergency_contacts_notified IS NULL RETURNING a.id""",
             [alert_id for alert_id, _ in outcomes],

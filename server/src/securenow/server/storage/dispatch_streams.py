@@ -10,7 +10,8 @@ the relay fills as it publishes (RELAY_CONSUMER).
 Semantics (what a CAD sees):
 - Every connection of a department receives every event of that department, whichever
   replica it is connected to; an ack from any of them settles the event (XACK, and
-  acked_at in Postgres for recovery).
+  acked_at in Postgres for recovery). An ack of an id that was not pending (repeated,
+  never sent, not issued) settles nothing, in Redis or in Postgres.
 - On subscribe: everything after `resume_after_event_id` (when given; from Postgres
   for the part the relay trimmed from the stream) plus every unacknowledged event, in
   order; then live events.
@@ -59,6 +60,8 @@ REWOUND = Counter(
 MAX_QUEUE = 10_000
 # Stream acks are written to the outbox every 0.2 s and audited every this many seconds.
 ACK_AUDIT_INTERVAL = 5.0
+# AckDispatchEvent takes pending entries off the group's list this many at a time.
+ACK_THROUGH_PAGE = 1000
 
 
 @dataclass(frozen=True, order=True)
@@ -300,36 +303,90 @@ class DispatchHub:
     async def ack(
         self, principal: Principal, department_id: str, event_id_text: str, *, field_name: str = "ack.event_id"
     ) -> None:
+        """Acknowledges one event (StreamDispatch). Only an event the group had pending
+        is recorded (in PostgreSQL, with the next flush): XACK answers 0 for an id that
+        is acknowledged already (a duplicate, another connection's ack) or was never
+        sent (not issued or not published yet, or lost with Redis's data, and then put
+        back pending by the relay). Such an ack settles nothing and is dropped; the
+        event, if it exists, stays pending and comes again.
+
+        No ack of an event a connection received can find it not pending yet: the relay
+        XADDs an entry and reads it into the group's pending list (XREADGROUP as
+        RELAY_CONSUMER) in one MULTI, so no hub reads it, live or by XRANGE, before."""
         seq = seq_of(event_id_text)
         if seq is None:
             raise InvalidArgument.field(field_name, "is not an event id from this stream")
         try:
-            await self._redis.xack(dispatch_stream(department_id), DISPATCH_GROUP, event_id(seq))
+            settled = await self._redis.xack(dispatch_stream(department_id), DISPATCH_GROUP, event_id(seq))
         except (RedisError, OSError) as exc:
             raise Unavailable("dispatch streams unavailable") from exc
+        if not settled:
+            log.debug("ack of %s by department %s: nothing pending under it; ignored", event_id(seq), department_id)
+            return
         self._acks.setdefault((department_id, principal), set()).add(seq)
 
     async def ack_through(
         self, principal: Principal, department_id: str, event_id_text: str, *, field_name: str = "event_id"
     ) -> None:
         """Acknowledges every pending event up to and including `event_id_text` (the
-        browser console acknowledges by cursor)."""
+        browser console acknowledges by cursor). Exactly the events this call took off
+        the group's pending list are recorded in PostgreSQL: nothing numbered but not
+        published yet, nothing acknowledged already, nothing Redis lost (the relay puts
+        those back pending). An id after the department's newest event (one it was never
+        given) is INVALID_ARGUMENT and acknowledges nothing."""
         seq = seq_of(event_id_text)
         if seq is None:
             raise InvalidArgument.field(field_name, "is not an event id from this stream")
+        async with self._db.reader() as uow:
+            issued = await RelayRepo(uow.conn).last_issued_seq(department_id)
+        if seq > issued:
+            newest = f"the newest is {event_id(issued)}" if issued else "there is none yet"
+            raise InvalidArgument.field(field_name, f"is after the newest event of this department ({newest})")
         stream = dispatch_stream(department_id)
+        settled: list[int] = []
         try:
-            pending = await self._redis.xpending_range(stream, DISPATCH_GROUP, min="-", max=event_id(seq), count=10_000)
-            ids = [p["message_id"] for p in pending]
-            if ids:
-                await self._redis.xack(stream, DISPATCH_GROUP, *ids)
+            after = "-"
+            while True:
+                pending = await self._redis.xpending_range(
+                    stream, DISPATCH_GROUP, min=after, max=event_id(seq), count=ACK_THROUGH_PAGE
+                )
+                ids = [p["message_id"] for p in pending]
+                if not ids:
+                    break
+                # One XACK per id: the answers tell which ones this call settled (another
+                # connection may ack some meanwhile, and records those itself).
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for entry_id in ids:
+                        pipe.xack(stream, DISPATCH_GROUP, entry_id)
+                    answers = await pipe.execute()
+                settled += [s for i, n in zip(ids, answers, strict=True) if n and (s := seq_of(i)) is not None]
+                if len(ids) < ACK_THROUGH_PAGE:
+                    break
+                after = f"({ids[-1]}"
         except (RedisError, OSError) as exc:
+            self._keep_acks(department_id, principal, settled)  # what was settled before Redis failed
             raise Unavailable("dispatch streams unavailable") from exc
-        async with self._db.unit_of_work() as uow:
-            await RelayRepo(uow.conn).mark_acked_through(department_id, seq)
-            await uow.audit.record(
-                principal, AuditEntry("dispatch.ack", "department", department_id, details={"through": event_id(seq)})
-            )
+        try:
+            async with self._db.unit_of_work() as uow:
+                if settled:
+                    await RelayRepo(uow.conn).mark_acked([(department_id, s) for s in settled])
+                await uow.audit.record(
+                    principal,
+                    AuditEntry(
+                        "dispatch.ack",
+                        "department",
+                        department_id,
+                        details={"through": event_id(seq), "settled": len(settled)},
+                    ),
+                )
+        except Unavailable:
+            # Redis has them acknowledged: the flush records (and audits) them later.
+            self._keep_acks(department_id, principal, settled)
+            raise
+
+    def _keep_acks(self, department_id: str, principal: Principal, seqs: list[int]) -> None:
+        if seqs:
+            self._acks.setdefault((department_id, principal), set()).update(seqs)
 
     async def _flush_acks(self, *, final: bool = False) -> None:
         """Records the acks of the last moments on the outbox rows (what a rebuild of the

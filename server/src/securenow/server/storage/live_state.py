@@ -5,7 +5,8 @@
     providers:locations             GEO set of on-duty providers
     providers:last_seen             ZSET provider_id -> unix time of the last location
     user:location:{user_id}         "{lat},{lng},{timestamp}"
-    sos:active:{alert_id}           "{user_id},{lat},{lng},{timestamp}" (kept by the outbox relay)
+    sos:active:{alert_id}           "{user_id},{lat},{lng},{timestamp}" (kept by the outbox relay:
+                                    current location and fix time, or ",," and the raise time)
     channels: sos:emergency, booking:update, provider:status
 
 Redis failures surface as `Unavailable`; callers decide whether that is fatal.
@@ -82,6 +83,20 @@ def _off_duty(provider_id: str, reason: str, details: dict[str, Any]) -> dict[st
 # has to outlive any request that was reading the session when it was revoked.
 SESSION_TOMBSTONE = json.dumps({"revoked": True})
 SESSION_TOMBSTONE_SECONDS = 3600
+
+
+# SET of "{lat},{lng},{timestamp}" unless the key holds a later timestamp.
+_SET_NEWER_LOCATION = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local stored = tonumber(string.match(current, ',([^,]*)$'))
+    if stored and stored > tonumber(ARGV[2]) then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
 
 
 class LiveState:
@@ -241,10 +256,17 @@ class LiveState:
     # Live locations and alerts -------------------------------------------------
 
     @redis_call
-    async def set_user_location(self, user_id: str, point: Point, timestamp: float, ttl_seconds: int = 86400) -> None:
-        await self.redis.set(
-            f"user:location:{user_id}", f"{point.latitude},{point.longitude},{timestamp}", ex=ttl_seconds
-        )
+    async def set_user_locations(self, fixes: dict[str, tuple[Point, float]], ttl_seconds: int = 86400) -> None:
+        """`user:location:{user_id}` for each user -> (point, unix time of the fix), unless
+        the key already holds a newer fix (another replica may store a later one first)."""
+        if not fixes:
+            return
+        script = self.redis.register_script(_SET_NEWER_LOCATION)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, (point, timestamp) in fixes.items():
+                value = f"{point.latitude},{point.longitude},{timestamp}"
+                await script(keys=[f"user:location:{user_id}"], args=[value, timestamp, ttl_seconds], client=pipe)
+            await pipe.execute()
 
     @redis_call
     async def get_user_location(self, user_id: str) -> tuple[Point, float] | None:

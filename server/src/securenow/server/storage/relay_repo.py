@@ -38,6 +38,13 @@ def _event(r: asyncpg.Record) -> OutboxEvent:
     )
 
 
+def active_alert_value(user_id: str, lat: float | None, lng: float | None, timestamp: float) -> str:
+    """The seed's `sos:active:{alert_id}` value "{user_id},{lat},{lng},{timestamp}": the
+    alert's current location and the unix time of that fix, or empty coordinates and
+    the time the alert was raised while it has no location."""
+    return f"{user_id},{'' if lat is None else lat},{'' if lng is None else lng},{timestamp}"
+
+
 class RelayRepo:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
@@ -178,19 +185,23 @@ class RelayRepo:
         return [int(r["dept_seq"]) for r in rows]
 
     async def open_alert_markers(self) -> list[tuple[str, str]]:
-        """`sos:active:{id}` keys and values of every open alert (to restore Redis)."""
+        """`sos:active:{id}` keys and values of every open alert (to restore Redis), as
+        the relay writes them (active_alert_value)."""
         rows = await self.conn.fetch(
-            """SELECT id, user_id, location_data->>'lat' AS lat, location_data->>'lng' AS lng,
-                      extract(epoch FROM created_at) AS created
+            """SELECT id, user_id, (location_data->>'lat')::float8 AS lat, (location_data->>'lng')::float8 AS lng,
+                      extract(epoch FROM coalesce((location_data->>'time')::timestamptz, created_at))::float8 AS ts
                FROM sos_alerts WHERE status IN ('active', 'responding')"""
         )
         return [
-            (f"sos:active:{r['id']}", f"{r['user_id']},{r['lat'] or ''},{r['lng'] or ''},{float(r['created'])}")
-            for r in rows
+            (f"sos:active:{r['id']}", active_alert_value(str(r["user_id"]), r["lat"], r["lng"], r["ts"])) for r in rows
         ]
 
     async def mark_acked(self, acks: list[tuple[str, int]]) -> None:
-        """Marks these (department, seq) events acknowledged, in one statement."""
+        """Marks these (department, seq) events acknowledged, in one statement. Only
+        events whose XACK removed them from the group's pending list belong here: an
+        ack of an id nothing was pending under (a duplicate, an event not sent yet, an
+        id not issued yet) must not settle an event a later rebuild of the stream from
+        PostgreSQL would then leave out."""
         await self.conn.execute(
             """UPDATE outbox o SET acked_at = now()
                FROM unnest($1::uuid[], $2::bigint[]) AS a(department_id, seq)
@@ -199,13 +210,13 @@ class RelayRepo:
             [seq for _, seq in acks],
         )
 
-    async def mark_acked_through(self, department_id: str, seq: int) -> None:
-        await self.conn.execute(
-            """UPDATE outbox SET acked_at = now()
-               WHERE department_id = $1 AND dept_seq <= $2 AND dept_seq IS NOT NULL AND acked_at IS NULL""",
-            department_id,
-            seq,
+    async def last_issued_seq(self, department_id: str) -> int:
+        """The highest sequence number the department's events have been given (0: none
+        yet); no event id above it was ever issued."""
+        last = await self.conn.fetchval(
+            "SELECT last_seq FROM dispatch_sequences WHERE department_id = $1", department_id
         )
+        return int(last or 0)
 
     async def delete_settled(self, older_than_days: int) -> int:
         result = await self.conn.execute(

@@ -103,6 +103,17 @@ def _choice(r: asyncpg.Record | None) -> AgencyChoice | None:
     return None if r is None else _agency_choice(r)
 
 
+@dataclass(frozen=True)
+class AlertPosition:
+    """What a location flush needs of an alert: whose it is, who handles it, whether it
+    is open, and the time of its current location (None without one)."""
+
+    user_id: str
+    agency_id: str | None
+    status: SosStatus
+    location_time: datetime | None
+
+
 class SosRepo:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
@@ -349,20 +360,30 @@ class SosRepo:
             ],
         )
 
-    async def set_latest_locations(self, latest: list[tuple[str, LocationFix]]) -> None:
-        """Updates each open alert's current location (only if the fix is newer)."""
-        await self.conn.executemany(
+    async def set_latest_locations(self, latest: list[tuple[str, LocationFix]]) -> set[str]:
+        """Moves each open alert's current location to its fix, unless the alert already
+        has a newer one (fixes can arrive late: a phone's buffered fixes, another
+        replica's batch). Returns the ids of the alerts it moved."""
+        rows = await self.conn.fetchmany(
             f"""UPDATE sos_alerts SET location_data = $2, location = {geog_point("$3", "$4")}, updated_at = now()
                 WHERE id = $1 AND status IN ('active', 'responding')
-                  AND (location_data->>'time' IS NULL OR (location_data->>'time')::timestamptz <= $5)""",
+                  AND (location_data->>'time' IS NULL OR (location_data->>'time')::timestamptz <= $5)
+                RETURNING id""",
             [(a, f.to_json(), f.point.longitude, f.point.latitude, f.time) for a, f in latest],
         )
+        return {str(r["id"]) for r in rows}
 
-    async def set_user_locations(self, latest: list[tuple[str, LocationFix]]) -> None:
-        await self.conn.executemany(
-            f"""UPDATE users SET location_data = $2, location = {geog_point("$3", "$4")} WHERE id = $1""",
-            [(u, f.to_json(), f.point.longitude, f.point.latitude) for u, f in latest],
+    async def set_user_locations(self, latest: list[tuple[str, LocationFix]]) -> set[str]:
+        """Moves each user's last known location to its fix, unless it already is a newer
+        one. Returns the ids of the users it moved."""
+        rows = await self.conn.fetchmany(
+            f"""UPDATE users SET location_data = $2, location = {geog_point("$3", "$4")}
+                WHERE id = $1
+                  AND (location_data->>'time' IS NULL OR (location_data->>'time')::timestamptz <= $5)
+                RETURNING id""",
+            [(u, f.to_json(), f.point.longitude, f.point.latitude, f.time) for u, f in latest],
         )
+        return {str(r["id"]) for r in rows}
 
     async def list_locations(self, alert_id: str, page: PageRequest) -> tuple[list[LocationFix], list[Any] | None]:
         keyset = page.keyset(cursor_int(0, 2**63 - 1))  # a bigserial id
@@ -388,12 +409,22 @@ class SosRepo:
         more = len(rows) > page.size
         return fixes, ([rows[page.size - 1]["id"]] if more else None)
 
-    async def owners(self, alert_ids: list[str]) -> dict[str, tuple[str, str | None, SosStatus]]:
-        """alert id -> (owner user id, assigned agency, status)."""
+    async def lock_for_locations(self, alert_ids: list[str]) -> dict[str, AlertPosition]:
+        """Locks the alerts for a location flush (FOR NO KEY UPDATE, the lock the location
+        UPDATE takes anyway, which waits for and holds off CancelSos's and the agency
+        commands' FOR UPDATE) in id order, so concurrent flushes cannot deadlock; returns
+        what each alert is as of the lock."""
         rows = await self.conn.fetch(
-            "SELECT id, user_id, assigned_agency, status FROM sos_alerts WHERE id = ANY($1::uuid[])", alert_ids
+            """SELECT id, user_id, assigned_agency, status, (location_data->>'time')::timestamptz AS location_time
+               FROM sos_alerts WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE""",
+            alert_ids,
         )
-        return {str(r["id"]): (str(r["user_id"]), sid(r["assigned_agency"]), SosStatus(r["status"])) for r in rows}
+        return {
+            str(r["id"]): AlertPosition(
+                str(r["user_id"]), sid(r["assigned_agency"]), SosStatus(r["status"]), r["location_time"]
+            )
+            for r in rows
+        }
 
     # Routing ------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ signed as department webhooks are (workers/webhooks.py):
     X-SecureNow-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 A non-2xx answer or a timeout is retried with exponential backoff and jitter, up to
 `max_attempts`. The outcome per contact (sent, failed, not_configured, expired) is
-stored on the alert, with an audit entry. Alerts found more than an hour after they
+stored on the alert, with an audit entry, and watchers of the alert are told
+(WatchSos event "contacts_notified"). Alerts found more than an hour after they
 were raised (an outage) are recorded as expired, not texted hours late. A replica that
 dies mid-way leaves its lease to run out; another replica then sends again (at least
 once: the event id lets the gateway drop the repeat).
@@ -34,6 +35,7 @@ from prometheus_client import Counter
 from securenow.server.domain.accounts import SYSTEM, EmergencyContact
 from securenow.server.domain.errors import Unavailable
 from securenow.server.domain.sos import ContactNotification, ContactNotificationStatus
+from securenow.server.services import sos_events
 from securenow.server.settings import Settings
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.contact_notifications_repo import ContactNotificationsRepo, PendingAlert
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 
 NOTIFICATIONS = Counter("securenow_contact_notifications_total", "Emergency contacts handled, by outcome.", ["status"])
 EVENT_TYPE = "sos.contact_notify"
+# The WatchSos event of an alert whose contacts' outcome was stored.
+WATCH_EVENT = "contacts_notified"
 # Contacts are told about alerts at most this long after they were raised.
 NOTIFY_WINDOW_SECONDS = 3600.0
 
@@ -154,6 +158,11 @@ class ContactNotifier:
         async with self._db.unit_of_work() as uow:
             stored = set(await ContactNotificationsRepo(uow.conn).record([(a.alert_id, o) for a, o in items]))
             done = [(alert, outcome) for alert, outcome in items if alert.alert_id in stored]
+            # WatchSos shows every change: the outcome is one when there are contacts
+            # (an empty list looks the same as none recorded yet).
+            for alert, outcome in done:
+                if outcome:
+                    await sos_events.watch(uow, alert.alert_id, WATCH_EVENT)
             # Counts only: the contacts' numbers are on the alert, not in the audit log.
             if done:
                 await uow.audit.record_many(

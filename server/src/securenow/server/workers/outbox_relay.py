@@ -32,6 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -52,7 +53,7 @@ from securenow.server.storage.dispatch_keys import (
     seq_of,
 )
 from securenow.server.storage.postgres import Database
-from securenow.server.storage.relay_repo import OutboxEvent, RelayRepo
+from securenow.server.storage.relay_repo import OutboxEvent, RelayRepo, active_alert_value
 from securenow.server.workers.leader import AdvisoryLeader
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,37 @@ PUBSUB_TOPICS = frozenset({"sos:emergency", "booking:update", "provider:status"}
 WATCH_TOPIC = "sos:alert"
 
 
-def active_alert_marker(e: OutboxEvent) -> tuple[str, str | None] | None:
-    """The seed's `sos:active:{alert_id}` key: set when an alert is raised (value
-    "{user_id},{lat},{lng},{timestamp}"), removed when it is cancelled or resolved.
-    Returns (key, value) to set, (key, None) to delete, or None."""
+@dataclass(frozen=True)
+class AlertMarker:
+    """A change of the seed's `sos:active:{alert_id}` key: SET `value` (only if the key
+    exists, with `existing_only`), or DEL with value None."""
+
+    key: str
+    value: str | None
+    existing_only: bool = False
+
+
+def active_alert_marker(e: OutboxEvent) -> AlertMarker | None:
+    """The seed's `sos:active:{alert_id}` key, "{user_id},{lat},{lng},{timestamp}" (see
+    active_alert_value): set when an alert is raised (or handed to another agency),
+    rewritten when its current location moves (only while the key exists, so a late
+    location event never brings back a closed alert's key), removed when the alert is
+    cancelled or resolved."""
     if e.topic == "sos:emergency" and e.event_type == "alert_raised":
         alert = e.payload["alert"]
         loc = alert.get("location") or {}
-        created = datetime.fromisoformat(alert["create_time"]).timestamp()
-        return f"sos:active:{alert['id']}", f"{alert['user_id']},{loc.get('lat', '')},{loc.get('lng', '')},{created}"
+        when = datetime.fromisoformat(loc.get("time") or alert["create_time"]).timestamp()
+        value = active_alert_value(alert["user_id"], loc.get("lat"), loc.get("lng"), when)
+        return AlertMarker(f"sos:active:{alert['id']}", value)
+    if e.topic == WATCH_TOPIC and e.event_type == "location" and e.aggregate_id:
+        loc, user_id = e.payload.get("location"), e.payload.get("user_id")
+        if not loc or not user_id:
+            return None  # written before location events carried the position
+        when = datetime.fromisoformat(loc["time"]).timestamp()
+        value = active_alert_value(user_id, loc["lat"], loc["lng"], when)
+        return AlertMarker(f"sos:active:{e.aggregate_id}", value, existing_only=True)
     if e.topic == WATCH_TOPIC and e.event_type in ("cancelled", "resolved") and e.aggregate_id:
-        return f"sos:active:{e.aggregate_id}", None
+        return AlertMarker(f"sos:active:{e.aggregate_id}", None)
     return None
 
 
@@ -303,11 +324,10 @@ class OutboxRelay:
                     streams[stream] = ">"
                 marker = active_alert_marker(e)
                 if marker is not None:
-                    key, value = marker
-                    if value is None:
-                        pipe.delete(key)
+                    if marker.value is None:
+                        pipe.delete(marker.key)
                     else:
-                        pipe.set(key, value)
+                        pipe.set(marker.key, marker.value, xx=marker.existing_only)
                 channel = pubsub_channel(e)
                 if channel is not None:
                     pipe.publish(channel, json.dumps({"type": e.event_type, **e.payload}, default=str))
