@@ -20,6 +20,9 @@ import redis.asyncio as aioredis
 from google.protobuf import field_mask_pb2
 from redis.asyncio.client import PubSub
 
+from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.enums import PaymentStatus, Role, VerificationStatus
+from securenow.server.domain.errors import PermissionDenied
 from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
 from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error
 
@@ -574,3 +577,27 @@ async def test_create_booking_publishes_booking_update(api: Api, redis_client: a
     assert created["duration_hours"] == 2
     assert confirmed["type"] == "confirm"
     assert confirmed["status"] == "confirmed"
+
+
+async def test_payments_and_provider_verification_check_admin_in_the_service(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """Defence in depth: were the access table wrong, the services still refuse
+    non-admins recording a payment or verifying a provider (their own, above all)."""
+    _, owner, prov, customer = await setup(api)
+    booking = await book(api, customer, prov.id, hour(50))
+    callers = [
+        Principal(PrincipalKind.USER, customer.id, Role.USER),
+        Principal(PrincipalKind.USER, owner.id, Role.PROVIDER),
+        Principal(PrincipalKind.API_KEY, str(uuid.uuid4()), Role.POLICE, str(uuid.uuid4())),
+    ]
+    for caller in callers:
+        with pytest.raises(PermissionDenied):
+            await api.app.bookings.update_payment_status(caller, booking.id, PaymentStatus.PAID)
+        with pytest.raises(PermissionDenied):
+            await api.app.providers.verify(caller, prov.id, VerificationStatus.REJECTED, "")
+    row = await db_conn.fetchrow("SELECT payment_status::text FROM bookings WHERE id = $1", uuid.UUID(booking.id))
+    assert row is not None
+    assert row["payment_status"] == "pending"
+    still = await db_conn.fetchval("SELECT verification_status::text FROM providers WHERE id = $1", uuid.UUID(prov.id))
+    assert still == "verified"

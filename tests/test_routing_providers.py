@@ -75,3 +75,28 @@ async def test_an_unaccepted_alert_escalates_to_the_patrol_on_duty_nearby(api: A
     finally:
         await cad_police.close()
         await cad_patrol.close()
+
+
+async def test_a_police_department_linked_to_a_provider_is_never_sent_alerts_outside_its_jurisdiction(
+    api: Api,
+) -> None:
+    """Only security agencies take alerts by where their patrols are; a police department
+    whose provider listing is on duty next to the alert still only covers its own area."""
+    admin = await api.admin()
+    owner, provider = await api.verified_provider(admin, company="City Police Services")
+    await api.providers.UpdateProviderDuty(
+        providers_pb2.UpdateProviderDutyRequest(provider_id=provider.id, on_duty=True, location=location(PATROL)),
+        metadata=owner.md,
+    )
+    police = await register_department(api, admin, LA, name="LA Police", provider_id=provider.id)
+    guards = await register_department(
+        api,
+        admin,
+        (NOWHERE[0] + 0.5, NOWHERE[1]),
+        name="Area Guards",
+        agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY,
+    )
+    alert = await raise_sos(api, await api.sign_up(), NOWHERE)
+    assert alert.assigned_agency_id == guards.id
+    assert alert.assigned_agency_id != police.id
+    assert alert.outside_jurisdiction

@@ -186,6 +186,7 @@ class BookingService:
         return await self._transition(caller, booking_id, BookingStatus.CANCELLED, party, "cancel", reason=reason)
 
     async def update_payment_status(self, caller: Principal, booking_id: str, status: PaymentStatus | None) -> Booking:
+        caller.require_admin("record payments")
         bid = parse_uuid("booking_id", booking_id)
         if status is None:
             raise InvalidArgument.field("payment_status", "is required")

@@ -148,6 +148,7 @@ class ProviderService:
     async def verify(
         self, caller: Principal, provider_id: str, decision: VerificationStatus | None, note: str
     ) -> Provider:
+        caller.require_admin("verify providers")
         pid = parse_uuid("provider_id", provider_id)
         note = parse_text("note", note, max_len=500)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):

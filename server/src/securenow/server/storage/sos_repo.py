@@ -269,10 +269,10 @@ class SosRepo:
 
     async def lock_unaccepted_of(self, department_id: str) -> list[str]:
         """Ids of alerts routed to the department and not accepted yet, locked for this
-        transaction, oldest first."""
+        transaction in id order (the order the location flush locks alerts in)."""
         rows = await self.conn.fetch(
             """SELECT id FROM sos_alerts WHERE assigned_agency = $1 AND status = 'active'
-               ORDER BY created_at FOR UPDATE""",
+               ORDER BY id FOR UPDATE""",
             department_id,
         )
         return [str(r["id"]) for r in rows]
