@@ -260,3 +260,35 @@ async def test_acks_sent_as_fast_as_events_arrive_are_all_recorded(
 
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def test_an_ack_redis_has_but_postgres_lost_is_recorded_by_the_relay(
+    api: Api, db_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    """A hub XACKs at once and records acks in PostgreSQL 0.2 s later; a process that
+    dies in between leaves the event acknowledged in Redis only, where it would hold back
+    trimming forever. The relay's trim pass records it; an event still pending is left."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        await raise_sos(api, await api.sign_up(), SF)
+        second = await raise_sos(api, await api.sign_up(), SF)
+        seen = [m.event_id for m in await cad.events_until(second.id) if m.WhichOneof("kind") == "alert_raised"]
+        assert len(seen) == 2
+    finally:
+        await cad.close()
+    # The dead process's XACK of the first event reached Redis; its record never came.
+    stream = f"dispatch:{dept.id}"
+    assert await redis_client.xack(stream, "cad", seen[0]) == 1
+    # Both are older than the relay keeps acknowledged entries around.
+    await db_conn.execute(
+        "UPDATE outbox SET published_at = now() - interval '1 hour' WHERE department_id = $1", uuid.UUID(dept.id)
+    )
+
+    await api.app.relay.settle_lost_acks()
+
+    state = await outbox_state(db_conn, dept)
+    seq_first, seq_second = (int(e.split("-")[0]) for e in seen)
+    assert state[seq_first][1], "the acknowledgement Redis had is recorded"
+    assert not state[seq_second][1], "an event still pending stays unacknowledged"

@@ -176,6 +176,19 @@ class RelayRepo:
         )
         return [_event(r) for r in rows]
 
+    async def old_unacked_published(self, older_than_seconds: float, limit: int) -> list[tuple[str, int]]:
+        """(department, seq) of events published more than `older_than_seconds` ago and
+        still unacknowledged, oldest first."""
+        rows = await self.conn.fetch(
+            """SELECT department_id, dept_seq FROM outbox
+               WHERE dept_seq IS NOT NULL AND acked_at IS NULL
+                 AND published_at < now() - make_interval(secs => $1)
+               ORDER BY published_at LIMIT $2""",
+            older_than_seconds,
+            limit,
+        )
+        return [(str(r["department_id"]), int(r["dept_seq"])) for r in rows]
+
     async def unacked_published_seqs(self, department_id: str) -> list[int]:
         rows = await self.conn.fetch(
             """SELECT dept_seq FROM outbox WHERE department_id = $1 AND dept_seq IS NOT NULL

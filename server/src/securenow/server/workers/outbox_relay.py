@@ -110,6 +110,8 @@ BATCH = 500
 EPOCH_CHECK_INTERVAL = 0.25
 # Entries per MULTI when a stream is rewritten from Postgres.
 REWRITE_BATCH = 1000
+# Old unacknowledged events checked for a lost acknowledgement per trim pass.
+LOST_ACK_BATCH = 1000
 LEADERSHIP_CHECK_TIMEOUT = 2.0
 # A round trip per pass cost a tenth of RaiseSos capacity at 200 alerts/s on two cores;
 # at most one every half second leaves a split brain that short, and what an old leader
@@ -119,6 +121,10 @@ LEADERSHIP_CONFIRM_INTERVAL = 0.5
 PUBLISHED = Counter("securenow_outbox_published_total", "Outbox events published to Redis.", ["kind"])
 LEADER = Gauge("securenow_outbox_relay_leader", "1 while this process is the outbox relay leader.")
 TRIMMED = Counter("securenow_dispatch_entries_trimmed_total", "Settled entries trimmed from dispatch streams.")
+LOST_ACKS = Counter(
+    "securenow_dispatch_lost_acks_recorded_total",
+    "Acknowledgements found in Redis but missing in PostgreSQL (a process died before recording them).",
+)
 REPAIRED = Counter(
     "securenow_outbox_repaired_total",
     "Published, unacknowledged events found missing from their Redis stream and published again.",
@@ -439,6 +445,7 @@ class OutboxRelay:
         department's oldest unacknowledged event, keeping acknowledged ones for
         `keep_acked_seconds` after publication (replicas reading live may still be
         behind). Never an unacknowledged entry. Returns how many entries went."""
+        await self.settle_lost_acks()
         async with self._db.reader() as uow:
             points = await RelayRepo(uow.conn).trim_points(self._keep_acked)
         due = [(d, keep_from) for d, keep_from in points if self._trimmed_to.get(d) != keep_from]
@@ -452,6 +459,37 @@ class OutboxRelay:
             self._trimmed_to[department] = keep_from
         TRIMMED.inc(sum(removed))
         return int(sum(removed))
+
+    async def settle_lost_acks(self) -> int:
+        """Records acknowledgements Redis has and PostgreSQL lost. A hub records an XACK
+        in PostgreSQL within 0.2 s; a process that dies in between leaves the event
+        acknowledged in Redis but not in PostgreSQL, where it would hold back trimming
+        forever (and come again after a rebuild). Events unacknowledged in PostgreSQL
+        for longer than `keep_acked_seconds` whose entry is in the stream but no longer
+        pending in the group were acknowledged (the relay puts every entry it adds into
+        the group's pending list in the same MULTI): they are recorded now. Returns how
+        many."""
+        async with self._db.reader() as uow:
+            stale = await RelayRepo(uow.conn).old_unacked_published(self._keep_acked, LOST_ACK_BATCH)
+        if not stale:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for department, seq in stale:
+                stream, entry = dispatch_stream(department), event_id(seq)
+                pipe.xrange(stream, min=entry, max=entry)
+                pipe.xpending_range(stream, DISPATCH_GROUP, min=entry, max=entry, count=1)
+            found = await pipe.execute()
+        settled = [
+            (department, seq)
+            for i, (department, seq) in enumerate(stale)
+            if found[2 * i] and not found[2 * i + 1]  # in the stream, pending for nobody
+        ]
+        if settled:
+            async with self._db.unit_of_work() as uow:
+                await RelayRepo(uow.conn).mark_acked(settled)
+            LOST_ACKS.inc(len(settled))
+            log.warning("outbox relay: recorded %d acknowledgements PostgreSQL had missed", len(settled))
+        return len(settled)
 
     async def _missing_from_stream(self, department: str) -> list[int]:
         """The department's published, unacknowledged events its stream does not hold."""
