@@ -230,7 +230,10 @@ class Location(_message.Message):
 
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When the fix was taken on the device; the server time is used when unset."""
+        """When the fix was taken on the device; the server time is used when unset. Fixes
+        are ordered by this time (a fix older than the current one only joins the trail),
+        so a client sets it on every fix of an alert or on none.
+        """
 
     def __init__(
         self,
