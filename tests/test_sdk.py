@@ -520,5 +520,13 @@ async def test_tls_with_a_private_root_certificate(runtime: Runtime) -> None:
             assert (await me(c)).id == user.id
         async with SecureNowClient(tls_proxy.target) as plaintext:  # no TLS: refused
             with pytest.raises(SecureNowError) as refused:
-                await signed_up(plaintext)
+                # Refused on every attempt: retrying for long proves nothing more.
+                await plaintext.sign_up(
+                    email=unique_email(),
+                    phone=unique_phone(),
+                    password=PASSWORD,
+                    first_name="Sam",
+                    last_name="Sdk",
+                    retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.2, total_timeout=2.0, attempt_timeout=1.0),
+                )
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE
