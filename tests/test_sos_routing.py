@@ -402,3 +402,43 @@ async def test_raising_sos_updates_live_redis_state(api: Api, redis_client) -> N
         await wait_for(cleared, what="sos:active key removed")
     finally:
         await pubsub.aclose()
+
+
+async def test_an_alert_escalated_before_it_had_a_fix_goes_to_the_police_once_located(api: Api, db_conn) -> None:  # type: ignore[no-untyped-def]
+    """Raised without a location and escalated before the phone had one, an alert goes to
+    a security agency (nobody knows where it is); its first fix, inside a police
+    jurisdiction, hands it to that police department, and the person sees it move."""
+    admin = await api.admin()
+    police = await register_department(api, admin, SF, name="SFPD")
+    guards = await register_department(
+        api, admin, LA, name="Statewide Guards", agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY
+    )
+    person = await api.sign_up()
+    police_cad, guards_cad = Cad(api.channel, police.api_key), Cad(api.channel, guards.api_key)
+    try:
+        alert = await raise_sos(api, person, None)
+        watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
+        assert (await watch.read()).event == "snapshot"
+        await db_conn.execute("UPDATE sos_alerts SET escalate_at = now() WHERE id = $1", alert.id)
+        escalated = (await guards_cad.next_event("alert_raised")).alert_raised.alert
+        assert (escalated.id, escalated.assigned_agency_id) == (alert.id, guards.id)
+        assert escalated.outside_jurisdiction
+
+        async def first_fix():  # type: ignore[no-untyped-def]
+            yield sos_pb2.ShareLocationRequest(alert_id=alert.id, location=location(SF))
+
+        assert (await api.sos.ShareLocation(first_fix(), metadata=person.md)).accepted_count == 1
+        routed = (await police_cad.next_event("alert_raised")).alert_raised.alert
+        assert (routed.id, routed.assigned_agency_id, routed.outside_jurisdiction) == (alert.id, police.id, False)
+        # The security agency is told the alert left it (after, maybe, the fix itself).
+        while (msg := await guards_cad.next()).WhichOneof("kind") != "alert_escalated":
+            assert msg.WhichOneof("kind") == "alert_location"
+        assert msg.alert_escalated.alert_id == alert.id
+        events = []
+        while not events or events[-1].event != "rerouted":
+            events.append(await asyncio.wait_for(watch.read(), 10))
+        assert events[-1].alert.assigned_agency_id == police.id
+        watch.cancel()
+    finally:
+        await police_cad.close()
+        await guards_cad.close()

@@ -195,6 +195,24 @@ class DispatchService:
             ),
         )
 
+    async def route_on_first_fix(self, uow: UnitOfWork, alert: SosAlert) -> str | None:
+        """Routes a (locked) alert that just got its first location: one nobody has yet,
+        or one an escalation gave a security agency before anyone knew where it was,
+        when a police jurisdiction covers the location and nobody accepted it yet.
+        Returns the new agency, or None when it stays where it is."""
+        if alert.assigned_agency_id is None:
+            alert, _ = await self.assign(uow, alert, passed=[], reason="first location fix")
+            return alert.assigned_agency_id
+        if alert.status is not SosStatus.ACTIVE or not alert.outside_jurisdiction or alert.location is None:
+            return None
+        route = await self._router.choose(uow, alert.location.point, [])
+        if route.agency is None or route.outside_jurisdiction or route.agency.department_id == alert.assigned_agency_id:
+            return None
+        alert, _ = await self.assign(
+            uow, alert, passed=[], reason="first location fix: inside a police jurisdiction", watch="rerouted"
+        )
+        return alert.assigned_agency_id
+
     async def reroute_from(self, uow: UnitOfWork, department_id: str, reason: str) -> int:
         """Hands the alerts routed to a department that stopped taking alerts, and not
         accepted yet, to the next agency now (same priority). Returns how many."""

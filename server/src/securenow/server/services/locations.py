@@ -134,7 +134,7 @@ class LocationIngestor:
         due = dict(self._due)
         forwarded: list[str] = []
         moved_users: set[str] = set()
-        unrouted: list[str] = []
+        first_fixes: list[str] = []
         if trail or latest_user or waiting:
             async with self._db.unit_of_work() as uow:
                 # The alerts' rows stay locked until commit: a cancel or resolve waits
@@ -163,8 +163,8 @@ class LocationIngestor:
                         continue
                     if alert.location_time is not None and fix.time < alert.location_time:
                         continue  # another replica stored (and forwards) a newer fix meanwhile
-                    if alert.agency_id is None:
-                        unrouted.append(alert_id)
+                    if alert.agency_id is None or alert.location_time is None:
+                        first_fixes.append(alert_id)  # routed by it once this commits
                     await sos_events.alert_location(uow, alert_id, alert.user_id, alert.agency_id, fix)
                     forwarded.append(alert_id)
         self._due = due
@@ -182,5 +182,5 @@ class LocationIngestor:
                 )
             except Exception as exc:  # Redis down: Postgres has the positions
                 log.warning("could not update user:location keys: %s", exc)
-        for alert_id in unrouted:
-            await self._sos.route_if_unassigned(alert_id)
+        for alert_id in first_fixes:
+            await self._sos.route_on_first_fix(alert_id)

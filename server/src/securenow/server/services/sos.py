@@ -167,17 +167,20 @@ class SosService:
             await _audit_other_party(uow, principal, alert, "sos.trail_read")
         return fixes, page.next_token(cursor)
 
-    async def route_if_unassigned(self, alert_id: str) -> None:
-        """Called when an unrouted alert got its first location fix."""
+    async def route_on_first_fix(self, alert_id: str) -> None:
+        """Called when an alert got its first location fix: routed before it had one (not
+        at all, or escalated to a security agency), it goes where its location says."""
         async with self._db.unit_of_work() as uow:
             alert = await uow.sos.get_alert(alert_id, for_update=True)
-            if alert is None or alert.assigned_agency_id is not None or alert.location is None or not alert.is_open:
+            if alert is None or alert.location is None or not alert.is_open:
                 return
-            alert, _ = await self._dispatch.assign(uow, alert, passed=[], reason="first location fix")
-            await uow.audit.record(
-                None,
-                AuditEntry("sos.route", "sos_alert", alert_id, details={"to": alert.assigned_agency_id}),
-            )
+            previous = alert.assigned_agency_id
+            routed = await self._dispatch.route_on_first_fix(uow, alert)
+            if routed is not None:
+                await uow.audit.record(
+                    None,
+                    AuditEntry("sos.route", "sos_alert", alert_id, details={"from": previous, "to": routed}),
+                )
 
 
 async def _audit_other_party(uow: UnitOfWork, principal: Principal, alert: SosAlert, action: str) -> None:
