@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import aiohttp
@@ -13,7 +15,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from securenow.server.runtime import Runtime
-from securenow.v1 import auth_pb2, common_pb2, sos_pb2, users_pb2
+from securenow.v1 import agency_pb2, auth_pb2, common_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import SF, register_department
 from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
 
 GRPC_WEB = "application/grpc-web+proto"
@@ -187,7 +190,7 @@ async def test_a_browser_that_goes_away_ends_its_watch_on_the_server(runtime: Ru
 
 
 async def post(
-    runtime: Runtime, method: str, body: bytes, headers: dict[str, str]
+    runtime: Runtime, method: str, body: bytes | AsyncIterator[bytes], headers: dict[str, str]
 ) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
     """A raw POST; the status comes from the trailer frame or, trailers-only, the headers."""
     async with (
@@ -289,3 +292,148 @@ async def test_the_server_sees_the_browsers_address_not_a_forwarded_for_it_sent(
     fields = " ".join(str(v) for v in vars(logged[-1]).values())
     assert "203.0.113.9" not in fields  # a browser cannot choose the address the server logs
     assert "127.0.0.1" in fields  # this test's address (the browser's), as the gateway saw it
+
+
+def sign_in_message() -> bytes:
+    return auth_pb2.SignInRequest(email="nobody@example.com", password=PASSWORD).SerializeToString()
+
+
+async def test_a_request_is_exactly_one_uncompressed_message(runtime: Runtime) -> None:
+    method, message = "securenow.v1.AuthService/SignIn", sign_in_message()
+    binary = {"Content-Type": GRPC_WEB}
+    refused = {
+        "two messages": (encode(message) + encode(message), binary, "3"),
+        "no message": (b"", binary, "3"),
+        "compressed, no grpc-encoding": (struct.pack(">BI", 1, len(message)) + message, binary, "3"),
+        "gzip": (struct.pack(">BI", 1, len(message)) + message, {**binary, "grpc-encoding": "gzip"}, "12"),
+        "a trailer frame": (struct.pack(">BI", 0x80, 3) + b"a:b", binary, "3"),
+        "a trailer, then a message": (struct.pack(">BI", 0x80, 3) + b"a:b" + encode(message), binary, "3"),
+    }
+    for case, (body, headers, code) in refused.items():
+        # Before, the extra or flagged frames were dropped and the call went on without them.
+        status, _, _, trailers = await post(runtime, method, body, headers)
+        assert (status, trailers["grpc-status"]) == (200, code), case
+        assert "grpc-status-details-bin" not in trailers, case  # the gateway's answer, not the server's
+    _, headers, _, _ = await post(
+        runtime, method, struct.pack(">BI", 1, len(message)) + message, {**binary, "grpc-encoding": "gzip"}
+    )
+    assert headers["grpc-accept-encoding"] == "identity"
+    # An empty message is a message: it reaches the server, which names the missing fields.
+    status, _, _, trailers = await post(runtime, method, encode(b""), binary)
+    assert (status, trailers["grpc-status"]) == (200, "3")
+    assert "email" in unquote(trailers["grpc-message"])
+
+
+async def test_grpc_web_text_is_strict_base64_padded_or_not(runtime: Runtime) -> None:
+    method, text = "securenow.v1.AuthService/SignIn", {"Content-Type": "application/grpc-web-text"}
+    body = encode(sign_in_message() + b"\x10\x00")  # a length that base64 pads
+    assert len(body) % 3
+    padded = base64.b64encode(body)
+    per_frame = base64.b64encode(body[:7]) + base64.b64encode(body[7:])  # each part padded on its own
+    for case, data in {"padded": padded, "unpadded": padded.rstrip(b"="), "padded per part": per_frame}.items():
+        _, _, _, trailers = await post(runtime, method, data, text)
+        assert trailers["grpc-status"] == "16", case  # decoded and answered by the server
+
+    async def in_pieces_of_5() -> AsyncIterator[bytes]:
+        for i in range(0, len(per_frame), 5):
+            yield per_frame[i : i + 5]
+
+    _, _, _, trailers = await post(runtime, method, in_pieces_of_5(), text)
+    assert trailers["grpc-status"] == "16"
+
+    # Before, non-alphabet characters were skipped: "!!!!" became an empty request.
+    for case, data in {"not base64": b"!!!!", "garbage first": b"AAAA!!!!" + padded, "bad padding": b"AAA=A"}.items():
+        status, _, _, trailers = await post(runtime, method, data, text)
+        assert (status, trailers["grpc-status"]) == (200, "3"), case
+        assert "base64" in unquote(trailers["grpc-message"]), case
+
+
+async def test_grpc_timeout_is_the_calls_deadline_and_a_malformed_one_is_refused(runtime: Runtime, api: Api) -> None:
+    method, body = "securenow.v1.AuthService/SignIn", encode(sign_in_message())
+    for value in ("abc", "\u00b2S", "100000000S", "5", "S"):  # "²S" was an INTERNAL error
+        status, _, _, trailers = await post(runtime, method, body, {"Content-Type": GRPC_WEB, "grpc-timeout": value})
+        assert (status, trailers["grpc-status"]) == (200, "3"), value
+        assert "grpc-timeout" in unquote(trailers["grpc-message"]), value
+    for value, code in (("99999999H", "16"), ("30S", "16"), ("0n", "4")):  # 99999999H expired at once
+        _, _, _, trailers = await post(runtime, method, body, {"Content-Type": GRPC_WEB, "grpc-timeout": value})
+        assert trailers["grpc-status"] == code, value
+
+    # A stream ends with DEADLINE_EXCEEDED when its grpc-timeout runs out.
+    person = await api.sign_up()
+    raised = await api.sos.RaiseSos(
+        sos_pb2.RaiseSosRequest(
+            request_id=str(uuid.uuid4()),
+            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
+        ),
+        metadata=person.md,
+    )
+    headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}", "grpc-timeout": "500m"}
+    watch = encode(sos_pb2.WatchSosRequest(alert_id=raised.alert.id).SerializeToString())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.SosService/WatchSos", data=watch, headers=headers
+        ) as resp,
+    ):
+        messages, trailers = decode(await asyncio.wait_for(resp.content.read(), 10))
+    assert [sos_pb2.WatchSosResponse.FromString(m).event for m in messages] == ["snapshot"]
+    assert trailers["grpc-status"] == "4"
+
+
+async def test_other_http_methods_get_405_the_page_can_read(runtime: Runtime) -> None:
+    url = f"http://127.0.0.1:{runtime.http_port}/securenow.v1.AuthService/SignIn"
+    async with aiohttp.ClientSession() as http:
+        for verb in ("GET", "PUT", "DELETE", "PATCH"):
+            async with http.request(verb, url, headers={"Origin": "http://console.example"}) as resp:
+                assert resp.status == 405, verb
+                assert resp.headers["Allow"] == "POST, OPTIONS"
+                assert resp.headers["Access-Control-Allow-Origin"] == "http://console.example"
+
+
+async def test_unknown_and_client_streaming_methods_are_unimplemented(runtime: Runtime) -> None:
+    binary = {"Content-Type": GRPC_WEB, "Origin": "http://console.example"}
+    for path in ("securenow.v1.NopeService/Get", "securenow.v1.AuthService/Nope", "..%2F..%2Fetc/passwd"):
+        status, headers, _, trailers = await post(runtime, path, encode(b""), binary)
+        assert (status, trailers["grpc-status"]) == (200, "12"), path
+        assert headers["Access-Control-Allow-Origin"] == "http://console.example"
+    _, _, _, trailers = await post(runtime, "securenow.v1.AgencyService/StreamDispatch", encode(b""), binary)
+    assert trailers["grpc-status"] == "12"
+    assert "use WatchDispatch" in unquote(trailers["grpc-message"])  # not just "use the watch variant"
+    _, _, _, trailers = await post(runtime, "securenow.v1.SosService/ShareLocation", encode(b""), binary)
+    assert trailers["grpc-status"] == "12"
+    assert "native gRPC client" in unquote(trailers["grpc-message"])
+
+
+async def test_a_huge_declared_body_is_refused_before_it_is_read(runtime: Runtime) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.http_port)
+    head = f"POST /securenow.v1.AuthService/SignIn HTTP/1.1\r\nHost: x\r\nContent-Type: {GRPC_WEB}\r\n"
+    writer.write(f"{head}Content-Length: 10000000000\r\n\r\n".encode() + b"\x00" * 1024)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # 10 GB never sent
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"grpc-status: 8" in answer  # RESOURCE_EXHAUSTED
+
+
+def dispatch_subscribers(runtime: Runtime, department_id: str) -> int:
+    """Open WatchDispatch/StreamDispatch subscriptions of one department in the server."""
+    return len(runtime.app.dispatch_hub._subs.get(department_id, ()))
+
+
+async def test_a_browser_that_goes_away_ends_its_dispatch_watch_on_the_server(runtime: Runtime, api: Api) -> None:
+    dept = await register_department(api, await api.admin(), SF)
+    headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {dept.api_key}"}
+    url = f"http://127.0.0.1:{runtime.http_port}/securenow.v1.AgencyService/WatchDispatch"
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(url, data=encode(agency_pb2.WatchDispatchRequest().SerializeToString()), headers=headers)
+        assert resp.status == 200
+
+        async def subscribed() -> bool:
+            return dispatch_subscribers(runtime, dept.id) == 1
+
+        await wait_for(subscribed, within=5, what="the browser's dispatch subscription")
+        resp.close()  # the console tab is closed on a quiet department
+
+    async def gone() -> bool:
+        return dispatch_subscribers(runtime, dept.id) == 0
+
+    await wait_for(gone, within=5, what="the server to drop the closed tab's dispatch subscription")

@@ -9,16 +9,21 @@ native calls. Unary and server-streaming methods work; browsers cannot send clie
 bidirectional streams, so those answer UNIMPLEMENTED (the agency API has unary and
 server-streaming twins for browsers: WatchDispatch, AckDispatchEvent, AcceptSosAlert...).
 
-Whatever a browser sends, it gets a gRPC-Web status it can read (HTTP 415 only for a
-body that is not gRPC-Web protobuf at all): oversized bodies RESOURCE_EXHAUSTED, bad
-headers INVALID_ARGUMENT or UNAUTHENTICATED, a gateway fault INTERNAL. A browser that
-disconnects cancels its call (streams included) at once.
+A request is exactly one uncompressed message (grpc-web-text: strict base64, padded
+or not, per frame or whole); grpc-timeout is the call's deadline.
+
+Whatever a browser sends, it gets a gRPC-Web status it can read (plain HTTP 415 or 405
+only for a body that is not gRPC-Web protobuf at all or a method other than POST, with
+CORS headers too): oversized bodies RESOURCE_EXHAUSTED, malformed frames, base64 or
+headers INVALID_ARGUMENT or UNAUTHENTICATED, compression UNIMPLEMENTED, a gateway
+fault INTERNAL. A browser that disconnects cancels its call (streams included) at once.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -53,6 +58,17 @@ CONTENT_TYPES = {
 MAX_BODY = _MAX_MESSAGE + 5
 MAX_TEXT_BODY = (MAX_BODY + 2) // 3 * 4 + 64
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# A grpc-timeout may say up to 99999999 hours; grpc fails such a deadline at once, so
+# anything longer than a year is no deadline at all.
+_MAX_TIMEOUT = 365 * 24 * 3600.0
+# Where base64 padding ends and more text follows: clients may encode each frame apart.
+_AFTER_PADDING = re.compile(rb"(?<==)(?=[^=])")
+# Client-streaming methods browsers reach through other methods.
+_BROWSER_TWINS = {
+    "securenow.v1.AgencyService/StreamDispatch": (
+        "use WatchDispatch, with AckDispatchEvent, AcceptSosAlert, DeclineSosAlert and UpdateIncident"
+    ),
+}
 
 
 def _identity(value: bytes) -> bytes:
@@ -79,6 +95,40 @@ def parse_frames(body: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+def decode_text(body: bytes) -> bytes:
+    """A grpc-web-text body: base64, each frame possibly encoded and padded on its own,
+    the last padding optional. Anything else is a ValueError."""
+    decoded = bytearray()
+    for part in _AFTER_PADDING.split(body):
+        if not part.endswith(b"="):
+            part += b"=" * (-len(part) % 4)
+        try:
+            decoded += base64.b64decode(part, validate=True)
+        except ValueError as exc:  # binascii.Error
+            raise ValueError(f"invalid base64 ({exc})") from None
+    return bytes(decoded)
+
+
+def request_message(frames: list[tuple[int, bytes]], encoding: str | None) -> bytes:
+    """The one uncompressed message a unary or server-streaming request carries."""
+    if len(frames) != 1:
+        raise _LocalStatus(
+            grpc.StatusCode.INVALID_ARGUMENT, f"a request carries exactly one message, not {len(frames)}"
+        )
+    flag, payload = frames[0]
+    if flag == 0x01 and encoding not in (None, "identity"):
+        raise _LocalStatus(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"grpc-encoding {encoding} is not supported; send identity",
+            (("grpc-accept-encoding", "identity"),),
+        )
+    if flag == 0x01:
+        raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, "a compressed message without a grpc-encoding")
+    if flag != 0:
+        raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected gRPC-Web frame flag 0x{flag:02x}")
+    return payload
+
+
 def trailer_block(code: grpc.StatusCode, message: str, metadata: Iterable[tuple[str, Any]]) -> bytes:
     lines = [f"grpc-status: {code.value[0]}", f"grpc-message: {quote(message, safe='')}"]
     for key, value in metadata:
@@ -89,9 +139,17 @@ def trailer_block(code: grpc.StatusCode, message: str, metadata: Iterable[tuple[
 
 
 def parse_timeout(header: str | None) -> float | None:
-    if not header or len(header) < 2 or header[-1] not in _TIMEOUT_UNITS or not header[:-1].isdigit():
+    """grpc-timeout in seconds (None: no deadline): 1 to 8 ASCII digits and a unit,
+    otherwise INVALID_ARGUMENT."""
+    if header is None:
         return None
-    return int(header[:-1]) * _TIMEOUT_UNITS[header[-1]]
+    digits, unit = header[:-1], header[-1:]
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 8 and unit in _TIMEOUT_UNITS):
+        raise _LocalStatus(
+            grpc.StatusCode.INVALID_ARGUMENT, "grpc-timeout must be 1 to 8 digits and a unit (H M S m u n)"
+        )
+    seconds = int(digits) * _TIMEOUT_UNITS[unit]
+    return None if seconds > _MAX_TIMEOUT else seconds
 
 
 def _printable_ascii(value: str) -> bool:
@@ -155,7 +213,11 @@ class GrpcWebGateway:
             await self._channel.close()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/{service}/{method}", self.handle), web.options("/{service}/{method}", self.preflight)]
+        return [
+            web.post("/{service}/{method}", self.handle),
+            web.options("/{service}/{method}", self.preflight),
+            web.route("*", "/{service}/{method}", self.not_post),
+        ]
 
     def _cors(self, request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin")
@@ -179,6 +241,12 @@ class GrpcWebGateway:
             }
         )
         return web.Response(status=204, headers=headers)
+
+    async def not_post(self, request: web.Request) -> web.Response:
+        # A plain HTTP answer, as for a wrong content type, but one the page can read.
+        return web.Response(
+            status=405, text="gRPC-Web calls are POST", headers={"Allow": "POST, OPTIONS", **self._cors(request)}
+        )
 
     def _method_kind(self, service: str, method: str) -> tuple[bool, bool] | None:
         try:
@@ -246,20 +314,21 @@ class GrpcWebGateway:
         if kind is None:
             raise _LocalStatus(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
         if kind[0]:
+            twin = _BROWSER_TWINS.get(path[1:], "it needs a native gRPC client")
             raise _LocalStatus(
-                grpc.StatusCode.UNIMPLEMENTED, "browsers cannot send client streams; use the unary or watch variant"
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"browsers cannot send client streams to {path}; {twin} (unary and server-streaming methods work)",
             )
         metadata = call_metadata(request, service.rpartition(".")[2])
+        timeout = parse_timeout(request.headers.get("grpc-timeout"))
         body = await read_body(request, MAX_TEXT_BODY if text_mode else MAX_BODY)
         try:
-            frames = parse_frames(base64.b64decode(body) if text_mode else body)
+            frames = parse_frames(decode_text(body) if text_mode else body)
         except MessageTooLarge as exc:
             raise _LocalStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except ValueError as exc:
             raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web body: {exc}") from None
-        messages = [payload for flag, payload in frames if flag == 0]
-        payload = messages[0] if messages else b""
-        timeout = parse_timeout(request.headers.get("grpc-timeout"))
+        payload = request_message(frames, request.headers.get("grpc-encoding"))
         assert self._channel is not None, "gateway not connected"
         try:
             if kind[1]:
