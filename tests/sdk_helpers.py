@@ -138,6 +138,25 @@ class TcpProxy:
         self._cut(link)
 
 
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[str]:
+    """A "host:port" that accepts TCP connections and never answers: calls to it hang
+    until their deadline (a stalled server, not a refused connection)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
 class LineReader:
     """Reads a subprocess's output lines with deadlines, keeping what it read."""
 

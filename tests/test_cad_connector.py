@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -134,12 +135,54 @@ async def test_exit_codes_for_bad_arguments_and_refused_keys(api: Api, runtime: 
         assert "API_KEY_REVOKED" in await cad.stderr()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_the_connector_cleanly_and_keeps_its_cursor(
+    api: Api, runtime: Runtime, tmp_path: Path, signum: signal.Signals
+) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    person = await api.sign_up()
+    cursor_file = tmp_path / "cursor"
+    args = ["--server", f"127.0.0.1:{runtime.grpc_port}", "--cursor-file", str(cursor_file), "--no-stdin"]
+    async with connector(args, env={"SECURENOW_API_KEY": dept.api_key}) as cad:
+        alert = await raise_sos(api, person, SF)
+        line = await cad.out.until(f"ALERT alert={alert.id}", what="the alert line")
+        event_id = line.split()[0].lstrip("[")
+        await wait_for(lambda: _read(cursor_file), what="the cursor file")
+        cad.proc.send_signal(signum)
+        assert await cad.exit_code() == 0
+        assert "Traceback" not in await cad.stderr()
+    assert read_cursor(cursor_file) == event_id
+
+
+async def test_a_cursor_file_that_cannot_be_used_stops_the_connector_with_a_message(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    server = ["--server", f"127.0.0.1:{runtime.grpc_port}"]
+    env = {"SECURENOW_API_KEY": "snk_x.y"}
+    empty = tmp_path / "empty.cursor"
+    empty.write_text("")
+    async with connector([*server, "--cursor-file", str(empty)], env=env) as cad:
+        assert await cad.exit_code() == 1
+        stderr = await cad.stderr()
+        assert "is empty" in stderr
+        assert "Traceback" not in stderr
+    async with connector([*server, "--cursor-file", str(tmp_path)], env=env) as cad:  # a directory
+        assert await cad.exit_code() == 2
+        stderr = await cad.stderr()
+        assert "--cursor-file" in stderr
+        assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("accept", "usage: accept"),
         ("accept a b c d", "usage: accept"),
         ("accept a U1 soon", "ETA_MINUTES"),
+        ("accept a U1 \u00b2", "ETA_MINUTES"),
+        ("accept a U1 99999999999", "ETA_MINUTES"),
+        ("accept 'a", "cannot parse"),
         ("update i1 parked", "STATUS must be one of"),
         ("decline", "usage: decline"),
         ("hello", "unknown command"),

@@ -18,21 +18,24 @@ import grpc
 import pytest
 
 from securenow.client import (
+    CursorFileError,
     DispatchConsumer,
     FileCursorStore,
     MemoryCursorStore,
     RetryPolicy,
     SecureNowClient,
     SecureNowError,
+    Session,
 )
 from securenow.client.cursor import is_after
 from securenow.client.dispatch import RECONNECT_POLICY
+from securenow.client.retry import Backoff
 from securenow.client.sos import WATCH_POLICY
 from securenow.server.runtime import Runtime
-from securenow.v1 import agency_pb2, common_pb2, sos_pb2, users_pb2
+from securenow.v1 import agency_pb2, auth_pb2, common_pb2, sos_pb2, users_pb2
 from tests.dispatch_helpers import SF, raise_sos, register_department
 from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
-from tests.sdk_helpers import TcpProxy, self_signed_tls
+from tests.sdk_helpers import TcpProxy, self_signed_tls, silent_server
 
 T = TypeVar("T")
 FAST = RetryPolicy(initial_backoff=0.05, max_backoff=0.5, total_timeout=20.0, attempt_timeout=5.0)
@@ -177,6 +180,49 @@ async def test_an_api_key_is_sent_as_is_and_never_refreshed(api: Api, runtime: R
         assert c.session.refresh_count == 0
 
 
+async def test_concurrent_callers_share_one_refresh_even_when_it_fails() -> None:
+    session = Session()
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def refresher(request: auth_pb2.RefreshTokenRequest) -> auth_pb2.RefreshTokenResponse:
+        calls.append(request.refresh_token)
+        await release.wait()
+        # The answer is lost: the server may have spent the token, so presenting it
+        # again would look like reuse and end the session.
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "cut")
+
+    session.bind(refresher)
+    session.set_tokens("at_old", "rt_1", time.time() + 5)  # inside the refresh margin
+    callers = [asyncio.create_task(session.bearer()) for _ in range(5)]
+    await wait_for(lambda: _async(bool(calls)), what="the refresh to start")
+    release.set()
+    assert await asyncio.gather(*callers) == ["at_old"] * 5  # the current token is still used
+    assert calls == ["rt_1"]  # one exchange for all five callers
+
+
+async def test_a_refused_refresh_surfaces_its_reason_and_is_not_tried_again(client: SecureNowClient) -> None:
+    await signed_up(client)
+    access, spent = client.session.access_token, client.session.refresh_token
+    assert access is not None
+    assert spent is not None
+    await client.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=spent))  # used elsewhere
+    client.session.set_tokens(access, spent, time.time() - 1)  # expired: the next call refreshes first
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await me(client)
+        error = SecureNowError.from_rpc_error(refused.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REFRESH_TOKEN_REUSED")
+    assert client.session.refresh_token is None
+    ended = client.session.ended_by
+    assert ended is not None
+    assert ended.reason == "REFRESH_TOKEN_REUSED"
+    with pytest.raises(SecureNowError) as helper:
+        await client.raise_sos(location=SF, retry=FAST)
+    assert helper.value.reason == "REFRESH_TOKEN_REUSED"
+    assert client.session.refresh_count == 0
+
+
 # Errors -----------------------------------------------------------------------------------------
 
 
@@ -219,6 +265,32 @@ async def test_rate_limit_errors_carry_the_retry_delay(client: SecureNowClient) 
     assert error.retry_delay >= 1.0
     # The SDK's backoff never waits less than the server asked for.
     assert FAST.delay(0, error.retry_delay) >= error.retry_delay
+
+
+def test_backoff_stays_capped_however_long_it_retries() -> None:
+    # A stream reconnecting for hours: 0.5 * 2**1024 would overflow a float.
+    assert RECONNECT_POLICY.delay(5000) <= RECONNECT_POLICY.max_backoff * (1 + RECONNECT_POLICY.jitter)
+    backoff = Backoff(FAST_RECONNECT)
+    down = SecureNowError(grpc.StatusCode.UNAVAILABLE, "down")
+    delays = [backoff.next_delay(down) for _ in range(2000)]
+    assert all(d is not None and d <= 0.5 * 1.2 for d in delays)
+    for code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        assert Backoff(FAST).next_delay(SecureNowError(code, "no")) is None
+
+
+async def test_a_hung_token_refresh_does_not_outlast_the_total_timeout() -> None:
+    policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.2, total_timeout=1.0, attempt_timeout=0.5)
+    async with silent_server() as stalled, SecureNowClient(stalled) as c:
+        c.session.set_tokens("at_expired", "rt_1", time.time() - 1)  # the first call refreshes
+        started = time.monotonic()
+        with pytest.raises(SecureNowError) as gave_up:
+            await asyncio.wait_for(c.raise_sos(location=SF, retry=policy), 10)
+        assert gave_up.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 3.0
 
 
 # raise_sos --------------------------------------------------------------------------------------
@@ -319,6 +391,37 @@ async def test_watch_sos_reconnects_after_a_cut_and_ends_when_resolved(
         rest = [u async for u in updates]  # ends by itself after "resolved"
         assert [u.event for u in rest] == ["resolved"]
         assert rest[-1].alert.status == common_pb2.SOS_STATUS_RESOLVED
+
+
+async def test_watch_sos_passes_on_new_event_names_and_ends_when_cancelled(api: Api, client: SecureNowClient) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    await signed_up(client)
+    alert = await client.raise_sos(location=SF, description="rerouted, then cancelled")
+    assert alert.assigned_agency_id == dept.id
+    updates = client.watch_sos(alert.id, reconnect=FAST_WATCH)
+    assert (await asyncio.wait_for(anext(updates), 10)).event == "snapshot"
+    suspend = agency_pb2.UpdateDepartmentRequest(
+        department=agency_pb2.Department(id=dept.id, status=agency_pb2.DEPARTMENT_STATUS_SUSPENDED)
+    )
+    suspend.update_mask.paths.append("status")
+    await api.agency.UpdateDepartment(suspend, metadata=admin.md)
+    events: list[str] = []
+    while "rerouted" not in events:  # an event name the SDK has no special case for
+        update = await asyncio.wait_for(anext(updates), 10)
+        events.append(update.event)
+    await client.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id, reason="safe now"))
+    rest = [update.event async for update in _within(updates, 10)]
+    assert rest[-1] == "cancelled"  # and the watch ends by itself
+
+
+async def _within(updates: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            yield await asyncio.wait_for(anext(updates), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            return
 
 
 async def test_watch_sos_of_someone_elses_alert_is_not_retried(api: Api, client: SecureNowClient) -> None:
@@ -470,6 +573,39 @@ async def test_a_revoked_key_stops_the_consumer_with_an_authentication_error(
             assert consumer.connects == 1
 
 
+async def test_a_suspended_department_stops_the_consumer_at_once(api: Api, runtime: Runtime) -> None:
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    async with (
+        SecureNowClient(target(runtime), api_key=dept.api_key) as c,
+        c.dispatch_consumer(MemoryCursorStore(), reconnect=FAST_RECONNECT) as consumer,
+    ):
+        await wait_for(lambda: _async(consumer.connected), what="the stream")
+        suspend = agency_pb2.UpdateDepartmentRequest(
+            department=agency_pb2.Department(id=dept.id, status=agency_pb2.DEPARTMENT_STATUS_SUSPENDED)
+        )
+        suspend.update_mask.paths.append("status")
+        await api.agency.UpdateDepartment(suspend, metadata=admin.md)
+        with pytest.raises(SecureNowError) as stopped:
+            await asyncio.wait_for(drain(consumer), 20)
+        assert (stopped.value.code, stopped.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "DEPARTMENT_INACTIVE")
+        assert consumer.connects == 1
+
+
+async def test_cancelling_close_cancels_the_caller_and_stops_the_stream() -> None:
+    async with silent_server() as stalled, SecureNowClient(stalled, api_key="snk_x.y") as c:
+        consumer = c.dispatch_consumer(MemoryCursorStore())
+        consumer.start()
+        await wait_for(lambda: _async(consumer.connected), what="the stream to open")
+        closing = asyncio.create_task(consumer.close(grace=30))
+        await asyncio.sleep(0)  # a turn of the loop: close() now waits for the stream to end
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closing, 5)
+        assert not consumer.connected
+
+
 async def test_heartbeats_keep_the_client_alive_on_the_server(api: Api, runtime: Runtime) -> None:
     admin = await api.admin()
     dept = await register_department(api, admin, SF)
@@ -500,6 +636,13 @@ def test_file_cursor_store_round_trips_and_replaces_atomically(tmp_path: Path) -
     store.save("10-0")
     assert FileCursorStore(tmp_path / "cursor").load() == "10-0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor"]
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "is empty"), (b"\n", "is empty"), (b"\xff\xfe", "event id")])
+def test_a_cursor_file_without_a_cursor_is_refused_clearly(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "cursor").write_bytes(content)
+    with pytest.raises(CursorFileError, match=message):
+        FileCursorStore(tmp_path / "cursor").load()
 
 
 def test_event_ids_compare_by_sequence() -> None:

@@ -9,12 +9,13 @@ async with SecureNowClient("127.0.0.1:50051") as client:
 
 from securenow.client.auth import Session
 from securenow.client.client import SecureNowClient, make_location
-from securenow.client.cursor import CursorStore, FileCursorStore, MemoryCursorStore
+from securenow.client.cursor import CursorFileError, CursorStore, FileCursorStore, MemoryCursorStore
 from securenow.client.dispatch import DispatchConsumer
 from securenow.client.errors import SecureNowError
 from securenow.client.retry import RetryPolicy
 
 __all__ = [
+    "CursorFileError",
     "CursorStore",
     "DispatchConsumer",
     "FileCursorStore",

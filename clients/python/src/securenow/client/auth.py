@@ -51,6 +51,12 @@ class Session:
         self._lock = asyncio.Lock()
         self._refresher: Refresher | None = None
         self._exchange: asyncio.Future[None] | None = None
+        # Refresh attempts started so far, and how the latest one failed (None: it
+        # succeeded): callers that queued behind an attempt share its outcome.
+        self._attempts = 0
+        self._failure: SecureNowError | None = None
+        # The refusal that ended the session (REFRESH_TOKEN_REUSED, SESSION_ENDED...).
+        self._ended: grpc.aio.AioRpcError | None = None
         self.refresh_count = 0
 
     # State ------------------------------------------------------------------------------
@@ -61,6 +67,7 @@ class Session:
 
     def use_api_key(self, api_key: str) -> None:
         self._api_key, self._access, self._refresh, self._expires_at = api_key, None, None, 0.0
+        self._ended = None
 
     def set_tokens(
         self, access_token: str, refresh_token: str, expire_time: datetime | timestamp_pb2.Timestamp | float
@@ -73,6 +80,7 @@ class Session:
         else:
             expires_at = float(expire_time)
         self._api_key, self._access, self._refresh, self._expires_at = None, access_token, refresh_token, expires_at
+        self._ended = None
 
     def store(self, response: TokenResponse) -> None:
         """Keeps the tokens of a SignUp, SignIn or RefreshToken response."""
@@ -80,6 +88,7 @@ class Session:
 
     def clear(self) -> None:
         self._api_key, self._access, self._refresh, self._expires_at = None, None, None, 0.0
+        self._ended = None
 
     def expire_access_token(self) -> None:
         """Treats the access token as expired: the next call refreshes it first."""
@@ -104,6 +113,19 @@ class Session:
     @property
     def can_refresh(self) -> bool:
         return self._refresh is not None and self._refresher is not None
+
+    @property
+    def ended_by(self) -> SecureNowError | None:
+        """Why the server refused to refresh this session (reason REFRESH_TOKEN_REUSED,
+        SESSION_ENDED...), once it did; None while the session can go on. Sign in again."""
+        return None if self._ended is None else SecureNowError.from_rpc_error(self._ended)
+
+    def check_not_ended(self) -> None:
+        """Raises the refresh's refusal (a grpc.aio.AioRpcError, UNAUTHENTICATED with its
+        reason) when the session is over and its access token has expired: calls fail
+        with why, instead of presenting a dead token."""
+        if self._ended is not None and self._access is not None and time.time() >= self._expires_at:
+            raise self._ended
 
     def _due(self) -> bool:
         return self._access is not None and time.time() >= self._expires_at - self.refresh_margin
@@ -145,15 +167,28 @@ class Session:
         return self._access is not None and self._access != used_token
 
     async def _refresh_if(self, still_needed: Callable[[], bool]) -> None:
+        # The attempt this caller may share: the one in flight, or else the next one.
+        in_flight = self._exchange is not None and not self._exchange.done()
+        attempts_seen = self._attempts - 1 if in_flight else self._attempts
         async with self._lock:
             if self._exchange is not None and not self._exchange.done():
                 # A refresh whose caller was cancelled is still running: let it land.
                 with contextlib.suppress(SecureNowError):
                     await asyncio.shield(self._exchange)
+            if self._attempts != attempts_seen:
+                # Single flight: a refresh ran while this caller waited; share its
+                # outcome rather than exchanging (or re-presenting) the token again.
+                if self._failure is not None:
+                    raise self._failure
+                return
             if not still_needed():
                 return  # another call refreshed meanwhile
             if self._refresh is None or self._refresher is None:
+                if self._ended is not None:
+                    raise SecureNowError.from_rpc_error(self._ended)
                 raise SecureNowError(grpc.StatusCode.UNAUTHENTICATED, "no refresh token: sign in first")
+            self._attempts += 1
+            self._failure = None
             # The exchange runs as its own task: cancelling the caller must not lose the
             # response, or the spent refresh token would be presented again (reuse
             # detection would then end the session).
@@ -166,8 +201,11 @@ class Session:
             response = await refresher(auth_pb2.RefreshTokenRequest(refresh_token=spent))
         except grpc.aio.AioRpcError as exc:
             error = SecureNowError.from_rpc_error(exc)
-            if error.code == grpc.StatusCode.UNAUTHENTICATED and self._refresh == spent:
-                self._refresh = None  # the session is over; do not try again
+            if self._refresh == spent:
+                self._failure = error
+                if error.code == grpc.StatusCode.UNAUTHENTICATED:
+                    self._refresh = None  # the session is over; do not try again
+                    self._ended = exc
             raise error from None
         if self._refresh == spent:  # unless the tokens were replaced meanwhile
             self.store(response)
@@ -209,7 +247,17 @@ class _AuthBase:
         """Adds the credentials (unless the method is public or the caller set its own)."""
         if _method_name(details) in PUBLIC_METHODS or _has_authorization(details):
             return details, None
-        token = await self._session.bearer()
+        try:
+            # A refresh that hangs must not outlast the call's own deadline.
+            token = await asyncio.wait_for(self._session.bearer(), details.timeout)
+        except TimeoutError:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "deadline exceeded while the access token was being refreshed",
+            ) from None
+        self._session.check_not_ended()
         if token is None:
             return details, None
         return _with_token(details, token), token

@@ -8,9 +8,11 @@ acknowledges it once printed, and reads commands from stdin:
     update INCIDENT_ID STATUS [NOTES...]      STATUS: dispatched | on_scene | resolved
     quit
 
-The resume cursor lives in --cursor-file, so a restart continues where it stopped.
-Exit codes: 0 on quit, end of input or SIGINT/SIGTERM; 1 on other errors; 2 on bad
-arguments; 3 when the server refuses the API key.
+The resume cursor lives in --cursor-file (its directory is created if missing), so a
+restart continues where it stopped. Exit codes: 0 on quit, end of input or
+SIGINT/SIGTERM (the cursor keeps the last acknowledged event); 1 on other errors (a
+cursor file without a valid cursor among them); 2 on bad arguments (an unusable
+--cursor-file path too); 3 when the server refuses the API key.
 
 Adapt `format_event` and `handle_event` to hand alerts to a real CAD.
 """
@@ -35,7 +37,7 @@ import grpc
 from google.protobuf import json_format
 
 from securenow.client.client import SecureNowClient
-from securenow.client.cursor import FileCursorStore
+from securenow.client.cursor import CursorFileError, FileCursorStore
 from securenow.client.dispatch import DispatchConsumer
 from securenow.client.errors import SecureNowError, status_code
 from securenow.v1 import agency_pb2, common_pb2
@@ -43,6 +45,8 @@ from securenow.v1 import agency_pb2, common_pb2
 log = logging.getLogger("securenow.cad")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+#: The largest ETA the protocol carries (an int32).
+MAX_ETA_MINUTES = 2**31 - 1
 API_KEY_ENV = "SECURENOW_API_KEY"
 STATUSES = {
     "dispatched": common_pb2.INCIDENT_STATUS_DISPATCHED,
@@ -105,6 +109,21 @@ def read_root_certificates(path: str | None) -> bytes | None:
         raise UsageError(f"cannot read --tls-ca: {exc}") from None
 
 
+def open_cursor_store(path: str) -> FileCursorStore:
+    """The cursor store, checked before connecting: its directory exists (created if
+    missing) and the file, if any, holds a cursor. Raises UsageError for a path that
+    cannot be used, CursorFileError for a file without a valid cursor."""
+    store = FileCursorStore(path)
+    try:
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+        if store.path.exists() and not store.path.is_file():
+            raise UsageError(f"--cursor-file {path} is not a file")
+        store.load()
+    except OSError as exc:
+        raise UsageError(f"cannot use --cursor-file: {exc}") from None
+    return store
+
+
 # Commands ----------------------------------------------------------------------------------------
 
 
@@ -130,8 +149,9 @@ def parse_command(line: str) -> Command:
             raise ValueError("usage: accept ALERT_ID [UNIT] [ETA_MINUTES]")
         eta = 0
         if len(args) == 3:
-            if not args[2].isdigit():
-                raise ValueError(f"ETA_MINUTES must be a whole number, not {args[2]!r}")
+            # isascii: str.isdigit also accepts '²' and other digits int() rejects.
+            if not (args[2].isascii() and args[2].isdigit()) or int(args[2]) > MAX_ETA_MINUTES:
+                raise ValueError(f"ETA_MINUTES must be a whole number of minutes, not {args[2]!r}")
             eta = int(args[2])
         unit = args[1] if len(args) >= 2 else ""
         accept = agency_pb2.AcceptAlert(alert_id=args[0], assigned_unit=unit, eta_minutes=eta)
@@ -261,20 +281,29 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
     def read() -> None:
-        try:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+        # After the connector stopped, the loop is closed: drop what is still read.
+        with contextlib.suppress(RuntimeError):
+            try:
+                for line in sys.stdin:
+                    loop.call_soon_threadsafe(queue.put_nowait, line)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=read, name="stdin", daemon=True).start()
     return queue
 
 
+def handle_event(event: agency_pb2.StreamDispatchResponse, printer: Printer) -> None:
+    """Hands one event to the CAD (here: prints it). Adapt this: return only once the
+    event is safely with the CAD, since the event is acknowledged (and the cursor
+    advanced past it) right after; raise to stop without acknowledging it."""
+    printer.event(event)
+
+
 async def print_events(consumer: DispatchConsumer, printer: Printer) -> None:
-    """Prints each event, then acknowledges it (the cursor file advances)."""
+    """Handles each event, then acknowledges it (the cursor file advances)."""
     async for event in consumer:
-        printer.event(event)
+        handle_event(event, printer)
         consumer.ack(event.event_id)
 
 
@@ -303,6 +332,11 @@ async def run_commands(consumer: DispatchConsumer, printer: Printer, lines: asyn
 async def run(args: argparse.Namespace) -> int:
     api_key = read_api_key(args.api_key_file)
     root_certificates = read_root_certificates(args.tls_ca)
+    try:
+        cursor_store = open_cursor_store(args.cursor_file)
+    except CursorFileError as exc:
+        print(f"securenow-cad: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     printer = Printer(args.json)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -311,7 +345,7 @@ async def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
 
     async with SecureNowClient(args.server, api_key=api_key, root_certificates=root_certificates) as client:
-        consumer = DispatchConsumer(client, FileCursorStore(args.cursor_file), heartbeat_interval=args.heartbeat)
+        consumer = DispatchConsumer(client, cursor_store, heartbeat_interval=args.heartbeat)
         consumer.start()
         events = asyncio.create_task(print_events(consumer, printer), name="events")
         waiters: set[asyncio.Task[Any]] = {events, asyncio.create_task(stop.wait(), name="signal")}

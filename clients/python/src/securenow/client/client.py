@@ -72,7 +72,9 @@ class SecureNowClient:
     TLS: pass `root_certificates` (PEM bytes) or `tls=True` for the system roots.
     `options` are grpc channel options (they override DEFAULT_OPTIONS).
     Credentials: `sign_up`/`sign_in` (tokens refreshed automatically, `refresh_margin`
-    seconds before expiry), or `api_key` for an agency (never refreshed).
+    seconds before expiry, each refresh bounded by `refresh_timeout` seconds and by
+    the deadline of the call waiting for it), or `api_key` for an agency (never
+    refreshed).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class SecureNowClient:
         root_certificates: bytes | None = None,
         tls: bool = False,
         refresh_margin: float = 60.0,
+        refresh_timeout: float = 10.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
+        self.refresh_timeout = refresh_timeout
         self.session = Session(refresh_margin=refresh_margin)
         interceptors = auth_interceptors(self.session)
         given = {name for name, _ in options}
@@ -105,7 +109,7 @@ class SecureNowClient:
         self.agency = cast("AgencyServiceAsyncStub", agency_pb2_grpc.AgencyServiceStub(self.channel))
         self.search = cast("SearchServiceAsyncStub", search_pb2_grpc.SearchServiceStub(self.channel))
         self.analytics = cast("AnalyticsServiceAsyncStub", analytics_pb2_grpc.AnalyticsServiceStub(self.channel))
-        self.session.bind(self.auth.RefreshToken)
+        self.session.bind(self._refresh_tokens)
         if api_key is not None:
             self.session.use_api_key(api_key)
 
@@ -121,6 +125,12 @@ class SecureNowClient:
         await self.channel.close(grace)
 
     # Credentials ------------------------------------------------------------------------
+
+    async def _refresh_tokens(self, request: auth_pb2.RefreshTokenRequest) -> auth_pb2.RefreshTokenResponse:
+        """AuthService.RefreshToken for the session, bounded: a hung refresh would hold
+        up every call waiting for it."""
+        response: auth_pb2.RefreshTokenResponse = await self.auth.RefreshToken(request, timeout=self.refresh_timeout)
+        return response
 
     async def sign_up(
         self,

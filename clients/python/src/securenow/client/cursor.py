@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Protocol
 
 _NUMBERS = re.compile(r"\d+")
+#: What a stored cursor may look like: one opaque event id (the server's are
+#: `<sequence>-0`), printable ASCII without spaces.
+_EVENT_ID = re.compile(r"[!-~]{1,200}")
+
+
+class CursorFileError(ValueError):
+    """The cursor file exists but holds no usable cursor (empty, torn or not text).
+    Resuming without it would silently skip what arrived meanwhile, so the consumer
+    does not start: restore the file, or delete it to start from new events only."""
 
 
 class CursorStore(Protocol):
@@ -42,10 +51,24 @@ class FileCursorStore:
         self.path = Path(path)
 
     def load(self) -> str:
+        """The saved cursor; "" when the file does not exist yet. Raises
+        CursorFileError for a file without a valid cursor, OSError when it cannot be
+        read."""
         try:
-            return self.path.read_text(encoding="utf-8").strip()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return ""
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            text = None
+        if not text or _EVENT_ID.fullmatch(text) is None:
+            what = "is empty" if not raw.strip() else "does not hold an event id"
+            raise CursorFileError(
+                f"cursor file {self.path} {what}; restore it, or delete it to start from new events only "
+                "(events that arrived while the consumer was down may then be missed)"
+            )
+        return text
 
     def save(self, event_id: str) -> None:
         directory = self.path.parent

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -145,15 +144,17 @@ class DispatchConsumer:
         self._closing = True
         connection = self._connection
         runner = self._runner
-        if runner is not None and not runner.done():
-            if connection is not None:
+        try:
+            if runner is not None and not runner.done() and connection is not None:
                 connection.half_close()
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(runner), grace)
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        self._finish(None)
+                # asyncio.wait neither raises the runner's outcome nor swallows the
+                # cancellation of the task calling close().
+                await asyncio.wait([runner], timeout=grace)
+        finally:
+            if runner is not None and not runner.done():
+                runner.cancel()
+                await asyncio.wait([runner])
+            self._finish(None)
 
     @property
     def cursor(self) -> str:

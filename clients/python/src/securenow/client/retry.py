@@ -45,7 +45,14 @@ class RetryPolicy:
 
     def delay(self, retry_number: int, server_hint: float | None = None) -> float:
         """The pause before retry number `retry_number` (0 for the first retry)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier**retry_number)
+        # The exponent stops growing once the pause is capped: a stream that reconnects
+        # for hours must not reach multiplier**1024, which overflows a float.
+        base = self.initial_backoff
+        for _ in range(min(retry_number, 64)):
+            if base >= self.max_backoff:
+                break
+            base *= self.multiplier
+        base = min(self.max_backoff, base)
         jittered = base * random.uniform(1.0 - self.jitter, 1.0 + self.jitter)
         if server_hint is not None:
             jittered = max(jittered, server_hint)
