@@ -230,7 +230,7 @@ async def test_fixes_stored_before_a_bad_one_are_audited_and_so_is_the_routing_t
         (person.id, {"alert_ids": [alert.id], "accepted": 2})
     ]
     route = await db_conn.fetch("SELECT resource_id, details FROM audit_log WHERE action = 'sos.route'")
-    assert [(r["resource_id"], json.loads(r["details"])) for r in route] == [(alert.id, {"to": dept.id})]
+    assert [(r["resource_id"], json.loads(r["details"])) for r in route] == [(alert.id, {"from": None, "to": dept.id})]
 
 
 async def test_acknowledgements_are_audited_with_who_acknowledged_what(api: Api, db_conn: asyncpg.Connection) -> None:
