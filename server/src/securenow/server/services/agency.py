@@ -130,21 +130,21 @@ class AgencyService:
                 raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
             department = await uow.agency.update_department(did, values)
             details: dict[str, object] = {"paths": sorted(set(paths))}
-            stopped = before.status is DepartmentStatus.ACTIVE and department.status is not DepartmentStatus.ACTIVE
-            if department.status is not before.status:
+            status_changed = department.status is not before.status
+            if status_changed:
                 details["status"] = {"from": before.status.value, "to": department.status.value}
-            if stopped:
+            if before.status is DepartmentStatus.ACTIVE and status_changed:
                 details["rerouted_alerts"] = await self._dispatch.reroute_from(
                     uow, did, f"the agency is {department.status.value}"
                 )
             await uow.audit.record(caller, AuditEntry("agency.update", "department", did, details=details))
-            if department.status is not before.status:
+            if status_changed:
                 # Dispatcher accounts act for the agency only while it is active: their
                 # cached session state is replaced by one with or without the agency.
                 states = await uow.accounts.session_states(await uow.accounts.agency_session_ids(did))
                 fresh = {sid: state.to_json() for sid, state in states.items()}
                 uow.after_commit(lambda: replace_sessions(self._live, fresh))
-        if department.status is not before.status:
+        if status_changed:
             self._on_key_revoked()
         return department
 

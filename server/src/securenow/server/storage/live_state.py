@@ -110,6 +110,7 @@ class LiveState:
         # and replicas see them within that second.
         self._local_session_seconds = local_session_seconds
         self._local_sessions: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._set_newer_location = client.register_script(_SET_NEWER_LOCATION)
 
     # Sessions -------------------------------------------------------------------
 
@@ -261,11 +262,12 @@ class LiveState:
         the key already holds a newer fix (another replica may store a later one first)."""
         if not fixes:
             return
-        script = self.redis.register_script(_SET_NEWER_LOCATION)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id, (point, timestamp) in fixes.items():
                 value = f"{point.latitude},{point.longitude},{timestamp}"
-                await script(keys=[f"user:location:{user_id}"], args=[value, timestamp, ttl_seconds], client=pipe)
+                await self._set_newer_location(
+                    keys=[f"user:location:{user_id}"], args=[value, timestamp, ttl_seconds], client=pipe
+                )
             await pipe.execute()
 
     @redis_call

@@ -116,14 +116,14 @@ def request_message(frames: list[tuple[int, bytes]], encoding: str | None) -> by
             grpc.StatusCode.INVALID_ARGUMENT, f"a request carries exactly one message, not {len(frames)}"
         )
     flag, payload = frames[0]
-    if flag == 0x01 and encoding not in (None, "identity"):
+    if flag == 0x01:
+        if encoding in (None, "identity"):
+            raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, "a compressed message without a grpc-encoding")
         raise _LocalStatus(
             grpc.StatusCode.UNIMPLEMENTED,
             f"grpc-encoding {encoding} is not supported; send identity",
             (("grpc-accept-encoding", "identity"),),
         )
-    if flag == 0x01:
-        raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, "a compressed message without a grpc-encoding")
     if flag != 0:
         raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected gRPC-Web frame flag 0x{flag:02x}")
     return payload

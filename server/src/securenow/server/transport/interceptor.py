@@ -55,7 +55,20 @@ AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
 # Counts a call of a rate-limited class for the caller; raises ResourceExhausted past the limit.
 RateLimit = Callable[[Principal, str], Awaitable[None]]
 # Outcomes of mutating calls that are not audited: nothing was attempted on an object.
-NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+_NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+async def audit_refusal(
+    audit_failure: AuditFailure, principal: Principal | None, method: str, code: str, reason: str
+) -> None:
+    """Audits a refused or failed attempt (who tried what, and the outcome) unless its
+    outcome says nothing was attempted on an object; never fails the caller."""
+    if code in _NOT_AUDITED:
+        return
+    try:
+        await audit_failure(principal, method, code, reason)
+    except Exception:
+        log.warning("could not audit a failed call to %s", method, exc_info=True)
 
 
 class _Undecodable:
@@ -352,12 +365,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def _audit_refusal(self, call: _Call) -> None:
         """Mutating calls that failed are audited too (who tried what, and the outcome)."""
-        if call.rule is None or not call.rule.mutating or call.code in NOT_AUDITED:
-            return
-        try:
-            await self._audit_failure(call.principal, call.method, call.code, call.reason)
-        except Exception:
-            log.warning("could not audit a failed call to %s", call.method, exc_info=True)
+        if call.rule is not None and call.rule.mutating:
+            await audit_refusal(self._audit_failure, call.principal, call.method, call.code, call.reason)
 
     async def _finish(self, call: _Call) -> None:
         elapsed = time.perf_counter() - call.started

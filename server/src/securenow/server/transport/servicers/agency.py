@@ -21,7 +21,7 @@ from securenow.server.storage.dispatch_streams import DispatchEvent, DispatchHub
 from securenow.server.transport import convert, convert_sos
 from securenow.server.transport.context import current_principal
 from securenow.server.transport.errors import status_code_for
-from securenow.server.transport.interceptor import NOT_AUDITED, AuditFailure
+from securenow.server.transport.interceptor import AuditFailure, audit_refusal
 from securenow.v1 import agency_pb2, agency_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,9 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
             ]
             return _command_result(InvalidArgument(named) if kind in COMMANDS else err, alert_id, incident_id)
         except DomainError as err:
-            await self._audit_refused(principal, kind, err)
+            # Audited like the refused unary call it stands for (AcceptSosAlert, ...).
+            code = status_code_for(err).name
+            await audit_refusal(self._audit_failure, principal, f"{STREAM_DISPATCH}:{kind}", code, err.reason)
             return _command_result(err, alert_id, incident_id)
         except Exception:
             # A bug or an unexpected failure is this command's INTERNAL result, not the
@@ -281,17 +283,6 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
                 alert_id=alert_id,
                 incident_id=incident_id,
             )
-
-    async def _audit_refused(self, principal: Principal, kind: str | None, error: DomainError) -> None:
-        """A refused stream command is audited like the refused unary call it stands
-        for (AcceptSosAlert, ...): who tried what on which object, and the outcome."""
-        code = status_code_for(error).name
-        if code in NOT_AUDITED:
-            return
-        try:
-            await self._audit_failure(principal, f"{STREAM_DISPATCH}:{kind}", code, error.reason)
-        except Exception:
-            log.warning("could not audit a refused %s command", kind, exc_info=True)
 
     async def WatchDispatch(
         self, request: agency_pb2.WatchDispatchRequest, context: grpc.aio.ServicerContext
