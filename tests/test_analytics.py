@@ -241,6 +241,65 @@ async def test_bad_events_are_refused_naming_the_field_and_nothing_is_stored(
     )
 
 
+async def test_event_documents_are_measured_as_stored_and_only_real_nul_characters_are_refused(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    person = await api.sign_up()
+
+    async def record(event_data: struct_pb2.Struct) -> analytics_pb2.RecordEventsResponse:
+        event = analytics_pb2.AnalyticsEvent(event_type="note_typed", event_data=event_data)
+        return await api.analytics.RecordEvents(  # type: ignore[no-any-return]
+            analytics_pb2.RecordEventsRequest(events=[event]), metadata=person.md
+        )
+
+    # 16 KiB of JSON as PostgreSQL stores it (UTF-8), not as ASCII escapes: 1,500 emoji
+    # are 6 KB (an app in Chinese or Arabic must not hit the limit at a third of it).
+    emoji = "\U0001f6a8" * 1500
+    assert (await record(struct(text=emoji))).accepted_count == 1
+    # Text that merely looks like a NUL escape (a backslash, then "u0000") is fine.
+    windows_path = "C:\\u0000\\logs"
+    assert (await record(struct(path=windows_path))).accepted_count == 1
+    stored = [json.loads(r[0]) for r in await db_conn.fetch("SELECT event_data FROM analytics_events")]
+    assert {"text": emoji} in stored
+    assert {"path": windows_path} in stored
+    # The limit still holds in UTF-8: 4,200 emoji are 16.8 KB.
+    await expect_invalid(record(struct(text="\U0001f6a8" * 4200)), "events[0].event_data")
+    # A real NUL anywhere, keys included, is refused.
+    await expect_invalid(record(struct(**{"key\x00": "v"})), "events[0].event_data")
+    assert await db_conn.fetchval("SELECT count(*) FROM analytics_events") == 2
+
+
+async def test_a_late_event_location_without_its_own_time_is_dated_at_the_event(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    person = await api.sign_up()
+    earlier = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+    event = analytics_pb2.AnalyticsEvent(event_type="map_viewed", event_time=ts(earlier), location=location(BLOCK))
+    await api.analytics.RecordEvents(analytics_pb2.RecordEventsRequest(events=[event]), metadata=person.md)
+    stored = json.loads(await db_conn.fetchval("SELECT location_data FROM analytics_events"))
+    # The fix was taken with the event (uploaded 20 days late), not when it reached the server.
+    assert datetime.fromisoformat(stored["time"]) == earlier
+
+
+async def test_events_are_stored_when_maintenance_left_their_month_without_a_partition(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    person = await api.sign_up()
+    month = datetime.now(UTC)
+    partition = f"analytics_events_{month:%Y_%m}"
+    # As after months without the maintenance loop: this month has no partition.
+    await db_conn.execute(f"DROP TABLE {partition}")
+    try:
+        resp = await api.analytics.RecordEvents(
+            analytics_pb2.RecordEventsRequest(events=[analytics_pb2.AnalyticsEvent(event_type="app_open")]),
+            metadata=person.md,
+        )
+        assert resp.accepted_count == 1
+        assert await db_conn.fetchval("SELECT tableoid::regclass::text FROM analytics_events") == partition
+    finally:
+        await db_conn.execute("SELECT securenow_ensure_partitions()")
+
+
 # Safety scores --------------------------------------------------------------------
 
 

@@ -169,6 +169,27 @@ async def test_pages_cover_every_result_once(api: Api) -> None:
     assert "page_token" in details.fields
 
 
+async def test_a_page_past_the_last_match_still_counts_every_match(api: Api, db_conn: asyncpg.Connection) -> None:
+    admin = await api.admin()
+    shrinking = [await provider(api, admin, f"Shrink Guards {i}", tags=["shrink"]) for i in range(3)]
+    person = await api.sign_up()
+    question = search_pb2.SearchProvidersRequest(tags=["shrink"], page_size=2)
+    first = await api.search.SearchProviders(question, metadata=person.md)
+    assert first.total_size == 3
+    assert first.next_page_token
+    # Two of them stop being offered before the next page is asked for: one match is left,
+    # and the second page (from the third result on) is empty.
+    await db_conn.execute(
+        "UPDATE providers SET verification_status = 'rejected' WHERE id = ANY($1::uuid[])",
+        [p.id for p in shrinking[:2]],
+    )
+    question.page_token = first.next_page_token
+    second = await api.search.SearchProviders(question, metadata=person.md)
+    assert list(second.results) == []
+    assert second.next_page_token == ""
+    assert second.total_size == 1
+
+
 async def test_bad_provider_questions_name_the_field(api: Api) -> None:
     person = await api.sign_up()
     cases = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,19 +50,32 @@ class ValidEvent:
     device_info: dict[str, Any] | None
 
 
+def _has_nul(value: Any) -> bool:
+    """A NUL character in any key or string of a JSON document (protobuf's Struct nests
+    at most 100 deep, well within Python's recursion limit)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(item) for k, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def _json_document(v: Validator, name: str, value: dict[str, Any] | None) -> None:
     """PostgreSQL JSONB takes neither NaN/Infinity nor NUL characters; both are the
-    caller's mistake, not a server error."""
+    caller's mistake, not a server error. The size is that of the compact JSON text in
+    UTF-8, as stored (not with every non-ASCII character escaped as \\uXXXX)."""
     if value is None:
         return
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except ValueError:
         v.add(name, "must not contain NaN or infinite numbers")
         return
-    if len(text.encode()) > MAX_JSON_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_JSON_BYTES:
         v.add(name, f"must be at most {MAX_JSON_BYTES // 1024} KiB as JSON")
-    if "\\u0000" in text:
+    if _has_nul(value):
         v.add(name, "must not contain NUL characters")
 
 
@@ -93,6 +106,9 @@ def validate_events(events: list[EventInput], now: datetime) -> list[ValidEvent]
             if event.location is not None:
                 # Events may be sent up to MAX_EVENT_AGE late, their fixes with them.
                 fix = validate_location(ev, "location", event.location, now=now, max_age=MAX_EVENT_AGE)
+                if event.location.time is None:
+                    # A fix without its own time was taken with the event, not on arrival.
+                    fix = replace(fix, time=time)
         out.append(
             ValidEvent(
                 event_type=event.event_type,

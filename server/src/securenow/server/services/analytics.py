@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from securenow.server.domain.accounts import Principal
 from securenow.server.domain.analytics import (
     EventInput,
     ReportBucket,
+    ValidEvent,
     validate_events,
     validate_report_window,
 )
@@ -27,10 +29,13 @@ from securenow.server.domain.safety_score import (
 )
 from securenow.server.domain.validation import Validator
 from securenow.server.services.common import reads_of, replayed_resource
+from securenow.server.storage.analytics_repo import MissingPartition
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIST_RADIUS_M = 5_000.0
 # A user's safety score follows a location they shared within this long; older ones
@@ -78,11 +83,24 @@ class AnalyticsService:
         # The seed's rate_limit:{user_id}:{action}: an app flushes its queue now and then;
         # a client looping on RecordEvents gets RESOURCE_EXHAUSTED with a retry delay.
         await self._live.hit_rate_limit(caller.user_id, "record_events", self._calls_per_minute)
+        try:
+            return await self._store_events(caller, caller.user_id, valid, key)
+        except MissingPartition:
+            # Every accepted time has a partition while the maintenance loop runs; if it
+            # has not run for months, create them now rather than refuse the events.
+            log.warning("analytics_events had no partition for an event time; creating the missing partitions")
+            async with self._db.unit_of_work() as uow:
+                await uow.analytics.ensure_partitions(datetime.now(UTC))
+            return await self._store_events(caller, caller.user_id, valid, key)
+
+    async def _store_events(
+        self, caller: Principal, user_id: str, valid: list[ValidEvent], key: IdempotencyKey | None
+    ) -> int:
         async with self._db.unit_of_work() as uow:
             # The batch's id stands for the resource; a retry (same id, same events) was stored.
             if await replayed_resource(uow, caller, "RecordEvents", key, str(uuid.uuid4())) is not None:
                 return len(valid)
-            await uow.analytics.add_events(caller.user_id, valid)
+            await uow.analytics.add_events(user_id, valid)
             await uow.audit.record(
                 caller,
                 AuditEntry(

@@ -101,11 +101,31 @@ def _score_args(
     )
 
 
+class MissingPartition(Exception):
+    """No partition of analytics_events holds an event's time: the maintenance loop,
+    which keeps them three months ahead, has not run for that long."""
+
+
 class AnalyticsRepo:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     async def add_events(self, user_id: str, events: list[ValidEvent]) -> None:
+        """Raises MissingPartition when a month has no partition (the transaction is then
+        aborted: the caller creates the partitions and tries again in a new one)."""
+        try:
+            await self._insert_events(user_id, events)
+        except asyncpg.exceptions.CheckViolationError as exc:
+            # analytics_events has no CHECK constraint: on insert, 23514 is PostgreSQL's
+            # "no partition of relation found for row".
+            raise MissingPartition(str(exc)) from exc
+
+    async def ensure_partitions(self, at: datetime) -> int:
+        """Creates the partitions that should exist at `at` (migration 05's function:
+        months from 2024-01 to three months ahead); returns how many it created."""
+        return int(await self.conn.fetchval("SELECT securenow_ensure_partitions($1)", at))
+
+    async def _insert_events(self, user_id: str, events: list[ValidEvent]) -> None:
         await self.conn.executemany(
             INSERT_EVENT_SQL,
             [

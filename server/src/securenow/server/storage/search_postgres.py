@@ -88,10 +88,20 @@ class PostgresSearch:
             where = [*where, f"{document} @@ {tsq}"]
             score = f"ts_rank_cd({document}, {tsq})::float8"
             order = f"{score} DESC, {order}"
+        condition = " AND ".join(where)
+        filter_args = list(arg.values)
         rows = await self.conn.fetch(
             f"""SELECT {id_column} AS id, {score} AS score, count(*) OVER () AS total
-                FROM {source} WHERE {" AND ".join(where)}
+                FROM {source} WHERE {condition}
                 ORDER BY {order} OFFSET {arg(page.offset)} LIMIT {arg(page.size)}""",
             *arg.values,
         )
-        return HitPage([Hit(str(r["id"]), float(r["score"])) for r in rows], int(rows[0]["total"]) if rows else 0)
+        if rows:
+            total = int(rows[0]["total"])
+        elif page.offset > 0 or page.size == 0:
+            # A page past the last match (matches went away since the previous page, or
+            # the result window is exhausted): the window count had no row to ride on.
+            total = int(await self.conn.fetchval(f"SELECT count(*) FROM {source} WHERE {condition}", *filter_args))
+        else:
+            total = 0
+        return HitPage([Hit(str(r["id"]), float(r["score"])) for r in rows], total)
