@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from securenow.server.runtime import Runtime
-from securenow.v1 import common_pb2, search_pb2, search_pb2_grpc
+from securenow.v1 import common_pb2, search_pb2, search_pb2_grpc, users_pb2
 from tests.conftest import extra_replica
 from tests.dispatch_helpers import LA, SF, register_department
 from tests.dispatch_helpers import raise_sos as raise_alert
@@ -89,8 +89,16 @@ async def test_both_backends_give_the_same_answers(api: Api, elastic_replica: Ru
 
         # A change reaches the index on the next pass: the rejected company stays out,
         # a newly verified one comes in.
-        await provider(api, admin, "Late Armed Guards", tags=["armed"])
+        late_guards = await provider(api, admin, "Late Armed Guards", tags=["armed"])
         await sync(elastic_replica)
-        late = await es.SearchProviders(search_pb2.SearchProvidersRequest(tags=["armed"]), metadata=person.md)
+        armed = search_pb2.SearchProvidersRequest(tags=["armed"])
+        late = await es.SearchProviders(armed, metadata=person.md)
         assert "Late Armed Guards" in [r.provider.company_name for r in late.results]
         assert "Rejected Guards" not in [r.provider.company_name for r in late.results]
+
+        # A suspended owner's company leaves the results and the count alike.
+        await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=late_guards.user_id), metadata=admin.md)
+        await sync(elastic_replica)
+        after = await es.SearchProviders(armed, metadata=person.md)
+        assert "Late Armed Guards" not in [r.provider.company_name for r in after.results]
+        assert after.total_size == len(after.results) == len(late.results) - 1

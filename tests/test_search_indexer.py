@@ -17,7 +17,7 @@ from securenow.server.bootstrap import App
 from securenow.server.storage.search_elastic import ElasticSearch
 from securenow.server.workers.leader import AdvisoryLeader
 from securenow.server.workers.search_indexer import SearchIndexer
-from securenow.v1 import providers_pb2
+from securenow.v1 import providers_pb2, users_pb2
 from tests.conftest import DATABASE_URL
 from tests.dispatch_helpers import SF, register_department
 from tests.dispatch_helpers import raise_sos as raise_alert
@@ -73,6 +73,16 @@ async def test_changes_reach_the_index_and_late_commits_are_caught(
     newer = sink.docs[sink.providers_index][guards.id]
     assert newer["tags"] == ["k9"]
     assert newer["_version"] > doc["_version"]
+    assert newer["owner_active"] is True
+
+    # Suspending the owner withdraws the company from search (the index's own filter,
+    # so its totals count only what is shown); reinstating brings it back.
+    await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=owner.id, reason="fraud"), metadata=admin.md)
+    await indexer.step()
+    assert sink.docs[sink.providers_index][guards.id]["owner_active"] is False
+    await api.users.ReinstateUser(users_pb2.ReinstateUserRequest(user_id=owner.id), metadata=admin.md)
+    await indexer.step()
+    assert sink.docs[sink.providers_index][guards.id]["owner_active"] is True
 
     # An incident's document follows its alert and its incident.
     dept = await register_department(api, admin, SF)

@@ -52,6 +52,7 @@ def provider_row(**kw: Any) -> dict[str, Any]:
         "rating": 4.5,
         "tags": ["k9"],
         "verified": True,
+        "owner_active": True,
         "location_data": {"lat": 48.85, "lng": 2.35, "accuracy": 5},
         "service_areas": {"geojson": AREA},
         "updated_at": NOW,

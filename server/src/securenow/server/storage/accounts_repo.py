@@ -152,6 +152,9 @@ class AccountsRepo:
             user_id,
             status.value,
         )
+        # Whether the owner's companies are offered changed with it: a newer version of
+        # them for the search index (storage/search_feed.py follows providers.updated_at).
+        await self.conn.execute("UPDATE providers SET updated_at = now() WHERE user_id = $1", user_id)
         return user_from_row(must(row))
 
     async def set_verification(self, user_id: str, status: VerificationStatus) -> User:

@@ -34,6 +34,9 @@ PROVIDER_MAPPINGS: dict[str, Any] = {
         "service_areas": {"type": "geo_shape"},
         "tags": {"type": "keyword"},
         "verified": {"type": "boolean"},
+        # The owner's account is active: a provider is offered only when both hold
+        # (OFFERED_SQL), so hits and totals agree with what is shown.
+        "owner_active": {"type": "boolean"},
         "updated_at": {"type": "date"},
     },
 }
@@ -78,7 +81,7 @@ def _request(
 def provider_search_body(q: ProviderQuery) -> dict[str, Any]:
     """The search request answering a SearchProviders query (same filters and order
     as the PostgreSQL backend)."""
-    filters: list[dict[str, Any]] = [{"term": {"verified": True}}]
+    filters: list[dict[str, Any]] = [{"term": {"verified": True}}, {"term": {"owner_active": True}}]
     if q.business_types:
         filters.append({"terms": {"business_type": [t.value for t in q.business_types]}})
     if q.min_rating:
@@ -149,16 +152,23 @@ class ElasticSearch:
         return self.providers_index if kind == "providers" else self.incidents_index
 
     async def ensure_indices(self) -> list[str]:
-        """Creates the indices that are missing; returns their kinds ("providers",
-        "incidents"): those need a full build."""
-        created = []
+        """Creates the indices that are missing and adds fields mapped since an existing
+        index was made (mappings only grow); returns the kinds ("providers",
+        "incidents") that need a full build: those created, and those that gained a
+        field their documents lack."""
+        rebuild = []
         for kind, mappings in (("providers", PROVIDER_MAPPINGS), ("incidents", INCIDENT_MAPPINGS)):
-            if not await self.client.indices.exists(index=self.index_name(kind)):
-                await self.client.options(ignore_status=400).indices.create(
-                    index=self.index_name(kind), mappings=mappings
-                )
-                created.append(kind)
-        return created
+            index = self.index_name(kind)
+            if not await self.client.indices.exists(index=index):
+                await self.client.options(ignore_status=400).indices.create(index=index, mappings=mappings)
+                rebuild.append(kind)
+                continue
+            current = await self.client.indices.get_mapping(index=index)
+            known = next(iter(current.body.values()))["mappings"].get("properties", {})
+            if set(mappings["properties"]) - set(known):
+                await self.client.indices.put_mapping(index=index, properties=mappings["properties"])
+                rebuild.append(kind)
+        return rebuild
 
     async def providers(self, q: ProviderQuery) -> HitPage:
         return await self._search(self.providers_index, provider_search_body(q))

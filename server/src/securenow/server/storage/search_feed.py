@@ -49,9 +49,9 @@ _VERSION = "(extract(epoch FROM {ts}) * 1000000)::bigint"
 
 PROVIDER_DOCS_SQL = f"""
     SELECT p.id, p.company_name, p.description, p.business_type::text AS business_type, p.rating::float8 AS rating,
-           p.tags, p.verification_status = 'verified' AS verified, p.location_data, p.service_areas,
-           p.updated_at, {_VERSION.format(ts="p.updated_at")} AS version
-    FROM providers p WHERE p.id = ANY($1::uuid[])"""
+           p.tags, p.verification_status = 'verified' AS verified, coalesce(u.status = 'active', false) AS owner_active,
+           p.location_data, p.service_areas, p.updated_at, {_VERSION.format(ts="p.updated_at")} AS version
+    FROM providers p LEFT JOIN users u ON u.id = p.user_id WHERE p.id = ANY($1::uuid[])"""
 
 INCIDENT_DOCS_SQL = f"""
     SELECT i.id, i.police_department_id, i.incident_type::text AS incident_type, i.priority::text AS priority,
@@ -79,6 +79,7 @@ def provider_doc(r: Any) -> dict[str, Any]:
         "service_areas": area,
         "tags": list(r["tags"] or []),
         "verified": bool(r["verified"]),
+        "owner_active": bool(r["owner_active"]),
         "updated_at": r["updated_at"].isoformat(),
         "_version": r["version"],
     }

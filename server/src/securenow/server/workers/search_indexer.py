@@ -87,19 +87,19 @@ class SearchIndexer:
         await self._leader.release()
 
     async def start(self) -> None:
-        """Creates missing indices (and rebuilds them), then resumes each feed from its
-        settled watermark."""
-        created = await self._elastic.ensure_indices()
+        """Creates missing indices and maps new fields (and rebuilds those indices),
+        then resumes each feed from its settled watermark."""
+        rebuild = await self._elastic.ensure_indices()
         async with self._db.unit_of_work() as uow:
             repo = SearchFeedRepo(uow.conn)
-            for kind in created:
+            for kind in rebuild:
                 await repo.reset(kind)
             settled = await repo.settled()
         self._settled = {f.name: settled.get(f.name, START) for f in FEEDS}
         self._stored = dict(self._settled)
         self._fresh = dict(self._settled)
-        if created:
-            log.info("search indexer: created %s; building from PostgreSQL", ", ".join(created))
+        if rebuild:
+            log.info("search indexer: new or remapped %s; building from PostgreSQL", ", ".join(rebuild))
 
     async def step(self) -> int:
         """One pass over every feed; returns the number of documents written."""
