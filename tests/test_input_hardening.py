@@ -320,11 +320,14 @@ async def verify_provider_note(w: World) -> Awaitable[Any]:
     )
 
 
-async def create_booking_instructions(w: World) -> Awaitable[Any]:
-    _, prov = await w.provider()
-    return w.api.bookings.CreateBooking(
-        booking_request(prov.id, special_instructions=NUL), metadata=(await w.person()).md
-    )
+def create_booking_instructions(text: str) -> Case:
+    async def case(w: World) -> Awaitable[Any]:
+        _, prov = await w.provider()
+        return w.api.bookings.CreateBooking(
+            booking_request(prov.id, special_instructions=text), metadata=(await w.person()).md
+        )
+
+    return case
 
 
 async def cancel_booking_reason(w: World) -> Awaitable[Any]:
@@ -756,7 +759,13 @@ CASES: list[Any] = [
         id="UpdateProvider.coverage-negative",
     ),
     pytest.param(verify_provider_note, "note", id="VerifyProvider.note-nul"),
-    pytest.param(create_booking_instructions, "special_instructions", id="CreateBooking.instructions-nul"),
+    pytest.param(create_booking_instructions(NUL), "special_instructions", id="CreateBooking.instructions-nul"),
+    # Text of nothing but a control character is refused as such, not stored or
+    # answered as a database error.
+    pytest.param(create_booking_instructions("\x00"), "special_instructions", id="CreateBooking.instructions-lone-nul"),
+    pytest.param(
+        create_booking_instructions("\x01"), "special_instructions", id="CreateBooking.instructions-lone-control"
+    ),
     pytest.param(cancel_booking_reason, "reason", id="CancelBooking.reason-nul"),
     pytest.param(register_department_name, "department_name", id="RegisterDepartment.name-nul"),
     pytest.param(register_department_webhook, "webhook_url", id="RegisterDepartment.webhook_url-nul"),

@@ -114,6 +114,16 @@ def quote(provider: Provider, req: ValidBookingRequest) -> Money:
     return rate.times(req.duration_hours)
 
 
+def require_bookable(provider: Provider) -> None:
+    """FAILED_PRECONDITION for a provider that exists but cannot take bookings now: never
+    verified, rejected or back in review after a change, or its owner's account is
+    suspended or deleted. Checked when a booking is made and when one is confirmed."""
+    if not provider.verified:
+        raise FailedPrecondition("the provider is not verified", reason="PROVIDER_NOT_VERIFIED")
+    if not provider.owner_active:
+        raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
+
+
 def check_transition(booking: Booking, target: BookingStatus) -> bool:
     """True if the booking must change; False if it already is in `target` (a retry)."""
     if booking.status is target:
@@ -128,6 +138,10 @@ def check_transition(booking: Booking, target: BookingStatus) -> bool:
 def check_payment_transition(booking: Booking, target: PaymentStatus) -> bool:
     if booking.payment_status is target:
         return False
+    if target is PaymentStatus.PAID and booking.status is BookingStatus.CANCELLED:
+        # Cancelling refunds a paid booking; a payment recorded afterwards would sit on a
+        # dead booking with nothing to refund it.
+        raise FailedPrecondition("a cancelled booking takes no payment", reason="BOOKING_CANCELLED")
     allowed = PAYMENT_TRANSITIONS.get(target, ())
     if booking.payment_status not in allowed:
         raise FailedPrecondition(

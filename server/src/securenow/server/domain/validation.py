@@ -75,12 +75,13 @@ class Validator:
         single_line: bool = False,
     ) -> str:
         value = value.strip()
+        if value and not self.characters(name, value, single_line=single_line):
+            return value
         if not value or all(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in value):
+            # Nothing a person can see counts as nothing (not stored as sent).
             if required:
                 self.add(name, "is required")
-            return value
-        if not self.characters(name, value, single_line=single_line):
-            return value
+            return ""
         if len(value) > max_len:
             self.add(name, f"must be at most {max_len} characters")
         elif len(value) < min_len:

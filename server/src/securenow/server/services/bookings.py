@@ -13,6 +13,7 @@ from securenow.server.domain.bookings import (
     check_payment_transition,
     check_transition,
     quote,
+    require_bookable,
     validate_booking_request,
 )
 from securenow.server.domain.enums import BookingStatus, PaymentStatus
@@ -44,6 +45,7 @@ def _booking_event(b: Booking, event: str) -> dict[str, Any]:
         "payment_status": b.payment_status.value,
         "start_time": b.start_time.isoformat(),
         "duration_hours": b.duration_hours,
+        "rating": b.rating,
     }
 
 
@@ -98,10 +100,7 @@ class BookingService:
                 raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
             # The contract answers FAILED_PRECONDITION for a provider that exists but cannot
             # be booked now (never verified, rejected, or back in review after a change).
-            if not provider.verified:
-                raise FailedPrecondition("the provider is not verified yet", reason="PROVIDER_NOT_VERIFIED")
-            if not provider.owner_active:
-                raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
+            require_bookable(provider)
             if provider.user_id == caller.user_id:
                 raise FailedPrecondition("providers cannot book themselves", reason="SELF_BOOKING")
             price = quote(provider, valid)
@@ -164,6 +163,13 @@ class BookingService:
                 raise PermissionDenied(f"you cannot {action} this booking", reason="NOT_ALLOWED_FOR_PARTY")
             if not check_transition(booking, target):
                 return booking
+            if target is BookingStatus.CONFIRMED:
+                # Confirming commits the provider to the booking: only a provider that could
+                # be booked now may do it (not one rejected, in review or withdrawn since).
+                provider = await uow.providers.get(booking.provider_id)
+                if provider is None:
+                    raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+                require_bookable(provider)
             after = await uow.bookings.set_status(booking, target, cancel_reason=reason)
             await self._changed(uow, caller, booking, after, action)
         return after
@@ -214,7 +220,11 @@ class BookingService:
                 if (booking.rating, booking.review) == (rating, text):
                     return booking  # a retry of the review that was stored: its result again
                 raise FailedPrecondition("the booking was already reviewed", reason="ALREADY_REVIEWED")
+            # Reviews of one provider take turns: each recomputes the provider's rating from
+            # all reviews, so it must see the ones committed before it.
+            await uow.providers.lock_for_rating(booking.provider_id)
             after = await uow.bookings.set_review(booking, rating, text)
             await uow.providers.refresh_rating(booking.provider_id)
             await uow.audit.record(caller, AuditEntry("booking.review", "booking", bid, details={"rating": rating}))
+            await uow.outbox.add(CHANNEL_BOOKING_UPDATE, "review", _booking_event(after, "review"), aggregate_id=bid)
         return after

@@ -159,9 +159,17 @@ class ProvidersRepo:
         )
         return provider_from_row(must(row))
 
+    async def lock_for_rating(self, provider_id: str) -> None:
+        """Locks the provider row until the transaction ends, so that reviews of one
+        provider run one after the other; take it before writing the review. (The lock
+        refresh_rating's UPDATE takes comes too late: that statement's snapshot, taken
+        before it waited, lacks the review that held the lock.) NO KEY UPDATE leaves
+        new bookings' foreign-key checks free."""
+        await self.conn.execute("SELECT 1 FROM providers WHERE id = $1 FOR NO KEY UPDATE", provider_id)
+
     async def refresh_rating(self, provider_id: str) -> None:
-        """Recomputes rating and total_reviews from the reviewed bookings (the provider
-        row is locked by the update, so concurrent reviews serialise here)."""
+        """Recomputes rating and total_reviews from the reviewed bookings. Concurrent
+        reviews must hold lock_for_rating, or one may recount without the other."""
         await self.conn.execute(
             """UPDATE providers p SET rating = COALESCE(r.average, 0), total_reviews = r.reviews, updated_at = now()
                FROM (SELECT round(avg(rating)::numeric, 2) AS average, count(*) AS reviews
