@@ -292,3 +292,40 @@ async def test_an_ack_redis_has_but_postgres_lost_is_recorded_by_the_relay(
     seq_first, seq_second = (int(e.split("-")[0]) for e in seen)
     assert state[seq_first][1], "the acknowledgement Redis had is recorded"
     assert not state[seq_second][1], "an event still pending stays unacknowledged"
+
+
+async def test_lost_acks_behind_a_backlog_of_pending_events_are_found(
+    api: Api, db_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    """Each trim pass checks a batch of old unacknowledged events; passes go on where the
+    last one stopped, so events still pending at the front cannot hide a lost
+    acknowledgement behind them for ever."""
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        alerts = [await raise_sos(api, await api.sign_up(), SF) for _ in range(3)]
+        seen = [m.event_id for m in await cad.events_until(alerts[-1].id) if m.WhichOneof("kind") == "alert_raised"]
+        assert len(seen) == 3
+    finally:
+        await cad.close()
+    # The first two are still pending (the CAD never acked them); the last one's ack
+    # reached Redis only.
+    assert await redis_client.xack(f"dispatch:{dept.id}", "cad", seen[2]) == 1
+    await db_conn.execute(
+        "UPDATE outbox SET published_at = now() - interval '1 hour' WHERE department_id = $1", uuid.UUID(dept.id)
+    )
+    last = int(seen[2].split("-")[0])
+
+    async def recorded() -> bool:
+        await api.app.relay.settle_lost_acks(batch=1)
+        return bool((await outbox_state(db_conn, dept))[last][1])
+
+    # One event a pass: at most three passes reach it (the old rule checked the oldest
+    # batch every time, which here is always the first, still pending, event).
+    for _ in range(3):
+        if await recorded():
+            break
+    state = await outbox_state(db_conn, dept)
+    assert state[last][1], "the lost acknowledgement behind the pending ones is recorded"
+    assert [state[int(e.split("-")[0])][1] for e in seen[:2]] == [False, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -176,15 +177,20 @@ class RelayRepo:
         )
         return [_event(r) for r in rows]
 
-    async def old_unacked_published(self, older_than_seconds: float, limit: int) -> list[tuple[str, int]]:
+    async def old_unacked_published(
+        self, older_than_seconds: float, after: tuple[uuid.UUID, int], limit: int
+    ) -> list[tuple[str, int]]:
         """(department, seq) of events published more than `older_than_seconds` ago and
-        still unacknowledged, oldest first."""
+        still unacknowledged, in (department, seq) order after `after` (a keyset cursor
+        over idx_outbox_unacked, so passes walk the whole backlog in turn)."""
         rows = await self.conn.fetch(
             """SELECT department_id, dept_seq FROM outbox
-               WHERE dept_seq IS NOT NULL AND acked_at IS NULL
+               WHERE dept_seq IS NOT NULL AND acked_at IS NULL AND (department_id, dept_seq) > ($2, $3)
                  AND published_at < now() - make_interval(secs => $1)
-               ORDER BY published_at LIMIT $2""",
+               ORDER BY department_id, dept_seq LIMIT $4""",
             older_than_seconds,
+            after[0],
+            after[1],
             limit,
         )
         return [(str(r["department_id"]), int(r["dept_seq"])) for r in rows]

@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,6 +113,7 @@ EPOCH_CHECK_INTERVAL = 0.25
 REWRITE_BATCH = 1000
 # Old unacknowledged events checked for a lost acknowledgement per trim pass.
 LOST_ACK_BATCH = 1000
+LOST_ACK_START = (uuid.UUID(int=0), 0)
 LEADERSHIP_CHECK_TIMEOUT = 2.0
 # A round trip per pass cost a tenth of RaiseSos capacity at 200 alerts/s on two cores;
 # at most one every half second leaves a split brain that short, and what an old leader
@@ -181,6 +183,8 @@ class OutboxRelay:
         self._verified: dict[str, tuple[int, ...]] = {}
         self._trim_interval = trim_interval
         self._keep_acked = keep_acked_seconds
+        # Where settle_lost_acks goes on from: (department, seq) of the last event checked.
+        self._lost_ack_cursor = LOST_ACK_START
         self._trimmed_at = 0.0
         self._trimmed_to: dict[str, int] = {}  # per department: the last MINID applied
         self.on_published: Callable[[], None] | None = None
@@ -460,17 +464,23 @@ class OutboxRelay:
         TRIMMED.inc(sum(removed))
         return int(sum(removed))
 
-    async def settle_lost_acks(self) -> int:
+    async def settle_lost_acks(self, batch: int = LOST_ACK_BATCH) -> int:
         """Records acknowledgements Redis has and PostgreSQL lost. A hub records an XACK
         in PostgreSQL within 0.2 s; a process that dies in between leaves the event
         acknowledged in Redis but not in PostgreSQL, where it would hold back trimming
         forever (and come again after a rebuild). Events unacknowledged in PostgreSQL
         for longer than `keep_acked_seconds` whose entry is in the stream but no longer
         pending in the group were acknowledged (the relay puts every entry it adds into
-        the group's pending list in the same MULTI): they are recorded now. Returns how
-        many."""
+        the group's pending list in the same MULTI): they are recorded now. Each pass
+        checks `batch` events, going on where the previous pass stopped and starting over
+        after the last, so a backlog of events still pending (a department offline for
+        hours) cannot hide lost acknowledgements behind it. Returns how many."""
         async with self._db.reader() as uow:
-            stale = await RelayRepo(uow.conn).old_unacked_published(self._keep_acked, LOST_ACK_BATCH)
+            stale = await RelayRepo(uow.conn).old_unacked_published(self._keep_acked, self._lost_ack_cursor, batch)
+        if len(stale) < batch:
+            self._lost_ack_cursor = LOST_ACK_START
+        else:
+            self._lost_ack_cursor = (uuid.UUID(stale[-1][0]), stale[-1][1])
         if not stale:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
