@@ -21,7 +21,7 @@ from playwright.async_api import Locator, Page, expect
 
 from securenow.client import SecureNowClient
 from securenow.server.runtime import Runtime
-from securenow.v1 import agency_pb2, analytics_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
+from securenow.v1 import agency_pb2, analytics_pb2, auth_pb2, common_pb2, providers_pb2, search_pb2, sos_pb2, users_pb2
 from tests.browser.conftest import Console
 from tests.dispatch_helpers import (
     LA,
@@ -117,9 +117,18 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
         assert re.fullmatch(r"\d+-0", cursor), cursor
         await console.shot("02-alert-on-board")
 
-        await row.click()
+        # From the keyboard: Enter on the row opens the alert and takes the focus there,
+        # so the next Tab reaches its first action, not the next of many rows.
+        await row.focus()
+        await page.keyboard.press("Shift+Tab")
+        await page.keyboard.press("Tab")  # reached from the keyboard: the focus must show
+        await expect(row).to_be_focused()
+        assert await row.evaluate("r => getComputedStyle(r).outlineStyle") != "none"
+        await page.keyboard.press("Enter")
         detail = page.get_by_test_id("alert-detail")
         await expect(detail).to_be_visible()
+        await page.keyboard.press("Tab")
+        await expect(detail.get_by_test_id("accept-unit")).to_be_focused()
         await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Active")
         await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Reported")
         await expect(detail.get_by_test_id("detail-description")).to_have_text("Someone is following me")
@@ -147,7 +156,10 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
         await console.shot("03-invalid-eta")
 
         await detail.get_by_test_id("accept-eta").fill("4")
-        await detail.get_by_test_id("accept-button").click()
+        # An impatient double click sends one command.
+        accepts: list[str] = []
+        page.on("request", lambda r: accepts.append(r.url) if r.url.endswith("/AcceptSosAlert") else None)
+        await detail.get_by_test_id("accept-button").dblclick()
         await expect(detail.get_by_test_id("detail-incident-status")).to_have_text("Dispatched", timeout=TIMEOUT_MS)
         await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Responding")
         await expect(detail.get_by_test_id("detail-unit")).to_have_text("Unit-12")
@@ -156,6 +168,7 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
         await expect(detail.get_by_test_id("decline-button")).to_be_disabled()
         await expect(detail.get_by_test_id("resolve-button")).to_be_disabled()
         await expect(row.get_by_test_id("alert-status")).to_have_text("Responding")
+        assert len(accepts) == 1, accepts
         await console.shot("04-accepted")
 
         await detail.get_by_test_id("on-scene-button").click()
@@ -188,11 +201,35 @@ async def test_dispatcher_works_an_sos_live_while_the_person_watches(
     assert final.incident.assigned_unit == "Unit-12"
     assert final.incident.resolution_notes == "Person safe, escorted home"
 
+    # Whatever the person types is shown as text, never run as markup; the person
+    # cancels an alert the dispatcher has open: it is marked and can no longer be worked.
+    hostile = '<img src=x onerror="window.__xss=1">Help <b>now</b>'
+    second = await phone.raise_sos(location=location(SF), description=hostile)
+    row2 = page.locator(f'[data-testid="alert-row"][data-alert-id="{second.id}"]')
+    await expect(row2.get_by_test_id("alert-description")).to_have_text(hostile, timeout=TIMEOUT_MS)
+    await row2.click()
+    await expect(detail.get_by_test_id("detail-description")).to_have_text(hostile)
+    await expect(detail.get_by_test_id("accept-button")).to_be_enabled()
+    reason = "<script>window.__xss=2</script>I am safe"
+    await phone.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=second.id, reason=reason))
+    await expect(row2.get_by_test_id("alert-status")).to_have_text("Cancelled", timeout=TIMEOUT_MS)
+    await expect(row2.get_by_test_id("alert-note")).to_have_text(f"Cancelled by the person: {reason}")
+    await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Cancelled")
+    await expect(detail.get_by_test_id("detail-cancel-reason")).to_have_text(reason)
+    for button in ("accept-button", "decline-button", "on-scene-button", "resolve-button"):
+        await expect(detail.get_by_test_id(button)).to_be_disabled()
+    await expect(page.get_by_test_id("open-count")).to_have_text("0")
+    assert await page.evaluate("window.__xss === undefined")
+    assert await page.locator("img[src=x], [data-testid=alert-board] b, #app script").count() == 0
+    await console.shot("05b-cancelled-by-the-person")
+
     # A reload rebuilds the board from ListIncidents + GetSosAlert.
     await page.reload()
     row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
     await expect(row.get_by_test_id("alert-status")).to_have_text("Resolved", timeout=TIMEOUT_MS)
     await expect(row.get_by_test_id("incident-status")).to_have_text("Resolved")
+    await expect(row2.get_by_test_id("alert-status")).to_have_text("Cancelled")
+    await expect(page.get_by_test_id("alert-row")).to_have_count(2)
     await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
     assert console.log.page_errors == []
 
@@ -230,6 +267,34 @@ async def test_dispatcher_declines_and_the_alert_moves_to_the_other_agency(api: 
         return got.alert.assigned_agency_id == other
 
     await wait_for(with_the_other, what="the declined alert to reach the other department")
+    assert console.log.page_errors == []
+
+
+async def test_a_declined_alert_that_nobody_else_can_take_comes_back(api: Api, console: Console) -> None:
+    """The only department covering the place declines: the alert is routed straight back
+    to it. The console must show it as theirs again, with Accept, not as moved away."""
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, name="Bay City PD", ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    alert = await raise_sos(api, person, SF, description="Alarm at the bakery")
+
+    await open_dispatch(console, dispatcher)
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]')
+    await row.click()
+    detail = page.get_by_test_id("alert-detail")
+    await detail.get_by_test_id("decline-reason").fill("All units busy")
+    await detail.get_by_test_id("decline-button").click()
+    await expect(detail.get_by_test_id("detail-message")).to_have_text(
+        "Declined, but no other agency can take it: it is back with you", timeout=TIMEOUT_MS
+    )
+    got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+    assert got.alert.assigned_agency_id == dept.id
+    await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Active")
+    await expect(row.get_by_test_id("alert-status")).to_have_text("Active")
+    await expect(detail.get_by_test_id("accept-button")).to_be_enabled()
+    await expect(page.get_by_test_id("open-count")).to_have_text("1")
     assert console.log.page_errors == []
 
 
@@ -397,7 +462,10 @@ async def test_search_pages_with_more_and_opens_an_alert_not_on_the_board(
     await expect(page.get_by_test_id("alert-row")).to_have_count(1)
     await expect(results.first).to_have_attribute("aria-current", "true")
     await console.shot("15-search-opened-off-board")
+    # Once the server answers again, the load is retried by itself: the board is whole.
     await page.unroute("**/securenow.v1.AgencyService/ListIncidents")
+    await expect(page.get_by_test_id("alert-row")).to_have_count(22, timeout=40_000)
+    await expect(page.get_by_test_id("app-error")).to_be_empty()
 
     # "Clear" empties the panel.
     await page.get_by_test_id("search-clear").click()
@@ -646,6 +714,23 @@ async def test_lost_dispatch_stream_shows_a_banner_and_resumes_from_the_cursor(
     await expect(status).to_have_text("Reconnecting…")
     await console.shot("09-connection-lost")
 
+    # Cancelled while the console cannot hear it: accepting it is refused, and the
+    # detail then shows the alert as it is, instead of an "Active" one to accept again.
+    await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=first.id, reason="Found my friend"), metadata=person.md)
+    first_row = page.locator(f'[data-testid="alert-row"][data-alert-id="{first.id}"]')
+    await first_row.click()
+    detail = page.get_by_test_id("alert-detail")
+    await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Active")
+    await detail.get_by_test_id("accept-unit").fill("Unit-5")
+    await detail.get_by_test_id("accept-button").click()
+    error = detail.get_by_test_id("detail-error")
+    await expect(error).to_contain_text("FAILED_PRECONDITION", timeout=TIMEOUT_MS)
+    await expect(error).to_contain_text("cancelled")
+    await expect(detail.get_by_test_id("detail-alert-status")).to_have_text("Cancelled", timeout=TIMEOUT_MS)
+    await expect(detail.get_by_test_id("detail-cancel-reason")).to_have_text("Found my friend")
+    await expect(detail.get_by_test_id("accept-button")).to_be_disabled()
+    await expect(first_row.get_by_test_id("alert-status")).to_have_text("Cancelled")
+
     # Raised while the console is away: delivered when it resumes from its cursor.
     during = await raise_sos(api, person, SF, description="raised during the outage")
     await page.unroute("**/securenow.v1.AgencyService/WatchDispatch")
@@ -654,7 +739,19 @@ async def test_lost_dispatch_stream_shows_a_banner_and_resumes_from_the_cursor(
     row = page.locator(f'[data-testid="alert-row"][data-alert-id="{during.id}"]')
     await expect(row.get_by_test_id("alert-description")).to_have_text("raised during the outage", timeout=TIMEOUT_MS)
     await expect(page.locator('[data-testid="alert-row"]')).to_have_count(2)
+    await expect(first_row.get_by_test_id("alert-status")).to_have_text("Cancelled")
     await console.shot("10-reconnected")
+
+    # The dispatcher leaves the agency: live updates stop for good, and the console stops
+    # offering the board (on the spot, and after a reload) instead of a dead one.
+    await api.users.SetUserRole(
+        users_pb2.SetUserRoleRequest(user_id=dispatcher.id, role=users_pb2.USER_ROLE_USER), metadata=admin.md
+    )
+    await expect(page.get_by_test_id("no-console")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("alert-board")).to_have_count(0)
+    await page.reload()
+    await expect(page.get_by_test_id("no-console")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("alert-board")).to_have_count(0)
     assert console.log.page_errors == []
 
 
@@ -719,4 +816,185 @@ async def test_access_token_is_refreshed_before_it_expires(api: Api, console: Co
         users_pb2.GetUserRequest(user_id="me"), metadata=(("authorization", f"Bearer {after['accessToken']}"),)
     )
     assert me.user.id == dispatcher.id
+
+    # An access token the server refuses although its expiry is still ahead (the browser's
+    # clock lags the server's; the server's signing key changed): calls renew it once and
+    # go through, instead of every panel reading UNAUTHENTICATED.
+    status, banner = page.get_by_test_id("connection-status"), page.get_by_test_id("connection-banner")
+    await page.evaluate(REFUSED_ACCESS_TOKEN)
+    await page.reload()
+    await expect(status).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("place")).to_have_text(dept.department.department_name, timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-table")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-error")).to_have_count(0)
+    await expect(page.get_by_test_id("app-error")).to_be_empty()
+    await search_for(page, "")
+    await expect(page.get_by_test_id("search-empty")).to_be_visible(timeout=TIMEOUT_MS)
+
+    # The same while the server cannot renew it for a moment: live updates keep retrying
+    # (not "stopped" for good) and come back once it can.
+    await page.evaluate(REFUSED_ACCESS_TOKEN)
+    await page.route("**/securenow.v1.AuthService/RefreshToken", lambda route: route.abort())
+    await page.reload()
+    await expect(banner).to_contain_text("Connection lost — reconnecting…", timeout=TIMEOUT_MS)
+    await page.unroute("**/securenow.v1.AuthService/RefreshToken")
+    await expect(status).to_have_text("Live", timeout=20_000)
+    await expect(banner).to_be_hidden()
+
+    # The browser's clock two hours fast: the token's lifetime counts from when it came,
+    # so it is renewed once, not before every call.
+    refreshes: list[str] = []
+    page.on("request", lambda r: refreshes.append(r.url) if r.url.endswith("/RefreshToken") else None)
+    await page.clock.set_system_time(datetime.now(UTC) + timedelta(hours=2))
+    await page.reload()
+    await expect(status).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-table")).to_be_visible(timeout=TIMEOUT_MS)
+    await search_for(page, "")
+    await expect(page.get_by_test_id("search-empty")).to_be_visible(timeout=TIMEOUT_MS)
+    await page.get_by_test_id("report-refresh").click()
+    await expect(page.get_by_test_id("report-refresh")).to_be_enabled(timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("report-error")).to_have_count(0)
+    assert len(refreshes) == 1, refreshes
+
+    # The session ends elsewhere (signed out from another device, revoked): the console
+    # says so and goes back to the sign-in form, forgetting the tokens.
+    token = await page.evaluate("JSON.parse(sessionStorage.getItem('securenow.session')).accessToken")
+    await api.auth.SignOut(auth_pb2.SignOutRequest(), metadata=(("authorization", f"Bearer {token}"),))
+    await expect(page.get_by_test_id("sign-in-notice")).to_have_text(
+        "Your session has ended. Please sign in again.", timeout=TIMEOUT_MS
+    )
+    await expect(page.get_by_test_id("sign-in-form")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('securenow.session')") is None
+    assert console.log.page_errors == []
+
+
+# Replaces the stored access token with one the server refuses, due to expire in 10 min.
+REFUSED_ACCESS_TOKEN = (
+    "(() => { const s = JSON.parse(sessionStorage.getItem('securenow.session'));"
+    " s.accessToken = 'refused.by.the.server'; s.expiresAt = Date.now() + 600000;"
+    " sessionStorage.setItem('securenow.session', JSON.stringify(s)); })()"
+)
+
+
+FIJI = (-17.7, 179.8)  # Taveuni, a few kilometres west of the antimeridian
+
+
+async def test_location_trail_stays_local_across_the_antimeridian(
+    api: Api, console: Console, phone: SecureNowClient
+) -> None:
+    """A person walking east over the 180th meridian (longitude 179.9... -> -179.9...)
+    moved a few kilometres, not around the world: the trail keeps going east."""
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, FIJI, half_deg=0.19, name="Taveuni Police", ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    await phone.sign_up(
+        email=unique_email(), phone=unique_phone(), password=PASSWORD, first_name="Mere", last_name="Tui"
+    )
+    alert = await phone.raise_sos(location=location((FIJI[0], 179.97)), description="Lost on the trail")
+
+    # East in steps of about 2 km, over the meridian.
+    east = [(FIJI[0], lng) for lng in (179.97, 179.99, -179.99, -179.97)]
+    await share_locations(phone, alert.id, east)
+
+    async def whole_trail() -> bool:
+        got = await phone.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id))
+        return len(got.locations) == 4
+
+    await wait_for(whole_trail, what="the four fixes to be stored")
+    await open_dispatch(console, dispatcher)
+    await page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]').click()
+    trail = page.get_by_test_id("alert-detail").get_by_test_id("trail")
+    await expect(trail).to_have_attribute("data-points", "4", timeout=TIMEOUT_MS)
+    points = await trail.locator("polyline").get_attribute("points") or ""
+    xs = [float(pair.split(",")[0]) for pair in points.split()]
+    assert len(xs) == 4, points
+    assert xs == sorted(xs), f"the trail does not keep going east: {points}"
+    assert xs[-1] - xs[0] > 100, f"the trail does not fill the box: {points}"
+    title = await trail.locator("title").text_content() or ""
+    match = re.search(r"spanning about (\d+) m", title)
+    assert match, title
+    assert 5_000 < int(match.group(1)) < 7_000, title  # 0.06 degrees of longitude at 17.7 S
+    await console.shot("20-trail-antimeridian")
+    assert console.log.page_errors == []
+
+
+async def test_a_reload_puts_every_open_alert_back_on_the_board(
+    api: Api, console: Console, redis_client: aioredis.Redis
+) -> None:
+    """More alerts than one page of ListIncidents: after a reload the board still holds
+    the oldest open one (a unit is on its way), not only the newest hundred."""
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    oldest = await raise_sos(api, person, SF, description="Oldest, unit on the way")
+    await api.agency.AcceptSosAlert(
+        agency_pb2.AcceptSosAlertRequest(alert_id=oldest.id, assigned_unit="Unit-1", eta_minutes=9), metadata=dept.md
+    )
+    for batch in range(4):
+        await asyncio.gather(*(raise_sos(api, person, SF, description=f"Newer {batch}-{n}") for n in range(26)))
+    total = 1 + 4 * 26
+
+    await open_dispatch(console, dispatcher)
+    rows = page.get_by_test_id("alert-row")
+    await expect(rows).to_have_count(total, timeout=TIMEOUT_MS)
+    await wait_for(lambda: all_events_acked(redis_client, dept), what="every event to be acked")
+
+    # The cursor is past every event: the board comes from the initial load alone.
+    await page.reload()
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(rows).to_have_count(total, timeout=TIMEOUT_MS)
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{oldest.id}"]')
+    await expect(row.get_by_test_id("incident-status")).to_have_text("Dispatched")
+    await expect(page.get_by_test_id("open-count")).to_have_text(str(total))
+    await expect(page.get_by_test_id("app-error")).to_be_empty()
+    assert console.log.page_errors == []
+
+
+async def test_a_duplicated_tab_shares_the_renewed_session(api: Api, console: Console) -> None:
+    """A duplicated tab starts with a copy of the tab's sessionStorage, so both hold the
+    same single-use refresh token. Renewing it in both would replay it, and the server
+    revokes a session whose refresh token comes back: both tabs would be thrown out. One
+    tab renews, the other takes the result."""
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    await open_dispatch(console, dispatcher)
+    stored = await page.evaluate("JSON.parse(sessionStorage.getItem('securenow.session'))")
+    stored["expiresAt"] = await page.evaluate("Date.now() + 20000")  # both renew as they load
+    duplicate = await page.context.new_page()
+    duplicate.on("pageerror", console.log.page_error)
+    await duplicate.goto(console.url)
+    for tab in (page, duplicate):
+        await tab.evaluate("s => sessionStorage.setItem('securenow.session', JSON.stringify(s))", stored)
+    await asyncio.gather(page.reload(), duplicate.reload())
+
+    renewed = []
+    for tab in (page, duplicate):
+        await tab.wait_for_function(
+            "old => JSON.parse(sessionStorage.getItem('securenow.session') || '{}').refreshToken !== old",
+            arg=stored["refreshToken"],
+            timeout=TIMEOUT_MS,
+        )
+        await expect(tab.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+        renewed.append(await tab.evaluate("JSON.parse(sessionStorage.getItem('securenow.session'))"))
+    assert renewed[0]["refreshToken"] == renewed[1]["refreshToken"]
+    me = await api.users.GetUser(
+        users_pb2.GetUserRequest(user_id="me"), metadata=(("authorization", f"Bearer {renewed[1]['accessToken']}"),)
+    )
+    assert me.user.id == dispatcher.id
+    for tab in (page, duplicate):
+        await expect(tab.get_by_test_id("sign-in-form")).to_have_count(0)
+        await expect(tab.get_by_test_id("connection-status")).to_have_text("Live")
+
+    # Signing out in one ends the session in both.
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("sign-in-notice")).to_have_text("You are signed out.", timeout=TIMEOUT_MS)
+    await expect(duplicate.get_by_test_id("sign-in-notice")).to_have_text(
+        "You signed out in another tab.", timeout=TIMEOUT_MS
+    )
+    assert await duplicate.evaluate("sessionStorage.getItem('securenow.session')") is None
     assert console.log.page_errors == []

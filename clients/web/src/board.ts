@@ -12,7 +12,8 @@ export class BoardView {
 
   constructor(
     private readonly store: AlertStore,
-    private readonly onSelect: (alertId: string) => void,
+    /** `viaKeyboard`: opened with Enter or Space, so the focus should follow. */
+    private readonly onSelect: (alertId: string, viaKeyboard: boolean) => void,
   ) {
     this.body = h("tbody");
     this.empty = h("p", { class: "empty", "data-testid": "board-empty" }, "No alerts yet. New alerts appear here live.");
@@ -68,7 +69,7 @@ export class BoardView {
 
   private row(entry: Entry): HTMLTableRowElement {
     const { alert, incident } = entry;
-    const open = () => this.onSelect(alert.id);
+    const open = (viaKeyboard = false) => this.onSelect(alert.id, viaKeyboard);
     const status = entry.gone ? "Moved away" : enumLabel(SosStatus, alert.status);
     const row = h(
       "tr",
@@ -83,11 +84,11 @@ export class BoardView {
         tabindex: 0,
         role: "button",
         "aria-current": alert.id === this.selected ? "true" : null,
-        onclick: open,
+        onclick: () => open(),
         onkeydown: (ev: Event) => {
           if ((ev as KeyboardEvent).key === "Enter" || (ev as KeyboardEvent).key === " ") {
             ev.preventDefault();
-            open();
+            open(true);
           }
         },
       },

@@ -1,7 +1,8 @@
 // One alert in detail: its fields, the incident, the location trail and the actions the
 // incident's state allows (reported -> dispatched -> on_scene -> resolved).
+import { Code } from "@connectrpc/connect";
 import { agency, sos, UNARY_TIMEOUT_MS } from "./api";
-import { errorBlock } from "./errors";
+import { errorBlock, isCode } from "./errors";
 import { AlertPriority, IncidentStatus, IncidentType, SosStatus, type LatLng } from "./gen/securenow/v1/common_pb";
 import type { PoliceIncident } from "./gen/securenow/v1/incidents_pb";
 import { isOpen, type AlertStore, type Entry } from "./store";
@@ -16,7 +17,7 @@ export class DetailView {
   private busy = false;
   private unsubscribe: () => void;
   // Parts that change with the alert (the inputs keep what the dispatcher typed).
-  private readonly title = h("h2", {}, "Alert");
+  private readonly title = h("h2", { tabindex: -1, "data-testid": "detail-title" }, "Alert");
   private readonly facts = h("dl", { class: "facts" });
   private readonly trailBox = h("div", { class: "trail-box" });
   private readonly message = h("div", { class: "message", "aria-live": "polite" });
@@ -26,7 +27,11 @@ export class DetailView {
   private readonly notes = h("textarea", { "data-testid": "resolve-notes", name: "notes", rows: 2, placeholder: "All safe" });
   private readonly buttons: Record<Action, HTMLButtonElement>;
 
-  constructor(private readonly store: AlertStore) {
+  constructor(
+    private readonly store: AlertStore,
+    /** Reads the alert again from the server (after an action it refused). */
+    private readonly reread: (alertId: string) => Promise<void>,
+  ) {
     this.buttons = {
       accept: h("button", { type: "submit", "data-testid": "accept-button" }, "Accept"),
       decline: h("button", { type: "submit", class: "secondary", "data-testid": "decline-button" }, "Decline"),
@@ -90,6 +95,11 @@ export class DetailView {
     }
     this.element.hidden = false;
     this.render();
+  }
+
+  /** Moves the keyboard focus to the alert (its title), so Tab goes on to its actions. */
+  focus(): void {
+    if (!this.element.hidden) this.title.focus();
   }
 
   private async loadTrail(alertId: string): Promise<void> {
@@ -158,7 +168,11 @@ export class DetailView {
     void run();
   }
 
-  private async act(label: string, call: () => Promise<PoliceIncident | undefined>, done: string): Promise<void> {
+  private async act(
+    label: string,
+    call: () => Promise<PoliceIncident | undefined>,
+    done: string | (() => string),
+  ): Promise<void> {
     const alertId = this.alertId;
     if (!alertId || this.busy) return;
     this.busy = true;
@@ -166,12 +180,16 @@ export class DetailView {
     this.render();
     try {
       const incident = await call();
-      if (incident) this.store.setIncident(incident, done);
+      const text = typeof done === "string" ? done : done();
+      if (incident) this.store.setIncident(incident, text);
       if (this.alertId === alertId) {
-        replace(this.message, h("p", { class: "ok", "data-testid": "detail-message" }, done));
+        replace(this.message, h("p", { class: "ok", "data-testid": "detail-message" }, text));
       }
     } catch (err) {
       if (this.alertId === alertId) this.showError(err, `${label} failed — `);
+      // Refused because the alert changed (cancelled, resolved, moved to another agency):
+      // show it as it is now, so the buttons match.
+      if (isCode(err, Code.FailedPrecondition) || isCode(err, Code.NotFound)) await this.reread(alertId);
     } finally {
       this.busy = false;
       this.render();
@@ -201,9 +219,14 @@ export class DetailView {
       async () => {
         await agency.declineSosAlert({ alertId, reason }, { timeoutMs: UNARY_TIMEOUT_MS });
         this.store.markGone(alertId, reason ? `Declined: ${reason}` : "Declined", true);
+        // Where it went: with no other agency to take it, it comes straight back here.
+        await this.reread(alertId);
         return undefined;
       },
-      "Declined: the alert goes to another agency",
+      () =>
+        this.store.get(alertId)?.gone
+          ? "Declined: the alert goes to another agency"
+          : "Declined, but no other agency can take it: it is back with you",
     );
   }
 

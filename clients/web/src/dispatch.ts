@@ -8,7 +8,8 @@ import { agency, sos, UNARY_TIMEOUT_MS } from "./api";
 import { refresh } from "./auth";
 import { errorText, isCode } from "./errors";
 import type { StreamDispatchResponse } from "./gen/securenow/v1/agency_pb";
-import { AlertPriority, IncidentStatus } from "./gen/securenow/v1/common_pb";
+import type { PoliceIncident } from "./gen/securenow/v1/incidents_pb";
+import { AlertPriority, IncidentStatus, SosStatus } from "./gen/securenow/v1/common_pb";
 import type { AlertStore } from "./store";
 import { enumLabel, sleep } from "./ui";
 
@@ -21,6 +22,13 @@ export type ConnectionState =
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const SEEN_LIMIT = 2_000;
+// The initial load: every open incident, and this many of the newest closed ones.
+const OPEN_INCIDENT_STATUSES = [IncidentStatus.REPORTED, IncidentStatus.DISPATCHED, IncidentStatus.ON_SCENE];
+const RECENT_INCIDENTS = 100;
+const MAX_LIST_PAGES = 20; // of 500: a runaway bound, far above any real open workload
+const LOAD_CONCURRENCY = 6;
+const LOAD_RETRY_START_MS = 2_000;
+const LOAD_RETRY_MAX_MS = 30_000;
 // The server sends a heartbeat on WatchDispatch every 15 s. A connection that carries
 // nothing for three of those is dead even if nobody closed it (a sleeping laptop, a NAT
 // or proxy that dropped the flow): it is aborted and reopened, instead of a "Live"
@@ -51,6 +59,7 @@ export class DispatchFeed {
     private readonly store: AlertStore,
     private readonly agencyId: string,
     private readonly onState: (state: ConnectionState) => void,
+    /** The initial load's problem, or "" once it loaded. */
     private readonly onError: (message: string) => void,
   ) {
     this.cursorKey = `securenow.dispatch-cursor.${agencyId}`;
@@ -68,8 +77,18 @@ export class DispatchFeed {
   /** Loads the agency's incidents, then follows the stream until stop(). */
   async start(): Promise<void> {
     this.onState({ kind: "connecting" });
-    await this.loadExisting();
+    if (!(await this.loadExisting())) void this.retryLoad();
     await this.follow();
+  }
+
+  /** A failed initial load (the server restarting, a network hiccup) is tried again in
+   * the background until it works: the board must not stay without the open alerts
+   * from before the page load. The live stream goes on meanwhile. */
+  private async retryLoad(): Promise<void> {
+    for (let attempt = 0; !this.stopped; attempt++) {
+      await sleep(Math.min(LOAD_RETRY_MAX_MS, LOAD_RETRY_START_MS * 2 ** attempt), this.abort.signal);
+      if (this.stopped || (await this.loadExisting())) return;
+    }
   }
 
   stop(): void {
@@ -80,29 +99,51 @@ export class DispatchFeed {
     return this.abort.signal.aborted;
   }
 
-  /** Incidents from before this page load, so a reload shows the board again. */
-  private async loadExisting(): Promise<void> {
+  /**
+   * Incidents from before this page load, so a reload shows the board again: every open
+   * one (each open status, all pages), whatever its age, and the most recent closed ones.
+   */
+  private async loadExisting(): Promise<boolean> {
     try {
-      const listed = await agency.listIncidents(
-        { pageSize: 100 },
+      const incidents = new Map<string, PoliceIncident>();
+      const lists = await Promise.all([
+        this.listIncidents(IncidentStatus.UNSPECIFIED, RECENT_INCIDENTS, 1),
+        ...OPEN_INCIDENT_STATUSES.map((status) => this.listIncidents(status, 500, MAX_LIST_PAGES)),
+      ]);
+      for (const list of lists) for (const incident of list) incidents.set(incident.id, incident);
+      await eachLimited([...incidents.values()], LOAD_CONCURRENCY, async (incident) => {
+        try {
+          const got = await sos.getSosAlert(
+            { alertId: incident.sosAlertId },
+            { signal: this.abort.signal, timeoutMs: UNARY_TIMEOUT_MS },
+          );
+          if (got.alert?.assignedAgencyId === this.agencyId) this.store.upsert(got.alert, got.incident ?? incident, "");
+        } catch (err) {
+          if (!isCode(err, Code.NotFound)) throw err; // NOT_FOUND: the alert moved to another agency
+        }
+      });
+      this.onError("");
+      return true;
+    } catch (err) {
+      if (!this.stopped) this.onError(`Could not load existing incidents — ${errorText(err)}. Trying again…`);
+      return false;
+    }
+  }
+
+  /** The agency's incidents, newest first: with `status` UNSPECIFIED, any status. */
+  private async listIncidents(status: IncidentStatus, pageSize: number, maxPages: number): Promise<PoliceIncident[]> {
+    const found: PoliceIncident[] = [];
+    let pageToken = "";
+    for (let page = 0; page < maxPages; page++) {
+      const resp = await agency.listIncidents(
+        { status, pageSize, pageToken },
         { signal: this.abort.signal, timeoutMs: UNARY_TIMEOUT_MS },
       );
-      await Promise.all(
-        listed.incidents.map(async (incident) => {
-          try {
-            const got = await sos.getSosAlert(
-              { alertId: incident.sosAlertId },
-              { signal: this.abort.signal, timeoutMs: UNARY_TIMEOUT_MS },
-            );
-            if (got.alert?.assignedAgencyId === this.agencyId) this.store.upsert(got.alert, incident, "");
-          } catch (err) {
-            if (!isCode(err, Code.NotFound)) throw err; // NOT_FOUND: the alert moved to another agency
-          }
-        }),
-      );
-    } catch (err) {
-      if (!this.stopped) this.onError(`Could not load existing incidents — ${errorText(err)}`);
+      found.push(...resp.incidents);
+      pageToken = resp.nextPageToken;
+      if (!pageToken) break;
     }
+    return found;
   }
 
   private async follow(): Promise<void> {
@@ -120,13 +161,19 @@ export class DispatchFeed {
         if (this.stopped) return;
         reason = err instanceof SilentConnection ? err.message : errorText(err);
         if (isCode(err, Code.Unauthenticated) && !refreshed) {
-          refreshed = true;
           try {
             await refresh(); // an expired token: retry at once with a fresh one
+            refreshed = true;
             continue;
-          } catch {
-            this.onState({ kind: "stopped", reason });
-            return;
+          } catch (refreshError) {
+            if (this.stopped) return;
+            if (isCode(refreshError, Code.Unauthenticated) || isCode(refreshError, Code.PermissionDenied)) {
+              // The session is over (auth.ts shows the sign-in page with a message).
+              this.onState({ kind: "stopped", reason });
+              return;
+            }
+            // The server could not renew it just now: try again after the backoff.
+            reason = `${reason}; renewing the session failed: ${errorText(refreshError)}`;
           }
         }
         if (isCode(err, Code.PermissionDenied)) {
@@ -252,18 +299,40 @@ export class DispatchFeed {
     }
   }
 
+  /** Reads an alert again (after an action was refused: the stream may not have told
+   * yet that it was cancelled or moved). */
+  reread(alertId: string): Promise<void> {
+    return this.fetch(alertId);
+  }
+
   /** (Re)reads an alert; one this agency may no longer see is marked as gone. */
   private async fetch(alertId: string, note = ""): Promise<void> {
     try {
       const got = await sos.getSosAlert({ alertId }, { signal: this.abort.signal, timeoutMs: UNARY_TIMEOUT_MS });
       if (!got.alert) return;
       const moved = got.alert.assignedAgencyId !== "" && got.alert.assignedAgencyId !== this.agencyId;
+      const wasCancelled = this.store.get(alertId)?.alert.status === SosStatus.CANCELLED;
       this.store.upsert(got.alert, moved ? undefined : got.incident, note);
-      if (moved) this.store.markGone(alertId, "Moved to another agency");
+      if (moved) {
+        this.store.markGone(alertId, "Moved to another agency");
+        return;
+      }
+      // Ours (again): e.g. declined here, and no other agency could take it.
+      if (got.alert.assignedAgencyId === this.agencyId) this.store.unmarkGone(alertId, "Back with your agency");
+      if (got.alert.status === SosStatus.CANCELLED && !wasCancelled) this.store.cancel(alertId, got.alert.cancelReason);
     } catch (err) {
       if (isCode(err, Code.NotFound)) this.store.markGone(alertId, "Moved to another agency");
     }
   }
+}
+
+/** Runs `work` over the items, at most `limit` at a time; fails with the first failure. */
+async function eachLimited<T>(items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 /** Event ids increase per department; today they look like "<seq>-0". Unknown shapes count as newer. */

@@ -1,8 +1,8 @@
 // The console's shell: sign-in, then the view for the account's role — the live alert
 // board, incident search and the response report for dispatchers (POLICE /
 // SECURITY_AGENCY with an agency), provider verification for admins.
-import { agency, UNARY_TIMEOUT_MS } from "./api";
-import { isAdmin, isDispatcher, onSessionEnded, session, signOut, type Session } from "./auth";
+import { agency, UNARY_TIMEOUT_MS, users } from "./api";
+import { isAdmin, isDispatcher, onSessionEnded, session, signOut, updateUser, type Session } from "./auth";
 import { ProvidersView } from "./admin";
 import { BoardView } from "./board";
 import { DetailView } from "./detail";
@@ -41,6 +41,18 @@ function render(notice = ""): void {
   }
 }
 
+/** Re-reads the account: a role or agency changed since sign-in shows the view it now
+ * calls for (a dispatcher removed from the agency no longer gets a dead board). */
+async function checkAccount(): Promise<void> {
+  if (!session()) return;
+  try {
+    const resp = await users.getUser({ userId: "me" }, { timeoutMs: UNARY_TIMEOUT_MS });
+    if (resp.user && updateUser(resp.user)) render();
+  } catch {
+    // keep the view; the calls it makes report what is wrong
+  }
+}
+
 function shell(current: Session, place: string | HTMLElement, ...extra: HTMLElement[]): HTMLElement {
   const user = current.user;
   const name = [user.firstName, user.lastName].filter(Boolean).join(" ") || user.email;
@@ -73,15 +85,17 @@ function shell(current: Session, place: string | HTMLElement, ...extra: HTMLElem
 
 function dispatchView(current: Session): void {
   const store = new AlertStore();
-  const detail = new DetailView(store);
-  const open = (alertId: string) => {
+  // After a refused action the alert is read again (the stream may not have told yet).
+  const detail = new DetailView(store, (alertId) => feed.reread(alertId));
+  const open = (alertId: string, viaKeyboard: boolean) => {
     board.select(alertId);
     search.select(alertId);
     detail.show(alertId);
+    if (viaKeyboard) detail.focus(); // a keyboard user goes on from the alert, not from the list
   };
   const board = new BoardView(store, open);
-  const search = new SearchView(store, current.user.agencyId, (alertId) => {
-    open(alertId);
+  const search = new SearchView(store, current.user.agencyId, (alertId, viaKeyboard) => {
+    open(alertId, viaKeyboard);
     detail.element.scrollIntoView({ block: "nearest" });
   });
   const report = new ReportView();
@@ -110,6 +124,7 @@ function dispatchView(current: Session): void {
         banner.hidden = false;
         return;
       case "stopped":
+        void checkAccount(); // stopped for lack of permission: perhaps no longer a dispatcher
         status.textContent = "Stopped";
         replace(
           banner,
@@ -123,7 +138,8 @@ function dispatchView(current: Session): void {
     }
   };
   const onError = (message: string) => {
-    problems.append(h("p", { class: "error", role: "alert" }, message));
+    if (message) replace(problems, h("p", { class: "error", role: "alert" }, message));
+    else replace(problems);
   };
   const feed = new DispatchFeed(store, current.user.agencyId, onState, onError);
 
@@ -156,3 +172,4 @@ function adminView(current: Session): void {
 
 onSessionEnded((message) => render(message));
 render();
+void checkAccount();

@@ -69,7 +69,8 @@ export class SearchView {
   constructor(
     private readonly store: AlertStore,
     private readonly agencyId: string,
-    private readonly onOpen: (alertId: string) => void,
+    /** `viaKeyboard`: opened with Enter or Space, so the focus should follow. */
+    private readonly onOpen: (alertId: string, viaKeyboard: boolean) => void,
   ) {
     this.element = h(
       "section",
@@ -210,7 +211,7 @@ export class SearchView {
         : shown.incident;
     shown.incident = incident;
     const alertId = incident.sosAlertId;
-    const open = () => void this.open(shown);
+    const open = (viaKeyboard = false) => void this.open(shown, viaKeyboard);
     const item = h(
       "li",
       {
@@ -221,11 +222,11 @@ export class SearchView {
         tabindex: 0,
         role: "button",
         title: `Open the alert (score ${shown.result.score.toFixed(3)})`,
-        onclick: open,
+        onclick: () => open(),
         onkeydown: (ev: Event) => {
           if ((ev as KeyboardEvent).key === "Enter" || (ev as KeyboardEvent).key === " ") {
             ev.preventDefault();
-            open();
+            open(true);
           }
         },
       },
@@ -269,7 +270,7 @@ export class SearchView {
   }
 
   /** Opens the result's alert in the detail view; alerts not on the board are fetched first. */
-  private async open(shown: Shown): Promise<void> {
+  private async open(shown: Shown, viaKeyboard: boolean): Promise<void> {
     const incident = shown.incident;
     const alertId = incident.sosAlertId;
     if (!this.store.has(alertId)) {
@@ -292,7 +293,7 @@ export class SearchView {
       }
     }
     replace(this.message);
-    this.onOpen(alertId);
+    this.onOpen(alertId, viaKeyboard);
   }
 }
 

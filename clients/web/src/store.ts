@@ -68,7 +68,10 @@ export class AlertStore {
   upsert(alert: SosAlert, incident: PoliceIncident | undefined, note: string): void {
     const known = this.entries.get(alert.id);
     if (known) {
-      if (millis(alert.updateTime) >= millis(known.alert.updateTime)) known.alert = alert;
+      // A copy read before a change the stream already applied (a cancellation marks the
+      // alert here without a new update_time) must not reopen it: closed stays closed.
+      const reopens = CLOSED.has(known.alert.status) && !CLOSED.has(alert.status);
+      if (millis(alert.updateTime) >= millis(known.alert.updateTime) && !reopens) known.alert = alert;
       if (incident) this.applyIncident(known, incident);
       known.note = note || known.note;
     } else {
@@ -95,8 +98,10 @@ export class AlertStore {
   private applyIncident(entry: Entry, incident: PoliceIncident): void {
     if (entry.incident && millis(incident.updateTime) < millis(entry.incident.updateTime)) return; // stale
     entry.incident = incident;
-    // The alert follows its incident: accepted -> RESPONDING, resolved -> RESOLVED.
+    // The alert follows its incident: accepted -> RESPONDING, resolved -> RESOLVED. A
+    // cancelled alert stays cancelled (its incident is resolved by the cancellation).
     const alert = entry.alert;
+    if (CLOSED.has(alert.status)) return;
     if (incident.status === IncidentStatus.RESOLVED) alert.status = SosStatus.RESOLVED;
     else if (incident.status >= IncidentStatus.DISPATCHED && alert.status === SosStatus.ACTIVE) {
       alert.status = SosStatus.RESPONDING;
@@ -134,6 +139,16 @@ export class AlertStore {
     if (!entry || (entry.gone && !specific)) return;
     entry.gone = reason;
     entry.note = reason;
+    this.changed(alertId);
+  }
+
+  /** The alert is this agency's (again): routed back after a decline that no other
+   * agency could take, or re-routed here. */
+  unmarkGone(alertId: string, note: string): void {
+    const entry = this.entries.get(alertId);
+    if (!entry?.gone) return;
+    entry.gone = undefined;
+    entry.note = note;
     this.changed(alertId);
   }
 

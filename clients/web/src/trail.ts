@@ -13,10 +13,28 @@ function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string,
   return el;
 }
 
+/**
+ * Longitudes made continuous along the trail: each step takes the short way round, so
+ * a walk over the antimeridian (179.99 -> -179.99) is 0.02 degrees, not 359.98. The
+ * result may leave [-180, 180]; it is only used for distances and drawing.
+ */
+function unwrappedLongitudes(points: LatLng[]): number[] {
+  const out: number[] = [];
+  for (const p of points) {
+    if (out.length === 0) {
+      out.push(p.longitude);
+      continue;
+    }
+    const previous = out[out.length - 1];
+    const step = ((((p.longitude - previous + 180) % 360) + 360) % 360) - 180; // in [-180, 180)
+    out.push(previous + step);
+  }
+  return out;
+}
+
 /** Meters spanned by the trail's bounding box (for the caption). */
-function spanMeters(points: LatLng[]): number {
+function spanMeters(points: LatLng[], lngs: number[]): number {
   const lats = points.map((p) => p.latitude);
-  const lngs = points.map((p) => p.longitude);
   const midLat = ((Math.min(...lats) + Math.max(...lats)) / 2) * (Math.PI / 180);
   const dy = (Math.max(...lats) - Math.min(...lats)) * 111_320;
   const dx = (Math.max(...lngs) - Math.min(...lngs)) * 111_320 * Math.cos(midLat);
@@ -42,7 +60,7 @@ export function trailSvg(points: LatLng[]): SVGSVGElement {
     return root;
   }
   const lats = points.map((p) => p.latitude);
-  const lngs = points.map((p) => p.longitude);
+  const lngs = unwrappedLongitudes(points);
   const minLat = Math.min(...lats);
   const maxLat = Math.max(...lats);
   const minLng = Math.min(...lngs);
@@ -58,7 +76,7 @@ export function trailSvg(points: LatLng[]): SVGSVGElement {
   const k = Number.isFinite(scale) ? scale : 0;
   const offX = (WIDTH - spanX * k) / 2;
   const offY = (HEIGHT - spanY * k) / 2;
-  const xy = points.map((p) => [offX + (p.longitude - minLng) * cos * k, offY + (maxLat - p.latitude) * k] as const);
+  const xy = points.map((p, i) => [offX + (lngs[i] - minLng) * cos * k, offY + (maxLat - p.latitude) * k] as const);
 
   root.appendChild(
     svg("polyline", {
@@ -73,7 +91,7 @@ export function trailSvg(points: LatLng[]): SVGSVGElement {
   root.appendChild(svg("circle", { cx: ex, cy: ey, r: 6, class: "trail-now" }));
   const last = points[points.length - 1];
   title.textContent =
-    `${points.length} fix${points.length === 1 ? "" : "es"}, spanning about ${Math.round(spanMeters(points))} m; ` +
+    `${points.length} fix${points.length === 1 ? "" : "es"}, spanning about ${Math.round(spanMeters(points, lngs))} m; ` +
     `latest ${last.latitude.toFixed(5)}, ${last.longitude.toFixed(5)}`;
   return root;
 }
