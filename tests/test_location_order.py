@@ -95,13 +95,15 @@ async def test_an_older_fix_joins_the_trail_but_never_replaces_a_newer_position(
         live = await redis_text(redis_client, f"user:location:{person.id}")
         assert live is not None
         assert live.startswith(f"{newer[0]},{newer[1]},")
-        # The trail keeps every fix, each with its own time.
+        # The trail keeps every fix, from where the alert was raised on, each with its own
+        # time and in the order they were taken (the late one where its time puts it).
         trail = await api.sos.ListAlertLocations(
             sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md
         )
         assert [(round(t.point.latitude, 6), t.time.ToDatetime(UTC)) for t in trail.locations] == [
-            (round(newer[0], 6), now - timedelta(seconds=5)),
+            (round(SF[0], 6), now - timedelta(seconds=120)),
             (round(older[0], 6), now - timedelta(seconds=60)),
+            (round(newer[0], 6), now - timedelta(seconds=5)),
         ]
 
         # A newer fix still moves everything, and is the next "location" the watcher sees.
@@ -190,7 +192,8 @@ async def test_a_cancel_racing_a_location_flush_ends_the_trail_and_the_cad_feed(
         trail = await api.sos.ListAlertLocations(
             sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md
         )
-        assert list(trail.locations) == []
+        # Only where it was raised: the fix flushed after the cancel is not the alert's.
+        assert [(t.point.latitude, t.point.longitude) for t in trail.locations] == [SF]
         got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
         assert abs(got.alert.location.point.latitude - SF[0]) < 1e-9
         me = await api.users.GetUser(users_pb2.GetUserRequest(user_id="me"), metadata=person.md)

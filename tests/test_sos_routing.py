@@ -216,7 +216,8 @@ async def test_fixes_shared_after_a_cancel_do_not_extend_the_trail_or_reach_the_
         trail = await api.sos.ListAlertLocations(
             sos_pb2.ListAlertLocationsRequest(alert_id=alert.id), metadata=person.md
         )
-        assert [round(loc.point.latitude, 6) for loc in trail.locations] == [round(before[0], 6)]
+        # Where it was raised, then the one fix shared before the cancel.
+        assert [round(loc.point.latitude, 6) for loc in trail.locations] == [round(SF[0], 6), round(before[0], 6)]
         got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
         assert abs(got.alert.location.point.latitude - before[0]) < 1e-9
         # The person's own live location still follows them.

@@ -131,7 +131,8 @@ class SosServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAlertLocations(self, request, context):
-        """Lists the location trail of an alert, oldest first (owner, handling agency, admin).
+        """Lists the location trail of an alert (owner, handling agency, admin): where it was
+        raised, then every fix shared for it, in the order they were taken (location.time).
         Returns NOT_FOUND for anybody else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

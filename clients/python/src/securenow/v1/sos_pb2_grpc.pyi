@@ -64,7 +64,8 @@ class SosServiceStub:
     then one message per change. Returns NOT_FOUND for alerts the caller may not read.
     """
     ListAlertLocations: _grpc.UnaryUnaryMultiCallable[_sos_pb2.ListAlertLocationsRequest, _sos_pb2.ListAlertLocationsResponse]
-    """Lists the location trail of an alert, oldest first (owner, handling agency, admin).
+    """Lists the location trail of an alert (owner, handling agency, admin): where it was
+    raised, then every fix shared for it, in the order they were taken (location.time).
     Returns NOT_FOUND for anybody else.
     """
 
@@ -104,7 +105,8 @@ class SosServiceAsyncStub(SosServiceStub):
     then one message per change. Returns NOT_FOUND for alerts the caller may not read.
     """
     ListAlertLocations: _aio.UnaryUnaryMultiCallable[_sos_pb2.ListAlertLocationsRequest, _sos_pb2.ListAlertLocationsResponse]  # type: ignore[assignment]
-    """Lists the location trail of an alert, oldest first (owner, handling agency, admin).
+    """Lists the location trail of an alert (owner, handling agency, admin): where it was
+    raised, then every fix shared for it, in the order they were taken (location.time).
     Returns NOT_FOUND for anybody else.
     """
 
@@ -183,7 +185,8 @@ class SosServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sos_pb2.ListAlertLocationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sos_pb2.ListAlertLocationsResponse, _abc.Awaitable[_sos_pb2.ListAlertLocationsResponse]]:
-        """Lists the location trail of an alert, oldest first (owner, handling agency, admin).
+        """Lists the location trail of an alert (owner, handling agency, admin): where it was
+        raised, then every fix shared for it, in the order they were taken (location.time).
         Returns NOT_FOUND for anybody else.
         """
 

@@ -12,7 +12,7 @@ import asyncpg
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, AlertPriority, IncidentStatus, IncidentType, SosStatus
 from securenow.server.domain.geo import LocationFix, Point
-from securenow.server.domain.paging import PageRequest, cursor_int
+from securenow.server.domain.paging import PageRequest, cursor_int, cursor_time
 from securenow.server.domain.sos import ContactNotification, PoliceIncident, SosAlert
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
 from securenow.server.storage.idempotency_repo import IdempotencyKey
@@ -129,10 +129,11 @@ class SosRepo:
         audit: AuditEntry,
         key: IdempotencyKey | None,
     ) -> bool:
-        """A new alert, its incident (if routed), its outbox event and its audit entry in
-        one atomic statement, which first claims the request id (if any): RaiseSos is the
-        hottest write, and each round trip counts. False when the request id was already
-        used (nothing written; a concurrent first attempt is waited for)."""
+        """A new alert, its incident (if routed), its outbox event, its audit entry and
+        (with a location) the first fix of its trail in one atomic statement, which
+        first claims the request id (if any): RaiseSos is the hottest write, and each
+        round trip counts. False when the request id was already used (nothing written;
+        a concurrent first attempt is waited for)."""
         fix = alert.location
         lng, lat = (fix.point.longitude, fix.point.latitude) if fix else (None, None)
         written = await self.conn.fetchval(
@@ -156,7 +157,12 @@ class SosRepo:
                 o AS (
                     INSERT INTO outbox (topic, event_type, aggregate_id, department_id, payload)
                     SELECT $15, $16, a.id, $10, $17 FROM a
-                    RETURNING id)
+                    RETURNING id),
+                t AS (
+                    INSERT INTO sos_alert_locations (alert_id, recorded_at, latitude, longitude, accuracy_m,
+                        heading_deg, speed_mps, address)
+                    SELECT a.id, $27, $5, $4, $28, $29, $30, $31 FROM a WHERE $4::float8 IS NOT NULL
+                    RETURNING 1)
                 INSERT INTO audit_log (actor_type, actor_id, actor_role, action, resource_type, resource_id,
                                        outcome, details)
                 SELECT $18, $19, $20, $21, $22, a.id::text, $23, $24 FROM a
@@ -183,6 +189,12 @@ class SosRepo:
             audit.details or {},
             key.request_id if key else None,
             key.fingerprint if key else None,
+            # Where it was raised is the trail's first fix.
+            fix.time if fix else None,
+            fix.accuracy_m if fix else None,
+            fix.heading_deg if fix else None,
+            fix.speed_mps if fix else None,
+            (fix.address or None) if fix else None,
         )
         return written is not None
 
@@ -386,14 +398,16 @@ class SosRepo:
         return {str(r["id"]) for r in rows}
 
     async def list_locations(self, alert_id: str, page: PageRequest) -> tuple[list[LocationFix], list[Any] | None]:
-        keyset = page.keyset(cursor_int(0, 2**63 - 1))  # a bigserial id
-        after = keyset[0] if keyset is not None else 0
+        """The trail in the order its fixes were taken (ties in arrival order), paged by
+        the (recorded_at, id) keyset (idx_sos_alert_locations_time)."""
+        after = page.keyset(cursor_time, cursor_int(0, 2**63 - 1))  # recorded_at, a bigserial id
         rows = await self.conn.fetch(
-            """SELECT id, recorded_at, latitude AS lat, longitude AS lng, accuracy_m, heading_deg, speed_mps, address
-               FROM sos_alert_locations WHERE alert_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
+            f"""SELECT id, recorded_at, latitude AS lat, longitude AS lng, accuracy_m, heading_deg, speed_mps, address
+                FROM sos_alert_locations WHERE alert_id = $1 {"AND (recorded_at, id) > ($3, $4)" if after else ""}
+                ORDER BY recorded_at, id LIMIT $2""",
             alert_id,
-            after,
             page.size + 1,
+            *(after or ()),
         )
         fixes = [
             LocationFix(
@@ -407,7 +421,8 @@ class SosRepo:
             for r in rows[: page.size]
         ]
         more = len(rows) > page.size
-        return fixes, ([rows[page.size - 1]["id"]] if more else None)
+        last = rows[page.size - 1] if more else None
+        return fixes, ([last["recorded_at"].isoformat(), last["id"]] if last else None)
 
     async def lock_for_locations(self, alert_ids: list[str]) -> dict[str, AlertPosition]:
         """Locks the alerts for a location flush (FOR NO KEY UPDATE, the lock the location

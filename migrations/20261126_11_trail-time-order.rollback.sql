@@ -1,0 +1,1 @@
+DROP INDEX idx_sos_alert_locations_time;
