@@ -21,10 +21,11 @@ from google.protobuf import field_mask_pb2
 from redis.asyncio.client import PubSub
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.bookings import MAX_PENDING_PER_PROVIDER
 from securenow.server.domain.enums import PaymentStatus, Role, VerificationStatus
 from securenow.server.domain.errors import PermissionDenied
 from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
-from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error
+from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error, wait_for
 
 GUARD = providers_pb2.SERVICE_TYPE_SECURITY_GUARD
 DRONE = providers_pb2.SERVICE_TYPE_DRONE_PATROL
@@ -47,6 +48,28 @@ BASE = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, micro
 def hour(n: int = 0) -> datetime:
     """n hours after BASE: far enough ahead to book."""
     return BASE + timedelta(hours=n)
+
+
+def soon() -> datetime:
+    """A start within the hour: a booking there may be started at once (a provider
+    starts a booking from one hour before its start time)."""
+    return (datetime.now(UTC) + timedelta(minutes=30)).replace(second=0, microsecond=0)
+
+
+def back_to_back() -> tuple[datetime, datetime]:
+    """Starts of two one-hour bookings of one provider that can both be started: the
+    first in a few seconds (confirm it before then), the second when the first ends,
+    which may be started once the first one's start time has passed (`until_passed`).
+    Bookings of one provider cannot overlap, so two cannot both start within the hour."""
+    first = datetime.now(UTC) + timedelta(seconds=3)
+    return first, first + timedelta(hours=1)
+
+
+async def until_passed(moment: datetime) -> None:
+    async def passed() -> bool:
+        return datetime.now(UTC) > moment
+
+    await wait_for(passed, what=f"{moment.isoformat()} to pass")
 
 
 def booking_request(
@@ -374,12 +397,99 @@ async def test_a_retry_after_the_start_time_passed_still_gets_the_booking(api: A
     await expect_invalid(api.bookings.CreateBooking(fresh, metadata=customer.md), "start_time")
 
 
+async def test_a_customer_holds_at_most_ten_pending_bookings_with_a_provider(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """One account must not block a provider's calendar with unpaid requests: the
+    11th pending booking with one provider is refused until one is confirmed or
+    cancelled. Other providers and other customers are not affected."""
+    admin, owner, prov, customer = await setup(api)
+    assert MAX_PENDING_PER_PROVIDER == 10
+    replayable = booking_request(prov.id, hour(0), 1, request_id=str(uuid.uuid4()))
+    first = (await api.bookings.CreateBooking(replayable, metadata=customer.md)).booking
+    held = [first] + [await book(api, customer, prov.id, hour(2 * i), 1) for i in range(1, 10)]
+    err = await expect_error(
+        book(api, customer, prov.id, hour(100), 1), grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_PENDING"
+    )
+    assert err.metadata["limit"] == "10"
+    # A retry of a booking that was made answers with it, as any retry does.
+    assert (await api.bookings.CreateBooking(replayable, metadata=customer.md)).booking == first
+
+    _, other_provider = await api.verified_provider(admin, company="Other Guards")
+    assert (await book(api, customer, other_provider.id, hour(100), 1)).status == PENDING
+    assert (await book(api, await api.sign_up(), prov.id, hour(100), 1)).status == PENDING
+
+    # A confirmed or a cancelled booking is no longer pending: room for one more each.
+    await confirm(api, owner, held[0].id)
+    await book(api, customer, prov.id, hour(102), 1)
+    await expect_error(
+        book(api, customer, prov.id, hour(104), 1), grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_PENDING"
+    )
+    await cancel(api, customer, held[1].id, "changed my mind")
+    await book(api, customer, prov.id, hour(104), 1)
+    await expect_error(
+        book(api, customer, prov.id, hour(106), 1), grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_PENDING"
+    )
+    pending = await db_conn.fetchval(
+        "SELECT count(*) FROM bookings WHERE user_id = $1 AND provider_id = $2 AND status = 'pending'",
+        uuid.UUID(customer.id),
+        uuid.UUID(prov.id),
+    )
+    assert pending == 10
+
+
+async def test_pending_bookings_whose_start_passed_do_not_count_against_the_limit(api: Api) -> None:
+    """A pending booking whose start time has passed can no longer be confirmed and
+    blocks none of the provider's future time: it does not hold a place."""
+    _, _, prov, customer = await setup(api)
+    for i in range(9):
+        await book(api, customer, prov.id, hour(2 * i), 1)
+    at = datetime.now(UTC) + timedelta(seconds=3)
+    await book(api, customer, prov.id, at, 1)
+    await expect_error(
+        book(api, customer, prov.id, hour(100), 1), grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_PENDING"
+    )
+    await until_passed(at)
+    assert (await book(api, customer, prov.id, hour(100), 1)).status == PENDING
+
+
+async def test_concurrent_creates_cannot_pass_the_pending_limit_together(api: Api, db_conn: asyncpg.Connection) -> None:
+    """With nine pending bookings, three creates at once: one gets the last place."""
+    _, _, prov, customer = await setup(api)
+    for i in range(9):
+        await book(api, customer, prov.id, hour(2 * i), 1)
+    # Holding the customer's row stops each create at its insert (the foreign key check),
+    # after its look at the limit: all three are in flight together, unless creates
+    # take turns before they look.
+    async with db_conn.transaction():
+        await db_conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(customer.id))
+        creates = [asyncio.ensure_future(book(api, customer, prov.id, hour(100 + 2 * i), 1)) for i in range(3)]
+
+        async def all_waiting() -> bool:
+            assert not any(c.done() for c in creates), [c.exception() or c.result() for c in creates if c.done()]
+            # pg_stat_activity is read once per transaction unless its snapshot is cleared.
+            await db_conn.execute("SELECT pg_stat_clear_snapshot()")
+            waiting = await db_conn.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"""
+            )
+            return bool(waiting >= 3)
+
+        await wait_for(all_waiting, what="three creates waiting")
+    outcomes = await asyncio.gather(*creates, return_exceptions=True)
+    booked = [o for o in outcomes if isinstance(o, bookings_pb2.Booking)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert (len(booked), len(refused)) == (1, 2), outcomes
+    assert {error_details(e).reason for e in refused} == {"TOO_MANY_PENDING"}
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 10
+
+
 # Status ------------------------------------------------------------------------------
 
 
 async def test_status_flow_by_the_provider(api: Api, db_conn: asyncpg.Connection) -> None:
     _, owner, prov, customer = await setup(api)
-    booking = await book(api, customer, prov.id, hour(0))
+    booking = await book(api, customer, prov.id, soon())
     confirmed = await confirm(api, owner, booking.id)
     assert confirmed.status == CONFIRMED
     # Retrying a transition that already happened returns the booking unchanged.
@@ -418,7 +528,7 @@ async def test_cancel_rules(api: Api, db_conn: asyncpg.Connection) -> None:
     stranger = await api.sign_up()
     by_customer = await book(api, customer, prov.id, hour(0), 1)
     by_provider = await book(api, customer, prov.id, hour(2), 1)
-    running = await book(api, customer, prov.id, hour(4), 1)
+    running = await book(api, customer, prov.id, soon(), 1)
 
     await expect_error(cancel(api, stranger, by_customer.id), grpc.StatusCode.NOT_FOUND, "BOOKING_NOT_FOUND")
     cancelled = await cancel(api, customer, by_customer.id, "plans changed")
@@ -441,6 +551,61 @@ async def test_cancel_rules(api: Api, db_conn: asyncpg.Connection) -> None:
     assert (await get(api, customer, running.id)).status == COMPLETED
     await expect_invalid(cancel(api, customer, running.id, "x" * 501), "reason")
     assert await audit_actions(db_conn, by_provider.id) == ["booking.create", "booking.confirm", "booking.cancel"]
+
+
+async def test_a_booking_is_started_from_one_hour_before_its_start(api: Api, db_conn: asyncpg.Connection) -> None:
+    """Starting a booking ends the customer's right to cancel it (and the refund of a
+    paid one): the provider may do it from one hour before the start time, not months
+    ahead."""
+    admin, owner, prov, customer = await setup(api)
+    ahead = await book(api, customer, prov.id, hour(0), 1)
+    await pay(api, admin, ahead.id, PAID)
+    await confirm(api, owner, ahead.id)
+    opens = hour(0) - timedelta(hours=1)
+    for caller in (owner, admin):
+        err = await expect_error(
+            start(api, caller, ahead.id), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_NOT_STARTED"
+        )
+        assert opens.isoformat() in err.message
+        assert err.metadata["start_allowed_time"] == opens.isoformat()
+    assert (await get(api, customer, ahead.id)).status == CONFIRMED
+    cancelled = await cancel(api, customer, ahead.id, "found another")
+    assert (cancelled.status, cancelled.payment_status) == (CANCELLED, REFUNDED)
+    assert await audit_actions(db_conn, ahead.id) == [
+        "booking.create",
+        "booking.payment",
+        "booking.confirm",
+        "booking.cancel",
+    ]
+
+    # The hour is measured from the start time: 70 minutes ahead is too early, 5 is not.
+    near = await book(api, customer, prov.id, datetime.now(UTC) + timedelta(minutes=5), 1)
+    early = await book(api, customer, prov.id, datetime.now(UTC) + timedelta(minutes=70), 1)
+    for b in (near, early):
+        await confirm(api, owner, b.id)
+    await expect_error(start(api, owner, early.id), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_NOT_STARTED")
+    started = await start(api, owner, near.id)
+    assert started.status == IN_PROGRESS
+    assert await start(api, owner, near.id) == started  # a retry: unchanged
+    assert (await audit_actions(db_conn, near.id)).count("booking.start") == 1
+
+
+async def test_a_booking_whose_start_passed_cannot_be_confirmed(api: Api, db_conn: asyncpg.Connection) -> None:
+    """A confirmation after the start time is of no use to the customer, who may cancel
+    the booking instead. A retry of a confirmation made in time still answers."""
+    admin, owner, prov, customer = await setup(api)
+    other_owner, other_provider = await api.verified_provider(admin, company="Other Guards")
+    at = datetime.now(UTC) + timedelta(seconds=3)
+    late = await book(api, customer, prov.id, at, 1)
+    in_time = await confirm(api, other_owner, (await book(api, customer, other_provider.id, at, 1)).id)
+    await until_passed(at)
+
+    for caller in (owner, admin):
+        await expect_error(confirm(api, caller, late.id), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_EXPIRED")
+    assert (await get(api, customer, late.id)).status == PENDING
+    assert await confirm(api, other_owner, in_time.id) == in_time
+    assert (await cancel(api, customer, late.id, "nobody confirmed")).status == CANCELLED
+    assert await audit_actions(db_conn, late.id) == ["booking.create", "booking.cancel"]
 
 
 # Payment -----------------------------------------------------------------------------
@@ -535,8 +700,9 @@ async def test_list_bookings_for_customer_and_provider(api: Api) -> None:
 
 async def test_review_updates_the_provider_rating_once(api: Api, db_conn: asyncpg.Connection) -> None:
     _, owner, prov, customer = await setup(api)
-    first = await book(api, customer, prov.id, hour(0), 1)
-    second = await book(api, customer, prov.id, hour(2), 1)
+    first_start, second_start = back_to_back()
+    first = await book(api, customer, prov.id, first_start, 1)
+    second = await book(api, customer, prov.id, second_start, 1)
     await expect_error(review(api, customer, first.id, 5), grpc.StatusCode.FAILED_PRECONDITION, "BOOKING_NOT_COMPLETED")
     await delivered(api, owner, first.id)
     await expect_invalid(review(api, customer, first.id, 6), "rating")
@@ -553,6 +719,7 @@ async def test_review_updates_the_provider_rating_once(api: Api, db_conn: asyncp
     await expect_error(review(api, customer, first.id, 1), grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_REVIEWED")
     assert (await get_provider(api, customer, prov.id)).total_reviews == 1
 
+    await until_passed(first_start)
     await delivered(api, owner, second.id)
     await review(api, customer, second.id, 5)
     rated = await get_provider(api, customer, prov.id)

@@ -25,6 +25,7 @@ from tests.test_bookings import (
     PAY_PENDING,
     REFUNDED,
     audit_actions,
+    back_to_back,
     book,
     cancel,
     confirm,
@@ -35,7 +36,9 @@ from tests.test_bookings import (
     pay,
     review,
     setup,
+    soon,
     subscribed,
+    until_passed,
 )
 
 FAILED = bookings_pb2.PAYMENT_STATUS_FAILED
@@ -127,9 +130,11 @@ async def test_concurrent_reviews_of_one_provider_all_count(api: Api, db_conn: a
     provider's rating; neither may compute it from a snapshot without the other."""
     _, owner, prov, _ = await setup(api)
     customers = [await api.sign_up() for _ in range(2)]
-    bookings = [await book(api, c, prov.id, hour(2 * i), 1) for i, c in enumerate(customers)]
-    for b in bookings:
-        await delivered(api, owner, b.id)
+    starts = back_to_back()
+    bookings = [await book(api, c, prov.id, at, 1) for c, at in zip(customers, starts, strict=True)]
+    await delivered(api, owner, bookings[0].id)
+    await until_passed(starts[0])
+    await delivered(api, owner, bookings[1].id)
 
     # Hold the provider row so both reviews are in flight together, then let them go.
     async with db_conn.transaction():
@@ -159,7 +164,7 @@ async def test_concurrent_reviews_of_one_provider_all_count(api: Api, db_conn: a
 
 async def test_a_review_is_published_on_booking_update(api: Api, redis_client: aioredis.Redis) -> None:
     _, owner, prov, customer = await setup(api)
-    booking = await book(api, customer, prov.id, hour(0), 1)
+    booking = await book(api, customer, prov.id, soon(), 1)
     await delivered(api, owner, booking.id)
     async with subscribed(redis_client, "booking:update") as pubsub:
         await review(api, customer, booking.id, 4, "Fine")

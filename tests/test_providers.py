@@ -145,7 +145,7 @@ async def list_ids(api: Api, caller: Account, **filters: Any) -> list[str]:
 async def review(api: Api, owner: Account, provider_id: str, stars: int) -> None:
     """A customer books, the provider delivers, the customer reviews with `stars`."""
     customer = await api.sign_up()
-    start = datetime.now(UTC) + timedelta(days=1)
+    start = datetime.now(UTC) + timedelta(minutes=30)  # a booking is started at most an hour ahead
     req = bookings_pb2.CreateBookingRequest(
         provider_id=provider_id,
         service_type=providers_pb2.SERVICE_TYPE_SECURITY_GUARD,

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import field_mask_pb2
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
@@ -18,6 +19,25 @@ from securenow.server.domain.enums import Role, VerificationStatus
 from securenow.server.domain.errors import PermissionDenied
 from securenow.v1 import auth_pb2, common_pb2, providers_pb2, users_pb2
 from tests.helpers import PASSWORD, Account, Api, ErrorDetails, expect_error, unique_phone
+from tests.test_bookings import (
+    CANCELLED,
+    IN_PROGRESS,
+    PAID,
+    PAY_PENDING,
+    PENDING,
+    REFUNDED,
+    audit_actions,
+    book,
+    cancel,
+    confirm,
+    get,
+    hour,
+    pay,
+    soon,
+    start,
+    subscribed,
+)
+from tests.test_bookings_audit import message_of_type
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 KYC = users_pb2.KycData(
@@ -508,6 +528,56 @@ async def test_delete_self_ends_the_tokens(api: Api) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         "ACCOUNT_DELETED",
     )
+
+
+async def test_deleting_an_account_cancels_its_open_bookings(
+    api: Api, db_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    """Nobody is left to receive the service: the account's PENDING and CONFIRMED
+    bookings as a customer are cancelled as CancelBooking would (a paid one refunded,
+    audited, published, the slot freed). Others' bookings and running ones stay."""
+    admin = await api.admin()
+    owner, prov = await api.verified_provider(admin)
+    customer = await api.sign_up()
+    pending = await book(api, customer, prov.id, hour(0), 1)
+    paid = await book(api, customer, prov.id, hour(2), 1)
+    await pay(api, admin, paid.id, PAID)
+    await confirm(api, owner, paid.id)
+    earlier = await cancel(api, customer, (await book(api, customer, prov.id, hour(4), 1)).id, "plans changed")
+    running = await book(api, customer, prov.id, soon(), 1)
+    await confirm(api, owner, running.id)
+    await start(api, owner, running.id)
+    someone_else = await book(api, await api.sign_up(), prov.id, hour(6), 1)
+
+    async with subscribed(redis_client, "booking:update") as pubsub:
+        await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=customer.md)
+        published = {b.id: await message_of_type(pubsub, b.id, "cancel") for b in (pending, paid)}
+
+    after = {b.id: await get(api, admin, b.id) for b in (pending, paid, earlier, running, someone_else)}
+    assert (after[pending.id].status, after[pending.id].payment_status) == (CANCELLED, PAY_PENDING)
+    assert (after[paid.id].status, after[paid.id].payment_status) == (CANCELLED, REFUNDED)
+    assert after[pending.id].cancel_reason == after[paid.id].cancel_reason == "account deleted"
+    assert after[earlier.id] == earlier  # cancelled before: untouched, its reason kept
+    assert after[running.id].status == IN_PROGRESS
+    assert after[someone_else.id].status == PENDING
+    assert (published[paid.id]["status"], published[paid.id]["payment_status"]) == ("cancelled", "refunded")
+    assert published[pending.id]["status"] == "cancelled"
+    for b in (pending, paid):
+        assert (await audit_actions(db_conn, b.id))[-1] == "booking.cancel"
+        assert [r["actor_id"] for r in await audit_rows(db_conn, "booking.cancel", b.id)] == [customer.id]
+    # The slots are free again.
+    assert (await book(api, await api.sign_up(), prov.id, hour(0), 3)).status == PENDING
+
+
+async def test_an_admin_deleting_an_account_cancels_its_bookings(api: Api, db_conn: asyncpg.Connection) -> None:
+    admin = await api.admin()
+    _, prov = await api.verified_provider(admin)
+    customer = await api.sign_up()
+    booking = await book(api, customer, prov.id, hour(0), 1)
+    await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id=customer.id), metadata=admin.md)
+    after = await get(api, admin, booking.id)
+    assert (after.status, after.cancel_reason) == (CANCELLED, "account deleted")
+    assert [r["actor_id"] for r in await audit_rows(db_conn, "booking.cancel", booking.id)] == [admin.id]
 
 
 async def test_users_cannot_delete_others(api: Api) -> None:

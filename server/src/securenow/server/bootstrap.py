@@ -91,6 +91,7 @@ class App:
         sos = SosService(db, live, dispatch)
         authenticator = Authenticator(db, live, access_tokens, api_keys)
         providers = ProviderService(db, live)
+        bookings = BookingService(db)
         elastic = None
         if settings.elasticsearch_url:
             elastic = ElasticSearch(settings.elasticsearch_url, index_prefix=settings.elasticsearch_index_prefix)
@@ -112,9 +113,9 @@ class App:
                 sign_in_attempts_per_minute=settings.sign_in_attempts_per_minute,
                 sign_in_attempts_per_address=settings.sign_in_attempts_per_address_per_minute,
             ),
-            users=UserService(db, live, encryptor),
+            users=UserService(db, live, encryptor, bookings),
             providers=providers,
-            bookings=BookingService(db),
+            bookings=bookings,
             audit=AuditService(db),
             dispatch=dispatch,
             sos=sos,

@@ -29,7 +29,8 @@ class BookingServiceStub:
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     def __init__(self, channel):
@@ -89,14 +90,18 @@ class BookingServiceServicer:
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     def CreateBooking(self, request, context):
         """Books a verified provider. Returns INVALID_ARGUMENT for bad fields (including a
         service the provider does not offer or a duration below its minimum),
         NOT_FOUND for an unknown provider, FAILED_PRECONDITION (reason
-        PROVIDER_NOT_VERIFIED or BOOKING_OVERLAP) when it cannot be booked then,
+        PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
+        booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
+        `limit`) when the caller already holds 10 PENDING bookings with this provider
+        that have not started yet,
         ALREADY_EXISTS when request_id was used with a different request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -120,14 +125,19 @@ class BookingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmBooking(self, request, context):
-        """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise.
+        """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise,
+        (reason BOOKING_EXPIRED) when the booking's start time has passed (the customer
+        may still cancel it), and (reason PROVIDER_NOT_VERIFIED or PROVIDER_SUSPENDED)
+        when the provider could not be booked now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartBooking(self, request, context):
-        """The provider starts a CONFIRMED booking. Returns FAILED_PRECONDITION otherwise.
+        """The provider starts a CONFIRMED booking, from one hour before its start time.
+        Returns FAILED_PRECONDITION otherwise, and (reason BOOKING_NOT_STARTED, ErrorInfo
+        metadata `start_allowed_time` in RFC 3339) when that hour has not begun yet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,7 +161,8 @@ class BookingServiceServicer:
     def UpdateBookingPaymentStatus(self, request, context):
         """Records a payment outcome (admin or payment back office):
         PENDING -> PAID | FAILED, FAILED -> PAID, PAID -> REFUNDED.
-        Returns FAILED_PRECONDITION for any other transition.
+        Returns FAILED_PRECONDITION for any other transition, and (reason
+        BOOKING_CANCELLED) for PAID on a cancelled booking.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +236,8 @@ class BookingService:
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     @staticmethod

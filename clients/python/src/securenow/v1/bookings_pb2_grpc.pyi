@@ -30,7 +30,8 @@ class BookingServiceStub:
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     @_typing.overload
@@ -41,7 +42,10 @@ class BookingServiceStub:
     """Books a verified provider. Returns INVALID_ARGUMENT for bad fields (including a
     service the provider does not offer or a duration below its minimum),
     NOT_FOUND for an unknown provider, FAILED_PRECONDITION (reason
-    PROVIDER_NOT_VERIFIED or BOOKING_OVERLAP) when it cannot be booked then,
+    PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
+    booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
+    `limit`) when the caller already holds 10 PENDING bookings with this provider
+    that have not started yet,
     ALREADY_EXISTS when request_id was used with a different request.
     """
     GetBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.GetBookingRequest, _bookings_pb2.GetBookingResponse]
@@ -53,9 +57,16 @@ class BookingServiceStub:
     soonest first. Returns NOT_FOUND for a provider the caller does not own.
     """
     ConfirmBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.ConfirmBookingRequest, _bookings_pb2.ConfirmBookingResponse]
-    """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise."""
+    """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise,
+    (reason BOOKING_EXPIRED) when the booking's start time has passed (the customer
+    may still cancel it), and (reason PROVIDER_NOT_VERIFIED or PROVIDER_SUSPENDED)
+    when the provider could not be booked now.
+    """
     StartBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.StartBookingRequest, _bookings_pb2.StartBookingResponse]
-    """The provider starts a CONFIRMED booking. Returns FAILED_PRECONDITION otherwise."""
+    """The provider starts a CONFIRMED booking, from one hour before its start time.
+    Returns FAILED_PRECONDITION otherwise, and (reason BOOKING_NOT_STARTED, ErrorInfo
+    metadata `start_allowed_time` in RFC 3339) when that hour has not begun yet.
+    """
     CompleteBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.CompleteBookingRequest, _bookings_pb2.CompleteBookingResponse]
     """The provider completes an IN_PROGRESS booking. Returns FAILED_PRECONDITION otherwise."""
     CancelBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.CancelBookingRequest, _bookings_pb2.CancelBookingResponse]
@@ -65,7 +76,8 @@ class BookingServiceStub:
     UpdateBookingPaymentStatus: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.UpdateBookingPaymentStatusRequest, _bookings_pb2.UpdateBookingPaymentStatusResponse]
     """Records a payment outcome (admin or payment back office):
     PENDING -> PAID | FAILED, FAILED -> PAID, PAID -> REFUNDED.
-    Returns FAILED_PRECONDITION for any other transition.
+    Returns FAILED_PRECONDITION for any other transition, and (reason
+    BOOKING_CANCELLED) for PAID on a cancelled booking.
     """
     ReviewBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.ReviewBookingRequest, _bookings_pb2.ReviewBookingResponse]
     """The customer reviews a COMPLETED booking once (1..5 stars); updates the provider's
@@ -77,7 +89,8 @@ class BookingServiceAsyncStub(BookingServiceStub):
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -85,7 +98,10 @@ class BookingServiceAsyncStub(BookingServiceStub):
     """Books a verified provider. Returns INVALID_ARGUMENT for bad fields (including a
     service the provider does not offer or a duration below its minimum),
     NOT_FOUND for an unknown provider, FAILED_PRECONDITION (reason
-    PROVIDER_NOT_VERIFIED or BOOKING_OVERLAP) when it cannot be booked then,
+    PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
+    booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
+    `limit`) when the caller already holds 10 PENDING bookings with this provider
+    that have not started yet,
     ALREADY_EXISTS when request_id was used with a different request.
     """
     GetBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.GetBookingRequest, _bookings_pb2.GetBookingResponse]  # type: ignore[assignment]
@@ -97,9 +113,16 @@ class BookingServiceAsyncStub(BookingServiceStub):
     soonest first. Returns NOT_FOUND for a provider the caller does not own.
     """
     ConfirmBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.ConfirmBookingRequest, _bookings_pb2.ConfirmBookingResponse]  # type: ignore[assignment]
-    """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise."""
+    """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise,
+    (reason BOOKING_EXPIRED) when the booking's start time has passed (the customer
+    may still cancel it), and (reason PROVIDER_NOT_VERIFIED or PROVIDER_SUSPENDED)
+    when the provider could not be booked now.
+    """
     StartBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.StartBookingRequest, _bookings_pb2.StartBookingResponse]  # type: ignore[assignment]
-    """The provider starts a CONFIRMED booking. Returns FAILED_PRECONDITION otherwise."""
+    """The provider starts a CONFIRMED booking, from one hour before its start time.
+    Returns FAILED_PRECONDITION otherwise, and (reason BOOKING_NOT_STARTED, ErrorInfo
+    metadata `start_allowed_time` in RFC 3339) when that hour has not begun yet.
+    """
     CompleteBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.CompleteBookingRequest, _bookings_pb2.CompleteBookingResponse]  # type: ignore[assignment]
     """The provider completes an IN_PROGRESS booking. Returns FAILED_PRECONDITION otherwise."""
     CancelBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.CancelBookingRequest, _bookings_pb2.CancelBookingResponse]  # type: ignore[assignment]
@@ -109,7 +132,8 @@ class BookingServiceAsyncStub(BookingServiceStub):
     UpdateBookingPaymentStatus: _aio.UnaryUnaryMultiCallable[_bookings_pb2.UpdateBookingPaymentStatusRequest, _bookings_pb2.UpdateBookingPaymentStatusResponse]  # type: ignore[assignment]
     """Records a payment outcome (admin or payment back office):
     PENDING -> PAID | FAILED, FAILED -> PAID, PAID -> REFUNDED.
-    Returns FAILED_PRECONDITION for any other transition.
+    Returns FAILED_PRECONDITION for any other transition, and (reason
+    BOOKING_CANCELLED) for PAID on a cancelled booking.
     """
     ReviewBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.ReviewBookingRequest, _bookings_pb2.ReviewBookingResponse]  # type: ignore[assignment]
     """The customer reviews a COMPLETED booking once (1..5 stars); updates the provider's
@@ -120,7 +144,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Booking security providers. Prices are computed by the server from the provider's
     pricing; a provider cannot be booked twice for overlapping times.
     Status: PENDING -> CONFIRMED -> IN_PROGRESS -> COMPLETED; CANCELLED from PENDING
-    or CONFIRMED. A transition to the state a booking is already in returns it unchanged.
+    or CONFIRMED. A transition to the state a booking is already in returns it unchanged
+    (before any other check).
     """
 
     @_abc_1.abstractmethod
@@ -132,7 +157,10 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Books a verified provider. Returns INVALID_ARGUMENT for bad fields (including a
         service the provider does not offer or a duration below its minimum),
         NOT_FOUND for an unknown provider, FAILED_PRECONDITION (reason
-        PROVIDER_NOT_VERIFIED or BOOKING_OVERLAP) when it cannot be booked then,
+        PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
+        booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
+        `limit`) when the caller already holds 10 PENDING bookings with this provider
+        that have not started yet,
         ALREADY_EXISTS when request_id was used with a different request.
         """
 
@@ -162,7 +190,11 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _bookings_pb2.ConfirmBookingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bookings_pb2.ConfirmBookingResponse, _abc.Awaitable[_bookings_pb2.ConfirmBookingResponse]]:
-        """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise."""
+        """The provider confirms a PENDING booking. Returns FAILED_PRECONDITION otherwise,
+        (reason BOOKING_EXPIRED) when the booking's start time has passed (the customer
+        may still cancel it), and (reason PROVIDER_NOT_VERIFIED or PROVIDER_SUSPENDED)
+        when the provider could not be booked now.
+        """
 
     @_abc_1.abstractmethod
     def StartBooking(
@@ -170,7 +202,10 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _bookings_pb2.StartBookingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bookings_pb2.StartBookingResponse, _abc.Awaitable[_bookings_pb2.StartBookingResponse]]:
-        """The provider starts a CONFIRMED booking. Returns FAILED_PRECONDITION otherwise."""
+        """The provider starts a CONFIRMED booking, from one hour before its start time.
+        Returns FAILED_PRECONDITION otherwise, and (reason BOOKING_NOT_STARTED, ErrorInfo
+        metadata `start_allowed_time` in RFC 3339) when that hour has not begun yet.
+        """
 
     @_abc_1.abstractmethod
     def CompleteBooking(
@@ -198,7 +233,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bookings_pb2.UpdateBookingPaymentStatusResponse, _abc.Awaitable[_bookings_pb2.UpdateBookingPaymentStatusResponse]]:
         """Records a payment outcome (admin or payment back office):
         PENDING -> PAID | FAILED, FAILED -> PAID, PAID -> REFUNDED.
-        Returns FAILED_PRECONDITION for any other transition.
+        Returns FAILED_PRECONDITION for any other transition, and (reason
+        BOOKING_CANCELLED) for PAID on a cancelled booking.
         """
 
     @_abc_1.abstractmethod

@@ -111,7 +111,8 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Soft-deletes an account (self or admin); its tokens stop working at once.
+        """Soft-deletes an account (self or admin); its tokens stop working at once and its
+        open bookings as a customer are cancelled (a paid one refunded).
         Returns NOT_FOUND if the user does not exist or is not visible to the caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

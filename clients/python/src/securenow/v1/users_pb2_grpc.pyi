@@ -45,7 +45,8 @@ class UserServiceStub:
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
-    """Soft-deletes an account (self or admin); its tokens stop working at once.
+    """Soft-deletes an account (self or admin); its tokens stop working at once and its
+    open bookings as a customer are cancelled (a paid one refunded).
     Returns NOT_FOUND if the user does not exist or is not visible to the caller.
     """
     SubmitKyc: _grpc.UnaryUnaryMultiCallable[_users_pb2.SubmitKycRequest, _users_pb2.SubmitKycResponse]
@@ -95,7 +96,8 @@ class UserServiceAsyncStub(UserServiceStub):
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
-    """Soft-deletes an account (self or admin); its tokens stop working at once.
+    """Soft-deletes an account (self or admin); its tokens stop working at once and its
+    open bookings as a customer are cancelled (a paid one refunded).
     Returns NOT_FOUND if the user does not exist or is not visible to the caller.
     """
     SubmitKyc: _aio.UnaryUnaryMultiCallable[_users_pb2.SubmitKycRequest, _users_pb2.SubmitKycResponse]  # type: ignore[assignment]
@@ -160,7 +162,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.DeleteUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
-        """Soft-deletes an account (self or admin); its tokens stop working at once.
+        """Soft-deletes an account (self or admin); its tokens stop working at once and its
+        open bookings as a customer are cancelled (a paid one refunded).
         Returns NOT_FOUND if the user does not exist or is not visible to the caller.
         """
 

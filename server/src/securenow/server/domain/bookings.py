@@ -14,6 +14,12 @@ from securenow.server.domain.validation import Validator
 
 MAX_DAYS_AHEAD = 365
 MAX_HOURS = 24
+# A provider may start a booking (CONFIRMED -> IN_PROGRESS) from this long before its
+# start time, not earlier: starting ends the customer's right to cancel (and be refunded).
+START_WINDOW = timedelta(hours=1)
+# Upcoming PENDING bookings one customer may hold with one provider at a time, so that a
+# single account cannot block a provider's calendar with unpaid requests.
+MAX_PENDING_PER_PROVIDER = 10
 
 # Status transitions; cancel is allowed from PENDING and CONFIRMED only.
 TRANSITIONS: dict[BookingStatus, tuple[BookingStatus, ...]] = {
@@ -122,6 +128,41 @@ def require_bookable(provider: Provider) -> None:
         raise FailedPrecondition("the provider is not verified", reason="PROVIDER_NOT_VERIFIED")
     if not provider.owner_active:
         raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
+
+
+def require_startable(booking: Booking, *, now: datetime | None = None) -> None:
+    """FAILED_PRECONDITION (BOOKING_NOT_STARTED) before START_WINDOW ahead of the start."""
+    now = now or datetime.now(UTC)
+    opens = booking.start_time - START_WINDOW
+    if now < opens:
+        raise FailedPrecondition(
+            f"the booking can be started from {opens.isoformat()}, one hour before its start time",
+            reason="BOOKING_NOT_STARTED",
+            metadata={"start_allowed_time": opens.isoformat()},
+        )
+
+
+def require_not_expired(booking: Booking, *, now: datetime | None = None) -> None:
+    """FAILED_PRECONDITION (BOOKING_EXPIRED) for confirming a booking whose start time
+    has passed: the confirmation comes too late to be of use; it can be cancelled."""
+    now = now or datetime.now(UTC)
+    if booking.start_time <= now:
+        raise FailedPrecondition(
+            "the booking's start time has passed; it can no longer be confirmed, only cancelled",
+            reason="BOOKING_EXPIRED",
+        )
+
+
+def require_pending_room(pending: int) -> None:
+    """FAILED_PRECONDITION (TOO_MANY_PENDING) when the customer already holds
+    MAX_PENDING_PER_PROVIDER upcoming PENDING bookings with the provider."""
+    if pending >= MAX_PENDING_PER_PROVIDER:
+        raise FailedPrecondition(
+            f"you already have {MAX_PENDING_PER_PROVIDER} pending bookings with this provider; "
+            "wait for confirmations or cancel one first",
+            reason="TOO_MANY_PENDING",
+            metadata={"limit": str(MAX_PENDING_PER_PROVIDER)},
+        )
 
 
 def check_transition(booking: Booking, target: BookingStatus) -> bool:

@@ -14,6 +14,9 @@ from securenow.server.domain.bookings import (
     check_transition,
     quote,
     require_bookable,
+    require_not_expired,
+    require_pending_room,
+    require_startable,
     validate_booking_request,
 )
 from securenow.server.domain.enums import BookingStatus, PaymentStatus
@@ -104,6 +107,10 @@ class BookingService:
             if provider.user_id == caller.user_id:
                 raise FailedPrecondition("providers cannot book themselves", reason="SELF_BOOKING")
             price = quote(provider, valid)
+            # Creates of one customer with one provider take turns, so that two at once
+            # cannot both find room for one more pending booking.
+            await uow.bookings.lock_customer_provider(caller.user_id, provider.id)
+            require_pending_room(await uow.bookings.count_upcoming_pending(caller.user_id, provider.id))
             await uow.bookings.create(new_id, caller.user_id, valid, price)
             booking = await self._load(uow, caller, new_id)
             await uow.audit.record(
@@ -161,18 +168,47 @@ class BookingService:
             booking = await self._load(uow, caller, bid, lock=True)
             if not (allowed(caller, booking) or caller.is_admin):
                 raise PermissionDenied(f"you cannot {action} this booking", reason="NOT_ALLOWED_FOR_PARTY")
-            if not check_transition(booking, target):
-                return booking
-            if target is BookingStatus.CONFIRMED:
-                # Confirming commits the provider to the booking: only a provider that could
-                # be booked now may do it (not one rejected, in review or withdrawn since).
-                provider = await uow.providers.get(booking.provider_id)
-                if provider is None:
-                    raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
-                require_bookable(provider)
-            after = await uow.bookings.set_status(booking, target, cancel_reason=reason)
-            await self._changed(uow, caller, booking, after, action)
+            after = await self._apply(uow, caller, booking, target, action, reason=reason)
         return after
+
+    async def _apply(
+        self,
+        uow: UnitOfWork,
+        caller: Principal,
+        booking: Booking,
+        target: BookingStatus,
+        action: str,
+        *,
+        reason: str = "",
+    ) -> Booking:
+        """Moves a booking locked in `uow` to `target` (whoever may do so was checked),
+        audited and published; returns it unchanged if it already is in `target`."""
+        if not check_transition(booking, target):
+            return booking
+        if target is BookingStatus.CONFIRMED:
+            require_not_expired(booking)
+            # Confirming commits the provider to the booking: only a provider that could
+            # be booked now may do it (not one rejected, in review or withdrawn since).
+            provider = await uow.providers.get(booking.provider_id)
+            if provider is None:
+                raise NotFound("provider not found", reason="PROVIDER_NOT_FOUND")
+            require_bookable(provider)
+        elif target is BookingStatus.IN_PROGRESS:
+            require_startable(booking)
+        after = await uow.bookings.set_status(booking, target, cancel_reason=reason)
+        await self._changed(uow, caller, booking, after, action)
+        return after
+
+    async def cancel_open_bookings_of_customer(
+        self, uow: UnitOfWork, caller: Principal, user_id: str, reason: str
+    ) -> list[Booking]:
+        """Cancels, inside the caller's unit of work, every PENDING or CONFIRMED booking
+        `user_id` made as a customer, each as CancelBooking by `caller` does (a PAID one
+        becomes REFUNDED, audited, published on booking:update)."""
+        return [
+            await self._apply(uow, caller, booking, BookingStatus.CANCELLED, "cancel", reason=reason)
+            for booking in await uow.bookings.open_of_customer(user_id)
+        ]
 
     async def confirm(self, caller: Principal, booking_id: str) -> Booking:
         return await self._transition(caller, booking_id, BookingStatus.CONFIRMED, _is_provider, "confirm")

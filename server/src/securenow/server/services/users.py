@@ -20,6 +20,7 @@ from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, 
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_text, parse_uuid
 from securenow.server.security.encryption import FieldEncryptor
+from securenow.server.services.bookings import BookingService
 from securenow.server.services.common import forget_sessions, replace_sessions, take_off_duty
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.live_state import LiveState
@@ -29,10 +30,12 @@ PROFILE_PATHS = ("first_name", "last_name", "phone", "emergency_contacts")
 
 
 class UserService:
-    def __init__(self, db: Database, live: LiveState, encryptor: FieldEncryptor) -> None:
+    def __init__(self, db: Database, live: LiveState, encryptor: FieldEncryptor, bookings: BookingService) -> None:
         self._db = db
         self._live = live
         self._enc = encryptor
+        # Deleting an account cancels its bookings through the booking service's own path.
+        self._bookings = bookings
 
     async def _withdraw(self, sessions: list[str], provider_id: str | None) -> None:
         """After an account is suspended or deleted: its sessions end, and its provider
@@ -100,6 +103,9 @@ class UserService:
         async with self._db.unit_of_work() as uow:
             await self._visible_user(uow, caller, target, lock=True)
             user = await uow.accounts.set_status(target, UserStatus.DELETED)
+            # Nobody is left to receive the service: the account's open bookings as a
+            # customer are cancelled (a paid one refunded), in this same transaction.
+            await self._bookings.cancel_open_bookings_of_customer(uow, caller, target, "account deleted")
             sessions = await uow.accounts.revoke_user_sessions(target, "account deleted")
             provider_id = await uow.providers.id_owned_by(target)
             await uow.audit.record(caller, AuditEntry("user.delete", "user", target))

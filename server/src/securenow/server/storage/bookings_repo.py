@@ -74,6 +74,36 @@ class BookingsRepo:
             ) from None
         return booking_id
 
+    async def lock_customer_provider(self, user_id: str, provider_id: str) -> None:
+        """Makes creates by one customer with one provider take turns until the transaction
+        ends (a transaction-level advisory lock on the pair; the two-key form shares no keys
+        with the single-key locks used elsewhere)."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1::text), hashtext($2::text))",
+            user_id,
+            provider_id,
+        )
+
+    async def count_upcoming_pending(self, user_id: str, provider_id: str) -> int:
+        """PENDING bookings of the customer with the provider that have not started yet."""
+        count = await self.conn.fetchval(
+            """SELECT count(*) FROM bookings
+               WHERE user_id = $1 AND provider_id = $2 AND status = 'pending' AND booking_date > now()""",
+            user_id,
+            provider_id,
+        )
+        return int(count)
+
+    async def open_of_customer(self, user_id: str) -> list[Booking]:
+        """The customer's PENDING and CONFIRMED bookings, locked for update."""
+        rows = await self.conn.fetch(
+            f"""SELECT {BOOKING_COLUMNS} FROM {FROM}
+                WHERE b.user_id = $1 AND b.status IN ('pending', 'confirmed')
+                ORDER BY b.booking_date, b.id FOR UPDATE OF b""",
+            user_id,
+        )
+        return [booking_from_row(r) for r in rows]
+
     async def get(self, booking_id: str, *, for_update: bool = False) -> Booking | None:
         lock = " FOR UPDATE OF b" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {BOOKING_COLUMNS} FROM {FROM} WHERE b.id = $1{lock}", booking_id)
