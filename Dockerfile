@@ -10,7 +10,8 @@
 # virtualenv, the built console and the SQL migrations, and runs as an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Build stage only; an LTS line still in support (Node 20 reached its end of life in April 2026).
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # --- console ------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS console

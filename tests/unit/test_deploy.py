@@ -8,6 +8,7 @@ checks value constraints) runs only where an `envoy` binary is on PATH.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import ipaddress
 import json
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,10 +30,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 import securenow.v1
 from securenow.server import cli
-from securenow.server.settings import Settings
+from securenow.server.settings import Environment, Settings, SettingsError
 from securenow.server.transport.interceptor import LOOPBACK_NETWORKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -585,6 +587,80 @@ def test_compose_commands_exist_in_the_cli(
     capsys.readouterr()
 
 
+# Stand-ins for the variables compose requires (`${VAR:?message}`): values of the shape
+# docs/deployment.md tells operators to generate.
+STAND_INS = {
+    "SECURENOW_SECRET_KEY": "k" * 64,
+    "SECURENOW_DATA_KEY": base64.b64encode(bytes(range(32))).decode(),
+    "POSTGRES_PASSWORD": "0123456789abcdef" * 3,
+}
+# Variables the server reads from the environment outside Settings.
+ENV_READ = re.compile(r"""(?:environ\.get|getenv|environ\[)\(?\s*["'](SECURENOW_\w+)["']""")
+
+
+def resolved(value: str) -> str:
+    """A compose value as the server would see it: required variables set to their
+    stand-ins, `${VAR:-default}` to its default."""
+
+    def required(match: re.Match[str]) -> str:
+        assert match[1] in STAND_INS, f"${{{match[1]}}} is required, but the test has no stand-in for it"
+        return STAND_INS[match[1]]
+
+    value = re.sub(r"\$\{(\w+):?\?[^}]*\}", required, value)
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
+def known_variables() -> set[str]:
+    names = {f"SECURENOW_{name.upper()}" for name in Settings.model_fields}
+    for source in (ROOT / "server" / "src").rglob("*.py"):
+        names.update(ENV_READ.findall(source.read_text()))
+    return names
+
+
+def test_securenow_variables_are_ones_the_server_reads(services: dict[str, dict[str, Any]]) -> None:
+    """Settings ignores unknown SECURENOW_* variables: a misspelt one in compose or the
+    image would silently leave the default in force."""
+    known = known_variables()
+    assert {"SECURENOW_MIGRATIONS_DIR", "SECURENOW_GRPC_ADDR"} <= known
+    given = {f"{name}: {key}" for name, s in services.items() for key in environment(s) if key.startswith("SECURENOW_")}
+    given |= {
+        f"Dockerfile: {key}" for stage in dockerfile_stages() for key in env_vars(stage) if key.startswith("SECURENOW_")
+    }
+    assert given
+    unknown = sorted(item for item in given if item.split(": ")[1] not in known)
+    assert not unknown, f"not read by the server (see server/src/securenow/server/settings.py): {unknown}"
+
+
+def test_app_services_pass_the_servers_production_checks(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the image and compose set, with the required secrets given, is a valid
+    production configuration: the server would start rather than exit on bad settings."""
+    image_env = env_vars(dockerfile_stages()[-1])
+    app_services = {n: s for n, s in services.items() if "SECURENOW_ENV" in environment(s)}
+    assert set(server_services(services)) | {"migrate"} <= set(app_services)
+    for name, service in app_services.items():
+        for key in [k for k in os.environ if k.startswith("SECURENOW_")]:
+            monkeypatch.delenv(key)
+        for key, value in {**image_env, **environment(service)}.items():
+            if key.startswith("SECURENOW_"):
+                monkeypatch.setenv(key, resolved(value))
+        try:
+            settings = Settings()
+        except (SettingsError, ValidationError) as exc:
+            pytest.fail(f"{name}: `securenow` would refuse these settings: {exc}")
+        assert settings.env is Environment.PRODUCTION, name
+        assert len(settings.data_keys) == 1, f"{name}: SECURENOW_DATA_KEYS_OLD must default to none"
+
+
+def test_redis_healthcheck_wants_pong(services: dict[str, dict[str, Any]]) -> None:
+    """redis-cli exits 0 on an error reply too, e.g. LOADING while Redis reads its
+    append-only file: the check must look at the answer."""
+    test = healthcheck_test(services["redis"]) or []
+    assert test[:1] == ["CMD-SHELL"], test
+    assert re.search(r"redis-cli ping \| grep -\w*q\w* .*PONG", test[1]), test
+
+
 # === Dockerfile =====================================================================
 
 
@@ -675,6 +751,49 @@ def test_dockerfile_exposes_the_ports_compose_uses(services: dict[str, dict[str,
         for key in ("SECURENOW_GRPC_ADDR", "SECURENOW_HTTP_ADDR"):
             _, port = split_addr(environment(replica)[key])
             assert port in exposed, f"{name} listens on {port}, the image does not EXPOSE it"
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """(repository, tag or @digest); an empty tag means `latest`."""
+    if "@" in image:
+        repository, _, digest = image.partition("@")
+        return repository, "@" + digest
+    if ":" not in image.rsplit("/", 1)[-1]:
+        return image, ""
+    repository, _, tag = image.rpartition(":")
+    return repository, tag
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    """No `latest` and no moving `-latest` tags: a rebuild or a `docker compose pull`
+    must not change what runs. What runs (services, the runtime base) names a major.minor
+    at least, a build stage a major (its lockfile pins the rest); Envoy an exact release,
+    the one deploy/envoy.yaml is written for."""
+    stages = dockerfile_stages()
+    images = {name: str(s["image"]) for name, s in services.items() if "build" not in s}
+    assert {"postgres", "redis", "elasticsearch", "envoy"} <= set(images)
+    build_only = {f"Dockerfile stage {stage.name}": stage.image for stage in stages[:-1]}
+    images |= build_only | {f"Dockerfile stage {stages[-1].name}": stages[-1].image}
+    for where, image in images.items():
+        _, tag = split_image(image)
+        assert tag, f"{where}: {image} has no tag (latest)"
+        if tag.startswith("@sha256:"):
+            continue
+        assert "latest" not in tag, f"{where}: {image} is a moving tag"
+        version = r"v?\d+" if where in build_only else r"v?\d+[.-]\d+"
+        assert re.match(version, tag), f"{where}: {image}: pin a version ({version})"
+    _, envoy_tag = split_image(images["envoy"])
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", envoy_tag), f"envoy: pin an exact release, not {envoy_tag}"
+
+
+def test_elasticsearch_is_not_older_than_the_python_client(services: dict[str, dict[str, Any]]) -> None:
+    """Elastic's clients support servers of the same major and their own minor or newer."""
+    _, tag = split_image(str(services["elasticsearch"]["image"]))
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"elasticsearch: pin an exact release, not {tag}"
+    server = tuple(int(part) for part in tag.split(".")[:2])
+    client = tuple(int(part) for part in pinned("elasticsearch").split(".")[:2])
+    assert server[0] == client[0], f"Elasticsearch {tag} and the {pinned('elasticsearch')} client differ in major"
+    assert server >= client, f"Elasticsearch {tag} is older than the Python client {pinned('elasticsearch')}"
 
 
 # === deploy/envoy.yaml ==============================================================
@@ -820,13 +939,46 @@ def test_envoy_admin_is_loopback_only(envoy: dict[str, Any]) -> None:
     assert envoy["admin"]["address"]["socket_address"]["address"] in ("127.0.0.1", "::1")
 
 
+def test_envoy_access_logs_carry_the_grpc_status(envoy: dict[str, Any]) -> None:
+    """A failed gRPC call is HTTP 200 with a grpc-status: Envoy's default log line would
+    show every one as a success. Credentials never go to the log."""
+    for listener in listeners(envoy):
+        manager = hcm(listener)
+        logs = manager.get("access_log") or []
+        assert logs, f"{listener['name']}: no access log"
+        for log in logs:
+            log_format = json.dumps(log.get("typed_config", {}).get("log_format", {})).upper()
+            assert "%GRPC_STATUS" in log_format, f"{listener['name']}: the access log lacks %GRPC_STATUS%"
+            for secret in ("AUTHORIZATION", "COOKIE", "%REQ(GRPC-", "DOWNSTREAM_PEER_CERT"):
+                assert secret not in log_format, f"{listener['name']}: the access log records {secret}"
+        # Streams that stay open for days are logged while open too.
+        interval = manager.get("access_log_options", {}).get("access_log_flush_interval")
+        assert interval, f"{listener['name']}: no access_log_flush_interval"
+        assert 0 < seconds(interval) <= 3600, f"{listener['name']}: access_log_flush_interval {interval}"
+
+
+def test_downstream_http2_has_edge_limits_and_keepalive(envoy: dict[str, Any]) -> None:
+    """Envoy's HTTP/2 defaults (2^31 streams, 256 MiB windows) trust the peer; on the
+    edge a client gets what it needs. Keepalive pings find CAD systems that vanished."""
+    for listener in listeners(envoy):
+        options = hcm(listener).get("http2_protocol_options") or {}
+        assert 0 < int(options.get("max_concurrent_streams", 2**31 - 1)) <= 1000, listener["name"]
+        assert int(options.get("initial_stream_window_size", 256 << 20)) <= 1 << 20, listener["name"]
+        assert int(options.get("initial_connection_window_size", 256 << 20)) <= 16 << 20, listener["name"]
+        keepalive = options.get("connection_keepalive") or {}
+        assert keepalive.get("interval"), f"{listener['name']}: no HTTP/2 keepalive"
+        assert keepalive.get("timeout"), f"{listener['name']}: no HTTP/2 keepalive timeout"
+
+
 # Parses Envoy YAML files strictly into envoy.config.bootstrap.v3.Bootstrap, loading the
-# module of every `@type` first so each typed_config is checked against its own message.
+# module of every `@type` first so each typed_config is checked against its own message,
+# then walks the parsed message (into every typed_config) for fields and enum values
+# Envoy marks deprecated: they warn today and go in a later release.
 # Prints {file: error or ""} as JSON. Runs in a subprocess with xds-protos on its path.
 PARSE_ENVOY = """
 import importlib, json, pkgutil, sys
 import yaml
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 def type_urls(node):
@@ -840,6 +992,37 @@ def type_urls(node):
         for value in node:
             yield from type_urls(value)
 
+def repeated(field):
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == field.LABEL_REPEATED
+
+def deprecated(message, path):
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        name = message.type_url.rpartition("/")[2]
+        inner = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))()
+        message.Unpack(inner)
+        yield from deprecated(inner, path)
+        return
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if field.GetOptions().deprecated:
+            yield where
+        if field.enum_type is not None:
+            for number in value if repeated(field) else [value]:
+                enum_value = field.enum_type.values_by_number.get(number)
+                if enum_value is not None and enum_value.GetOptions().deprecated:
+                    yield f"{where}={enum_value.name}"
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = [(f"{where}[{k}]", v) for k, v in value.items() if hasattr(v, "ListFields")]
+        elif repeated(field):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(where, value)]
+        for item_path, item in items:
+            yield from deprecated(item, item_path)
+
 def parse(path):
     data = yaml.safe_load(open(path))
     for url in sorted(set(type_urls(data))):
@@ -852,10 +1035,11 @@ def parse(path):
             if info.name.endswith("_pb2"):
                 importlib.import_module(package + "." + info.name)
     try:
-        json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+        bootstrap = json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
     except json_format.ParseError as exc:
         return str(exc)[:500]
-    return ""
+    old = list(deprecated(bootstrap, ""))
+    return f"deprecated in Envoy's API: {', '.join(old)}" if old else ""
 
 print(json.dumps({path: parse(path) for path in sys.argv[1:]}))
 """
@@ -904,8 +1088,8 @@ def parse_envoy_configs(*paths: Path) -> dict[str, str]:
 
 def test_envoy_config_parses_strictly_as_an_envoy_bootstrap(tmp_path: Path, envoy: dict[str, Any]) -> None:
     """Every field name, enum and typed_config of deploy/envoy.yaml is Envoy's (a typo
-    fails here even where no `envoy` binary is installed)."""
-    broken = {
+    fails here even where no `envoy` binary is installed), and none is deprecated."""
+    broken: dict[str, Callable[[dict[str, Any]], None]] = {
         "field-typo": lambda c: c["static_resources"]["clusters"][0].update(conect_timeout="1s"),
         "typed-config-typo": lambda c: hcm(c["static_resources"]["listeners"][0])["http_filters"][0][
             "typed_config"
@@ -914,6 +1098,12 @@ def test_envoy_config_parses_strictly_as_an_envoy_bootstrap(tmp_path: Path, envo
             HTTP_PROTOCOL_OPTIONS
         ].update({"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v9.HttpProtocolOptions"}),
         "bad-enum": lambda c: c["static_resources"]["clusters"][0].update(lb_policy="LEAST_REQUESTS"),
+        # Valid, but deprecated since v3.0 (typed_extension_protocol_options replaces it).
+        "deprecated-field": lambda c: c["static_resources"]["clusters"][0].update(http2_protocol_options={}),
+        # Inside a typed_config: moved to access_log_options.
+        "deprecated-in-typed-config": lambda c: hcm(c["static_resources"]["listeners"][0]).update(
+            flush_access_log_on_new_request=True
+        ),
     }
     files = {}
     for name, mutate in broken.items():
@@ -925,6 +1115,8 @@ def test_envoy_config_parses_strictly_as_an_envoy_bootstrap(tmp_path: Path, envo
     assert errors[str(ENVOY_FILE)] == "", errors[str(ENVOY_FILE)]
     for name, path in files.items():
         assert errors[str(path)], f"the {name} mutation of envoy.yaml parsed: the check is not strict"
+        if name.startswith("deprecated"):
+            assert errors[str(path)].startswith("deprecated in Envoy's API"), errors[str(path)]
 
 
 def test_envoy_validates_the_config() -> None:
