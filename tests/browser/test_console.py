@@ -893,15 +893,15 @@ async def test_location_trail_stays_local_across_the_antimeridian(
     )
     alert = await phone.raise_sos(location=location((FIJI[0], 179.97)), description="Lost on the trail")
 
-    # East in steps of about 2 km, over the meridian.
-    east = [(FIJI[0], lng) for lng in (179.97, 179.99, -179.99, -179.97)]
+    # East in steps of about 2 km from where it was raised, over the meridian.
+    east = [(FIJI[0], lng) for lng in (179.99, -179.99, -179.97)]
     await share_locations(phone, alert.id, east)
 
     async def whole_trail() -> bool:
         got = await phone.sos.ListAlertLocations(sos_pb2.ListAlertLocationsRequest(alert_id=alert.id))
         return len(got.locations) == 4
 
-    await wait_for(whole_trail, what="the four fixes to be stored")
+    await wait_for(whole_trail, what="the raise point and three fixes to be stored")
     await open_dispatch(console, dispatcher)
     await page.locator(f'[data-testid="alert-row"][data-alert-id="{alert.id}"]').click()
     trail = page.get_by_test_id("alert-detail").get_by_test_id("trail")
