@@ -20,11 +20,12 @@ from securenow.server.workers.maintenance import (
     IDEMPOTENCY_RETENTION_DAYS,
     OUTBOX_RETENTION_DAYS,
     PROVIDER_DUTY_STALE_SECONDS,
+    SESSION_RETENTION_DAYS,
     Maintenance,
 )
-from securenow.v1 import common_pb2, providers_pb2
+from securenow.v1 import auth_pb2, common_pb2, providers_pb2
 from tests.dispatch_helpers import SF, register_department
-from tests.helpers import Account, Api, wait_for
+from tests.helpers import PASSWORD, Account, Api, wait_for
 
 
 def month_start(now: datetime, months_ahead: int) -> datetime:
@@ -172,6 +173,36 @@ async def test_retention_removes_only_old_idempotency_records_and_settled_outbox
     remaining = {r[0] for r in await db_conn.fetch("SELECT id FROM outbox")}
     assert kept <= remaining
     assert not removed & remaining
+
+
+async def test_retention_removes_sessions_ended_long_ago_with_their_refresh_tokens(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    person = await api.sign_up()
+    sessions = [r["id"] for r in await db_conn.fetch("SELECT id FROM auth_sessions WHERE user_id = $1", person.id)]
+    for _ in range(3):
+        await api.auth.SignIn(auth_pb2.SignInRequest(email=person.user.email, password=PASSWORD))
+    rows = await db_conn.fetch("SELECT id FROM auth_sessions WHERE user_id = $1 ORDER BY created_at", person.id)
+    live = sessions[0]
+    revoked_long_ago, expired_long_ago, revoked_yesterday = [r["id"] for r in rows if r["id"] != live]
+    long_ago = f"now() - make_interval(days => {SESSION_RETENTION_DAYS + 1})"
+    await db_conn.execute(f"UPDATE auth_sessions SET revoked_at = {long_ago} WHERE id = $1", revoked_long_ago)
+    await db_conn.execute(f"UPDATE auth_sessions SET expires_at = {long_ago} WHERE id = $1", expired_long_ago)
+    await db_conn.execute(
+        "UPDATE auth_sessions SET revoked_at = now() - interval '1 day' WHERE id = $1", revoked_yesterday
+    )
+
+    await Maintenance(api.app.db, api.app.live).apply_retention()
+
+    left = {r["id"] for r in await db_conn.fetch("SELECT id FROM auth_sessions WHERE user_id = $1", person.id)}
+    assert left == {live, revoked_yesterday}
+    orphans = await db_conn.fetchval(
+        "SELECT count(*) FROM refresh_tokens WHERE session_id = ANY($1::uuid[])", [revoked_long_ago, expired_long_ago]
+    )
+    assert orphans == 0
+    # The live session goes on as before.
+    renewed = await api.auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=person.refresh_token))
+    assert renewed.access_token
 
 
 async def search_nearby(api: Api, caller: Account) -> set[str]:

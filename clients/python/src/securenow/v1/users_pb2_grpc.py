@@ -103,7 +103,8 @@ class UserServiceServicer:
 
     def UpdateUser(self, request, context):
         """Updates the caller's own profile (first_name, last_name, phone, emergency_contacts).
-        Returns INVALID_ARGUMENT for an unknown mask path or a bad value,
+        Returns INVALID_ARGUMENT for an unknown mask path or a bad value (including an
+        emergency contact listed twice or with the user's own phone),
         ALREADY_EXISTS if the new phone belongs to another account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -113,7 +114,8 @@ class UserServiceServicer:
     def DeleteUser(self, request, context):
         """Soft-deletes an account (self or admin); its tokens stop working at once and its
         open bookings as a customer are cancelled (a paid one refunded).
-        Returns NOT_FOUND if the user does not exist or is not visible to the caller.
+        Returns NOT_FOUND if the user does not exist or is not visible to the caller,
+        FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,7 +148,8 @@ class UserServiceServicer:
 
     def SuspendUser(self, request, context):
         """Suspends a user (admin only); the user's tokens stop working at once.
-        Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user.
+        Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user or
+        (LAST_ADMIN) the last active admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,7 +165,8 @@ class UserServiceServicer:
 
     def VerifyUser(self, request, context):
         """Records the outcome of a KYC review (admin only).
-        Returns FAILED_PRECONDITION if the user has not submitted KYC data.
+        Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
+        for the caller's own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +174,9 @@ class UserServiceServicer:
 
     def SetUserRole(self, request, context):
         """Changes a user's role (admin only); police and security_agency roles need an agency.
-        Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency.
+        Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency,
+        FAILED_PRECONDITION (LAST_ADMIN) for demoting the last active admin. An admin's
+        open streams reading others' alerts end (PERMISSION_DENIED, ROLE_CHANGED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,13 +41,15 @@ class UserServiceStub:
     """
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.UpdateUserResponse]
     """Updates the caller's own profile (first_name, last_name, phone, emergency_contacts).
-    Returns INVALID_ARGUMENT for an unknown mask path or a bad value,
+    Returns INVALID_ARGUMENT for an unknown mask path or a bad value (including an
+    emergency contact listed twice or with the user's own phone),
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
     """Soft-deletes an account (self or admin); its tokens stop working at once and its
     open bookings as a customer are cancelled (a paid one refunded).
-    Returns NOT_FOUND if the user does not exist or is not visible to the caller.
+    Returns NOT_FOUND if the user does not exist or is not visible to the caller,
+    FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
     """
     SubmitKyc: _grpc.UnaryUnaryMultiCallable[_users_pb2.SubmitKycRequest, _users_pb2.SubmitKycResponse]
     """Submits the caller's KYC documents; they are encrypted at rest and the
@@ -64,7 +66,8 @@ class UserServiceStub:
     """
     SuspendUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.SuspendUserRequest, _users_pb2.SuspendUserResponse]
     """Suspends a user (admin only); the user's tokens stop working at once.
-    Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user.
+    Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user or
+    (LAST_ADMIN) the last active admin.
     """
     ReinstateUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.ReinstateUserRequest, _users_pb2.ReinstateUserResponse]
     """Lifts a suspension (admin only). Returns NOT_FOUND for an unknown user,
@@ -72,11 +75,14 @@ class UserServiceStub:
     """
     VerifyUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.VerifyUserRequest, _users_pb2.VerifyUserResponse]
     """Records the outcome of a KYC review (admin only).
-    Returns FAILED_PRECONDITION if the user has not submitted KYC data.
+    Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
+    for the caller's own.
     """
     SetUserRole: _grpc.UnaryUnaryMultiCallable[_users_pb2.SetUserRoleRequest, _users_pb2.SetUserRoleResponse]
     """Changes a user's role (admin only); police and security_agency roles need an agency.
-    Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency.
+    Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency,
+    FAILED_PRECONDITION (LAST_ADMIN) for demoting the last active admin. An admin's
+    open streams reading others' alerts end (PERMISSION_DENIED, ROLE_CHANGED).
     """
 
 @_typing.type_check_only
@@ -92,13 +98,15 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     UpdateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.UpdateUserRequest, _users_pb2.UpdateUserResponse]  # type: ignore[assignment]
     """Updates the caller's own profile (first_name, last_name, phone, emergency_contacts).
-    Returns INVALID_ARGUMENT for an unknown mask path or a bad value,
+    Returns INVALID_ARGUMENT for an unknown mask path or a bad value (including an
+    emergency contact listed twice or with the user's own phone),
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Soft-deletes an account (self or admin); its tokens stop working at once and its
     open bookings as a customer are cancelled (a paid one refunded).
-    Returns NOT_FOUND if the user does not exist or is not visible to the caller.
+    Returns NOT_FOUND if the user does not exist or is not visible to the caller,
+    FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
     """
     SubmitKyc: _aio.UnaryUnaryMultiCallable[_users_pb2.SubmitKycRequest, _users_pb2.SubmitKycResponse]  # type: ignore[assignment]
     """Submits the caller's KYC documents; they are encrypted at rest and the
@@ -115,7 +123,8 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     SuspendUser: _aio.UnaryUnaryMultiCallable[_users_pb2.SuspendUserRequest, _users_pb2.SuspendUserResponse]  # type: ignore[assignment]
     """Suspends a user (admin only); the user's tokens stop working at once.
-    Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user.
+    Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user or
+    (LAST_ADMIN) the last active admin.
     """
     ReinstateUser: _aio.UnaryUnaryMultiCallable[_users_pb2.ReinstateUserRequest, _users_pb2.ReinstateUserResponse]  # type: ignore[assignment]
     """Lifts a suspension (admin only). Returns NOT_FOUND for an unknown user,
@@ -123,11 +132,14 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     VerifyUser: _aio.UnaryUnaryMultiCallable[_users_pb2.VerifyUserRequest, _users_pb2.VerifyUserResponse]  # type: ignore[assignment]
     """Records the outcome of a KYC review (admin only).
-    Returns FAILED_PRECONDITION if the user has not submitted KYC data.
+    Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
+    for the caller's own.
     """
     SetUserRole: _aio.UnaryUnaryMultiCallable[_users_pb2.SetUserRoleRequest, _users_pb2.SetUserRoleResponse]  # type: ignore[assignment]
     """Changes a user's role (admin only); police and security_agency roles need an agency.
-    Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency.
+    Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency,
+    FAILED_PRECONDITION (LAST_ADMIN) for demoting the last active admin. An admin's
+    open streams reading others' alerts end (PERMISSION_DENIED, ROLE_CHANGED).
     """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,7 +164,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.UpdateUserResponse, _abc.Awaitable[_users_pb2.UpdateUserResponse]]:
         """Updates the caller's own profile (first_name, last_name, phone, emergency_contacts).
-        Returns INVALID_ARGUMENT for an unknown mask path or a bad value,
+        Returns INVALID_ARGUMENT for an unknown mask path or a bad value (including an
+        emergency contact listed twice or with the user's own phone),
         ALREADY_EXISTS if the new phone belongs to another account.
         """
 
@@ -164,7 +177,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
         """Soft-deletes an account (self or admin); its tokens stop working at once and its
         open bookings as a customer are cancelled (a paid one refunded).
-        Returns NOT_FOUND if the user does not exist or is not visible to the caller.
+        Returns NOT_FOUND if the user does not exist or is not visible to the caller,
+        FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
         """
 
     @_abc_1.abstractmethod
@@ -205,7 +219,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.SuspendUserResponse, _abc.Awaitable[_users_pb2.SuspendUserResponse]]:
         """Suspends a user (admin only); the user's tokens stop working at once.
-        Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user.
+        Returns NOT_FOUND for an unknown user, FAILED_PRECONDITION for a deleted user or
+        (LAST_ADMIN) the last active admin.
         """
 
     @_abc_1.abstractmethod
@@ -225,7 +240,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.VerifyUserResponse, _abc.Awaitable[_users_pb2.VerifyUserResponse]]:
         """Records the outcome of a KYC review (admin only).
-        Returns FAILED_PRECONDITION if the user has not submitted KYC data.
+        Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
+        for the caller's own.
         """
 
     @_abc_1.abstractmethod
@@ -235,7 +251,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.SetUserRoleResponse, _abc.Awaitable[_users_pb2.SetUserRoleResponse]]:
         """Changes a user's role (admin only); police and security_agency roles need an agency.
-        Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency.
+        Returns INVALID_ARGUMENT for a missing agency, NOT_FOUND for an unknown user or agency,
+        FAILED_PRECONDITION (LAST_ADMIN) for demoting the last active admin. An admin's
+        open streams reading others' alerts end (PERMISSION_DENIED, ROLE_CHANGED).
         """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -10,11 +11,14 @@ from enum import StrEnum
 from securenow.server.domain.enums import Role, UserStatus, VerificationStatus
 from securenow.server.domain.errors import PermissionDenied
 from securenow.server.domain.geo import LocationFix
-from securenow.server.domain.validation import Validator
+from securenow.server.domain.validation import PHONE_RE, Validator
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 MAX_EMERGENCY_CONTACTS = 10
+# Live sessions (signed-in devices) per account; signing in once more ends the one used
+# least recently, so a client that never signs out cannot pile up sessions.
+MAX_SESSIONS_PER_USER = 20
 SIGN_UP_ROLES = (Role.USER, Role.PROVIDER)
 AGENCY_ROLES = (Role.POLICE, Role.SECURITY_AGENCY)
 
@@ -105,7 +109,25 @@ class SignUp:
     role: Role
 
 
+def account_email(v: Validator, name: str, value: str, *, required: bool = True) -> str:
+    """An account's e-mail address, the key of sign-in: lower case and in Unicode NFC,
+    so "é" typed as one code point or as "e" + combining accent is one account.
+    Invisible controls (bidi overrides, which show an address reversed) are refused."""
+    value = unicodedata.normalize("NFC", value)
+    if not v.characters(name, value.strip(), single_line=True):
+        return value.strip()
+    return unicodedata.normalize("NFC", v.email(name, value, required=required))
+
+
+def password_as_hashed(password: str) -> str:
+    """The password in Unicode NFKC, as security/passwords.py hashes it; one far too
+    long to be accepted anyway is returned as sent (normalising megabytes is work for
+    nothing)."""
+    return password if len(password) > 4 * MAX_PASSWORD_LENGTH else unicodedata.normalize("NFKC", password)
+
+
 def validate_password(v: Validator, name: str, password: str) -> None:
+    password = password_as_hashed(password)
     if len(password) < MIN_PASSWORD_LENGTH:
         v.add(name, f"must be at least {MIN_PASSWORD_LENGTH} characters")
     elif len(password) > MAX_PASSWORD_LENGTH:
@@ -119,7 +141,7 @@ def validate_sign_up(
 ) -> SignUp:
     v = Validator()
     sign_up = SignUp(
-        email=v.email("email", email),
+        email=account_email(v, "email", email),
         phone=v.phone("phone", phone),
         first_name=v.text("first_name", first_name, required=True, max_len=100, single_line=True),
         last_name=v.text("last_name", last_name, required=True, max_len=100, single_line=True),
@@ -136,18 +158,38 @@ def validate_sign_up(
 def validate_emergency_contacts(v: Validator, name: str, contacts: list[EmergencyContact]) -> list[EmergencyContact]:
     if len(contacts) > MAX_EMERGENCY_CONTACTS:
         v.add(name, f"at most {MAX_EMERGENCY_CONTACTS} contacts")
-    out = []
+    out: list[EmergencyContact] = []
+    first_with: dict[str, int] = {}  # phone -> index of the first contact with it
     for i, c in enumerate(contacts):
         with v.nested(f"{name}[{i}]") as cv:
-            out.append(
-                EmergencyContact(
-                    name=cv.text("name", c.name, required=True, max_len=200, single_line=True),
-                    phone=cv.phone("phone", c.phone),
-                    email=cv.email("email", c.email, required=False),
-                    relationship=cv.text("relationship", c.relationship, max_len=100, single_line=True),
-                )
+            contact = EmergencyContact(
+                name=cv.text("name", c.name, required=True, max_len=200, single_line=True),
+                phone=cv.phone("phone", c.phone),
+                email=cv.email("email", c.email, required=False),
+                relationship=cv.text("relationship", c.relationship, max_len=100, single_line=True),
             )
+            # One number twice is one person told twice (or, the second time, nobody new).
+            if PHONE_RE.fullmatch(contact.phone):
+                first = first_with.setdefault(contact.phone, i)
+                if first != i:
+                    cv.add("phone", f"is the number of {name.rpartition('.')[2]}[{first}] already")
+            out.append(contact)
     return out
+
+
+def check_contacts_against_own_phone(
+    v: Validator, phone: str, contacts: list[EmergencyContact], *, contacts_field: str, phone_field: str | None
+) -> None:
+    """The person in danger is not their own emergency contact. The violation names
+    the contact (when the contacts are being changed) or else the phone (`phone_field`)."""
+    if not PHONE_RE.fullmatch(phone):
+        return  # refused as a phone number already
+    for i, c in enumerate(contacts):
+        if c.phone == phone:
+            if phone_field is None:
+                v.add(f"{contacts_field}[{i}].phone", "is the account's own phone number")
+            else:
+                v.add(phone_field, f"is the number of {contacts_field.rpartition('.')[2]}[{i}]")
 
 
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -162,12 +204,19 @@ def validate_kyc(kyc: KycData) -> KycData:
     v = Validator()
     with v.nested("kyc") as k:
         out = KycData(
-            document_type=k.text("document_type", kyc.document_type, required=True, max_len=50),
-            document_number=k.text("document_number", kyc.document_number, required=True, max_len=100),
-            full_legal_name=k.text("full_legal_name", kyc.full_legal_name, required=True, max_len=300),
-            date_of_birth=k.text("date_of_birth", kyc.date_of_birth, required=True, max_len=10),
+            # One-line values: an admin compares them with a document, field by field.
+            document_type=k.text("document_type", kyc.document_type, required=True, max_len=50, single_line=True),
+            document_number=k.text(
+                "document_number", kyc.document_number, required=True, max_len=100, single_line=True
+            ),
+            full_legal_name=k.text(
+                "full_legal_name", kyc.full_legal_name, required=True, max_len=300, single_line=True
+            ),
+            date_of_birth=k.text("date_of_birth", kyc.date_of_birth, required=True, max_len=10, single_line=True),
             # Upper-cased only when ASCII: "ß".upper() is "SS", which is not what was sent.
-            issuing_country=_ascii_upper(k.text("issuing_country", kyc.issuing_country, required=True, max_len=2)),
+            issuing_country=_ascii_upper(
+                k.text("issuing_country", kyc.issuing_country, required=True, max_len=2, single_line=True)
+            ),
             address=k.text("address", kyc.address, max_len=500),
         )
         if out.date_of_birth:

@@ -11,10 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 from securenow.server.domain.accounts import (
     MAX_PASSWORD_LENGTH,
+    MAX_SESSIONS_PER_USER,
     SYSTEM,
     Principal,
     PrincipalKind,
     User,
+    account_email,
+    password_as_hashed,
     validate_sign_up,
 )
 from securenow.server.domain.enums import Role, UserStatus
@@ -126,18 +129,20 @@ class AuthService:
         v = Validator()
         if not email and not phone:
             v.add("email", "email or phone is required")
-        email = v.email("email", email, required=False) if email else ""
+        email = account_email(v, "email", email, required=False) if email else ""
         phone = v.phone("phone", phone, required=False) if phone and not email else ""
         v.require("password", password)
-        if len(password) > MAX_PASSWORD_LENGTH:
+        if len(password_as_hashed(password)) > MAX_PASSWORD_LENGTH:
             # Tells nothing about the account: no account was ever given such a password.
             v.add("password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
         v.check()
-        subject = email or phone
         await self._count_attempt(address)
-        await self._live.hit_rate_limit(subject, "sign_in", self._sign_in_limit)
-        async with self._db.unit_of_work() as uow:
+        async with self._db.reader() as uow:
             found = await uow.accounts.find_credentials(email=email, phone=phone)
+        # One budget per account, whether its e-mail or its phone is tried (the seed's
+        # rate_limit:{user_id}:sign_in); an identifier of no account has its own.
+        subject = found[0].id if found else email or phone
+        await self._live.hit_rate_limit(subject, "sign_in", self._sign_in_limit)
         ok = await verify_password(found[1] if found else None, password)
         if not found or not ok:
             raise Unauthenticated("wrong e-mail/phone or password", reason="BAD_CREDENTIALS")
@@ -157,10 +162,18 @@ class AuthService:
 
     async def _open_session(self, user: User, details: dict[str, str]) -> TokenPair:
         """Signs in a user whose credentials were checked."""
-        if user.status is not UserStatus.ACTIVE:
-            raise PermissionDenied(f"the account is {user.status.value}", reason=f"ACCOUNT_{user.status.name}")
         async with self._db.unit_of_work() as uow:
+            # Under the account's row lock: a suspension or deletion that committed while
+            # the password was checked is seen here, and one still to come (it takes this
+            # lock too) revokes the session opened here.
+            current = await uow.accounts.get_user(user.id, for_update=True)
+            user = current or user
+            if user.status is not UserStatus.ACTIVE:
+                raise PermissionDenied(f"the account is {user.status.value}", reason=f"ACCOUNT_{user.status.name}")
             tokens = await self._start_session(uow, user)
+            ended = await uow.accounts.revoke_sessions_beyond(user.id, MAX_SESSIONS_PER_USER, "session limit")
+            if ended:
+                uow.after_commit(lambda: forget_sessions(self._live, ended))
             await uow.accounts.touch_last_active(user.id)
             await uow.audit.record(
                 Principal(PrincipalKind.USER, user.id, user.role),
@@ -193,9 +206,14 @@ class AuthService:
                 raise Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
             if row.used_at is not None:
                 # A spent token came back: someone holds a copy. End the whole session.
+                # (Deliberately also when the holder only retries a refresh whose answer
+                # it lost: the server cannot tell the two apart; see docs/decisions.md.)
                 await uow.accounts.revoke_session(row.session_id, "refresh token reuse")
+                owner = await uow.accounts.get_user(row.user_id)
                 await uow.audit.record(
-                    Principal(PrincipalKind.USER, row.user_id, Role.USER, session_id=row.session_id),
+                    Principal(
+                        PrincipalKind.USER, row.user_id, owner.role if owner else Role.USER, session_id=row.session_id
+                    ),
                     AuditEntry("auth.refresh_token_reuse", "session", row.session_id, "UNAUTHENTICATED"),
                 )
                 reused_session = row.session_id

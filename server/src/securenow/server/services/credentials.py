@@ -4,8 +4,9 @@ A unary call is authenticated when it arrives; a stream (WatchSos, StreamDispatc
 WatchDispatch) can stay open for hours, so the credential it was opened with is
 checked again every few seconds: a revoked API key or stopped department; a
 signed-out, revoked or expired session, a suspended or deleted account; for a
-dispatcher's stream, a user who no longer belongs to the agency. One query per kind
-of credential covers every open stream of this process, however many there are.
+dispatcher's stream, a user who no longer belongs to the agency; for an admin's
+stream, a user who is no longer an admin. One query per kind of credential covers
+every open stream of this process, however many there are.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class CredentialMonitor:
                 else:
                     error = Unauthenticated("the department is not active", reason="DEPARTMENT_INACTIVE")
             elif w.principal.session_id is not None:
-                error = _session_problem(states.get(w.principal.session_id), w.agency_id)
+                error = _session_problem(states.get(w.principal.session_id), w.principal, w.agency_id)
             else:
                 continue
             if error is not None and self._watchers.pop(token, None) is not None:
@@ -99,9 +100,12 @@ class CredentialMonitor:
                 w.on_end(error)
 
 
-def _session_problem(state: SessionState | None, agency_id: str | None) -> DomainError | None:
+def _session_problem(state: SessionState | None, principal: Principal, agency_id: str | None) -> DomainError | None:
     if state is None or not state.live or state.user_status is not UserStatus.ACTIVE:
         return Unauthenticated("the session has ended; sign in again", reason="SESSION_ENDED")
+    if principal.is_admin and state.role is not Role.ADMIN:
+        # The stream was opened with an admin's reach (any alert): it ends with the role.
+        return PermissionDenied("no longer an admin", reason="ROLE_CHANGED")
     if agency_id is not None and (state.agency_id != agency_id or state.role not in DISPATCHER_ROLES):
         return PermissionDenied("no longer a dispatcher of this agency", reason="NOT_AN_AGENCY_MEMBER")
     return None

@@ -12,6 +12,7 @@ from securenow.server.domain.accounts import (
     KycData,
     Principal,
     User,
+    check_contacts_against_own_phone,
     validate_emergency_contacts,
     validate_kyc,
 )
@@ -50,6 +51,13 @@ class UserService:
                 raise InvalidArgument.field(field, "'me' needs a user account")
             return caller.user_id
         return parse_uuid(field, user_id)
+
+    async def _keep_an_admin(self, uow: UnitOfWork, target: User) -> None:
+        """Before an active admin is suspended, demoted or deleted: another active admin
+        must remain, or nobody could administer the platform (nor undo this) any more."""
+        active_admin = target.role is Role.ADMIN and target.status is UserStatus.ACTIVE
+        if active_admin and await uow.accounts.other_active_admins(target.id) == 0:
+            raise FailedPrecondition("this is the last active admin; make another admin first", reason="LAST_ADMIN")
 
     async def _visible_user(self, uow: UnitOfWork, caller: Principal, user_id: str, *, lock: bool = False) -> User:
         user = await uow.accounts.get_user(user_id, for_update=lock)
@@ -91,9 +99,22 @@ class UserService:
                 changes[path] = validate_emergency_contacts(v, "user.emergency_contacts", emergency_contacts)
             else:
                 v.add("update_mask", f"unknown or read-only path {path!r}; allowed: {', '.join(PROFILE_PATHS)}")
-        v.check()
+        # A new phone or contacts are also checked against each other (the stored values
+        # standing in for the one not being changed), every violation in one answer.
+        against_own_phone = "phone" in changes or "emergency_contacts" in changes
+        if not against_own_phone:
+            v.check()
         async with self._db.unit_of_work() as uow:
-            await self._visible_user(uow, caller, target, lock=True)
+            current = await self._visible_user(uow, caller, target, lock=True)
+            if against_own_phone:
+                check_contacts_against_own_phone(
+                    v,
+                    changes.get("phone", current.phone),
+                    changes.get("emergency_contacts", current.emergency_contacts),
+                    contacts_field="user.emergency_contacts",
+                    phone_field=None if "emergency_contacts" in changes else "user.phone",
+                )
+                v.check()
             user = await uow.accounts.update_profile(target, changes)
             await uow.audit.record(caller, AuditEntry("user.update", "user", target, details={"paths": paths}))
         return user
@@ -101,7 +122,7 @@ class UserService:
     async def delete_user(self, caller: Principal, user_id: str) -> User:
         target = self._resolve(caller, user_id)
         async with self._db.unit_of_work() as uow:
-            await self._visible_user(uow, caller, target, lock=True)
+            await self._keep_an_admin(uow, await self._visible_user(uow, caller, target, lock=True))
             user = await uow.accounts.set_status(target, UserStatus.DELETED)
             # Nobody is left to receive the service: the account's open bookings as a
             # customer are cancelled (a paid one refunded), in this same transaction.
@@ -167,6 +188,7 @@ class UserService:
                 raise FailedPrecondition("the account is deleted", reason="ACCOUNT_DELETED")
             if user.status is UserStatus.SUSPENDED:
                 return user
+            await self._keep_an_admin(uow, user)
             user = await uow.accounts.set_status(target, UserStatus.SUSPENDED)
             sessions = await uow.accounts.revoke_user_sessions(target, "suspended")
             provider_id = await uow.providers.id_owned_by(target)
@@ -193,6 +215,8 @@ class UserService:
         note = parse_text("note", note, max_len=500)
         if decision not in (VerificationStatus.VERIFIED, VerificationStatus.REJECTED):
             raise InvalidArgument.field("decision", "must be VERIFIED or REJECTED")
+        if target == caller.user_id:
+            raise FailedPrecondition("admins cannot review their own KYC", reason="SELF_VERIFY")
         async with self._db.unit_of_work() as uow:
             user = await self._visible_user(uow, caller, target, lock=True)
             if not user.kyc_submitted:
@@ -217,7 +241,9 @@ class UserService:
         if target == caller.user_id:
             raise FailedPrecondition("admins cannot change their own role", reason="SELF_ROLE_CHANGE")
         async with self._db.unit_of_work() as uow:
-            await self._visible_user(uow, caller, target, lock=True)
+            current = await self._visible_user(uow, caller, target, lock=True)
+            if role is not Role.ADMIN:
+                await self._keep_an_admin(uow, current)
             if agency:
                 department = await uow.agency.get_department(agency)
                 if department is None:
@@ -227,11 +253,8 @@ class UserService:
                     raise InvalidArgument.field("role", f"members of this agency have role {want.name}")
             user = await uow.accounts.set_role(target, role, agency or None)
             # Live tokens act with the new role at once: their cached state is replaced.
-            states = {}
-            for session_id in await uow.accounts.user_session_ids(target):
-                state = await uow.accounts.session_state(session_id)
-                if state is not None:
-                    states[session_id] = state.to_json()
+            sessions = await uow.accounts.session_states(await uow.accounts.user_session_ids(target))
+            states = {session_id: state.to_json() for session_id, state in sessions.items()}
             await uow.audit.record(
                 caller, AuditEntry("user.set_role", "user", target, details={"role": role, "agency_id": agency})
             )

@@ -146,6 +146,16 @@ class AccountsRepo:
             raise _unique_violation(exc) from None
         return user_from_row(must(row))
 
+    async def delete_sessions_ended_before_days(self, days: int) -> int:
+        """Deletes sessions that ended (revoked or expired) more than `days` ago, with
+        their refresh tokens (ON DELETE CASCADE); returns how many sessions."""
+        result = await self.conn.execute(
+            """DELETE FROM auth_sessions
+               WHERE least(coalesce(revoked_at, expires_at), expires_at) < now() - make_interval(days => $1)""",
+            days,
+        )
+        return int(result.split()[-1])
+
     async def set_status(self, user_id: str, status: UserStatus) -> User:
         row = await self.conn.fetchrow(
             f"UPDATE users u SET status = $2, updated_at = now() WHERE u.id = $1 RETURNING {USER_COLUMNS}",
@@ -264,6 +274,37 @@ class AccountsRepo:
             reason,
         )
         return [str(r["id"]) for r in rows]
+
+    async def revoke_sessions_beyond(self, user_id: str, keep: int, reason: str) -> list[str]:
+        """Revokes the user's live sessions beyond the `keep` used most recently (by the
+        newest refresh token each holds); returns their ids."""
+        rows = await self.conn.fetch(
+            """UPDATE auth_sessions SET revoked_at = now(), revoke_reason = $3
+               WHERE id IN (
+                   SELECT s.id FROM auth_sessions s
+                   WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+                   ORDER BY (SELECT max(t.issued_at) FROM refresh_tokens t WHERE t.session_id = s.id)
+                                DESC NULLS LAST,
+                            s.created_at DESC, s.id
+                   OFFSET $2)
+                 AND revoked_at IS NULL
+               RETURNING id""",
+            user_id,
+            keep,
+            reason,
+        )
+        return [str(r["id"]) for r in rows]
+
+    async def other_active_admins(self, user_id: str) -> int:
+        """How many active admins there are besides `user_id`. Every change that takes an
+        admin's rights away asks this first, in turn (a transaction-level advisory lock),
+        so two admins removing each other at once cannot leave nobody."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('securenow_active_admins'))")
+        return int(
+            await self.conn.fetchval(
+                "SELECT count(*) FROM users WHERE role = 'admin' AND status = 'active' AND id <> $1", user_id
+            )
+        )
 
     async def user_session_ids(self, user_id: str) -> list[str]:
         rows = await self.conn.fetch(

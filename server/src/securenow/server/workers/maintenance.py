@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_RETENTION_DAYS = 30
 OUTBOX_RETENTION_DAYS = 7
+# Ended sign-in sessions (signed out, revoked or expired) and their spent refresh tokens;
+# a live session keeps every token it issued, for reuse detection.
+SESSION_RETENTION_DAYS = 30
 PROVIDER_DUTY_STALE_SECONDS = 15 * 60
 # Scores stay valid for an hour; refreshing twice as often keeps the map complete.
 SAFETY_REFRESH_SECONDS = 30 * 60.0
@@ -96,6 +99,7 @@ class Maintenance:
         async with self._db.unit_of_work() as uow:
             await uow.idempotency.delete_older_than_days(IDEMPOTENCY_RETENTION_DAYS)
             await RelayRepo(uow.conn).delete_settled(OUTBOX_RETENTION_DAYS)
+            await uow.accounts.delete_sessions_ended_before_days(SESSION_RETENTION_DAYS)
 
     async def refresh_safety_scores(self) -> int:
         """Rescores every grid cell with recent alerts (one replica at a time)."""
