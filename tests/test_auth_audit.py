@@ -11,6 +11,7 @@ import uuid
 
 import asyncpg
 import grpc
+from google.protobuf import timestamp_pb2
 
 from securenow.server.domain.accounts import MAX_SESSIONS_PER_USER
 from securenow.v1 import auth_pb2, common_pb2, users_pb2
@@ -310,3 +311,32 @@ async def test_kyc_single_line_values_refuse_line_breaks(api: Api) -> None:
     err = await expect_invalid(submit_kyc(api, account, kyc))
     assert set(err.fields) == {"kyc.document_number", "kyc.full_legal_name"}
     assert not (await get_user(api, account)).kyc_submitted
+
+
+async def test_a_kyc_decision_names_the_documents_it_reviewed(api: Api) -> None:
+    """An admin reads the documents, the user submits others meanwhile: a decision
+    carrying the reviewed submit_time is refused and changes nothing; the same decision
+    on the documents now there goes through."""
+    admin, person = await api.admin(), await api.sign_up()
+    await submit_kyc(api, person)
+    read = await api.users.GetKyc(users_pb2.GetKycRequest(user_id=person.id), metadata=admin.md)
+    other = users_pb2.KycData()
+    other.CopyFrom(KYC)
+    other.document_number = "Y98765432"
+    await submit_kyc(api, person, other)
+
+    def decision(submit_time: timestamp_pb2.Timestamp) -> users_pb2.VerifyUserRequest:
+        return users_pb2.VerifyUserRequest(
+            user_id=person.id, decision=common_pb2.VERIFICATION_STATUS_VERIFIED, kyc_submit_time=submit_time
+        )
+
+    stale = await expect_error(
+        api.users.VerifyUser(decision(read.submit_time), metadata=admin.md), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert stale.reason == "KYC_CHANGED"
+    assert (await get_user(api, person, person.id)).verification_status == common_pb2.VERIFICATION_STATUS_PENDING
+
+    again = await api.users.GetKyc(users_pb2.GetKycRequest(user_id=person.id), metadata=admin.md)
+    assert again.kyc.document_number == other.document_number
+    verified = await api.users.VerifyUser(decision(again.submit_time), metadata=admin.md)
+    assert verified.user.verification_status == common_pb2.VERIFICATION_STATUS_VERIFIED

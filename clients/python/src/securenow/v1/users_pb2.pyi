@@ -674,22 +674,31 @@ class VerifyUserRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    KYC_SUBMIT_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user whose KYC was reviewed."""
     decision: _common_pb2.VerificationStatus.ValueType
     """VERIFIED or REJECTED."""
     note: _builtins.str
     """Reviewer's note; kept in the audit log."""
+    @_builtins.property
+    def kyc_submit_time(self) -> _timestamp_pb2.Timestamp:
+        """The submit_time GetKyc returned with the documents reviewed. When set and the
+        user has submitted again since, nothing changes: FAILED_PRECONDITION (KYC_CHANGED),
+        so a decision never applies to documents the reviewer has not seen.
+        """
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         decision: _common_pb2.VerificationStatus.ValueType = ...,
         note: _builtins.str = ...,
+        kyc_submit_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kyc_submit_time", b"kyc_submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "note", b"note", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "kyc_submit_time", b"kyc_submit_time", "note", b"note", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

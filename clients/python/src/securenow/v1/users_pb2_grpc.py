@@ -165,8 +165,8 @@ class UserServiceServicer:
 
     def VerifyUser(self, request, context):
         """Records the outcome of a KYC review (admin only).
-        Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
-        for the caller's own.
+        Returns FAILED_PRECONDITION if the user has not submitted KYC data, (SELF_VERIFY)
+        for the caller's own, or (KYC_CHANGED) when kyc_submit_time is not the latest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

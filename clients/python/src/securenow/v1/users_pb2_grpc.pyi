@@ -75,8 +75,8 @@ class UserServiceStub:
     """
     VerifyUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.VerifyUserRequest, _users_pb2.VerifyUserResponse]
     """Records the outcome of a KYC review (admin only).
-    Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
-    for the caller's own.
+    Returns FAILED_PRECONDITION if the user has not submitted KYC data, (SELF_VERIFY)
+    for the caller's own, or (KYC_CHANGED) when kyc_submit_time is not the latest.
     """
     SetUserRole: _grpc.UnaryUnaryMultiCallable[_users_pb2.SetUserRoleRequest, _users_pb2.SetUserRoleResponse]
     """Changes a user's role (admin only); police and security_agency roles need an agency.
@@ -132,8 +132,8 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     VerifyUser: _aio.UnaryUnaryMultiCallable[_users_pb2.VerifyUserRequest, _users_pb2.VerifyUserResponse]  # type: ignore[assignment]
     """Records the outcome of a KYC review (admin only).
-    Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
-    for the caller's own.
+    Returns FAILED_PRECONDITION if the user has not submitted KYC data, (SELF_VERIFY)
+    for the caller's own, or (KYC_CHANGED) when kyc_submit_time is not the latest.
     """
     SetUserRole: _aio.UnaryUnaryMultiCallable[_users_pb2.SetUserRoleRequest, _users_pb2.SetUserRoleResponse]  # type: ignore[assignment]
     """Changes a user's role (admin only); police and security_agency roles need an agency.
@@ -240,8 +240,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.VerifyUserResponse, _abc.Awaitable[_users_pb2.VerifyUserResponse]]:
         """Records the outcome of a KYC review (admin only).
-        Returns FAILED_PRECONDITION if the user has not submitted KYC data, or (SELF_VERIFY)
-        for the caller's own.
+        Returns FAILED_PRECONDITION if the user has not submitted KYC data, (SELF_VERIFY)
+        for the caller's own, or (KYC_CHANGED) when kyc_submit_time is not the latest.
         """
 
     @_abc_1.abstractmethod

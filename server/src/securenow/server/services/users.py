@@ -208,8 +208,16 @@ class UserService:
         return user
 
     async def verify_user(
-        self, caller: Principal, user_id: str, decision: VerificationStatus | None, note: str
+        self,
+        caller: Principal,
+        user_id: str,
+        decision: VerificationStatus | None,
+        note: str,
+        *,
+        reviewed_submit_time: datetime | None = None,
     ) -> User:
+        """Records a KYC decision. With `reviewed_submit_time` (when the documents the
+        admin read were submitted), a newer submission refuses it: KYC_CHANGED."""
         caller.require_admin("verify users")
         target = parse_uuid("user_id", user_id)
         note = parse_text("note", note, max_len=500)
@@ -221,6 +229,14 @@ class UserService:
             user = await self._visible_user(uow, caller, target, lock=True)
             if not user.kyc_submitted:
                 raise FailedPrecondition("the user has not submitted KYC data", reason="KYC_NOT_SUBMITTED")
+            if reviewed_submit_time is not None:
+                # The user row is locked: a new submission waits until this decision is in.
+                kyc = await uow.accounts.get_kyc(target)
+                if kyc is None or kyc[1] != reviewed_submit_time:
+                    raise FailedPrecondition(
+                        "the user submitted KYC documents again after the ones reviewed; review those",
+                        reason="KYC_CHANGED",
+                    )
             user = await uow.accounts.set_verification(target, decision)
             await uow.audit.record(
                 caller, AuditEntry("user.verify", "user", target, details={"decision": decision, "note": note[:500]})

@@ -81,7 +81,10 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         self, request: users_pb2.VerifyUserRequest, context: grpc.aio.ServicerContext
     ) -> users_pb2.VerifyUserResponse:
         decision = convert.enum_from_pb(VerificationStatus, request.decision, "decision")
-        user = await self._users.verify_user(current_principal(), request.user_id, decision, request.note)
+        reviewed = convert.from_ts(request, "kyc_submit_time")
+        user = await self._users.verify_user(
+            current_principal(), request.user_id, decision, request.note, reviewed_submit_time=reviewed
+        )
         return users_pb2.VerifyUserResponse(user=convert.user(user))
 
     async def SetUserRole(
