@@ -172,3 +172,31 @@ async def test_a_review_is_published_on_booking_update(api: Api, redis_client: a
     assert published["status"] == "completed"
     assert published["rating"] == 4
     assert published["provider_id"] == prov.id
+
+
+async def test_a_booking_racing_the_deletion_of_its_customer_is_not_left_behind(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """DeleteUser cancels the account's open bookings; a CreateBooking authenticated just
+    before the deletion committed must not slip in after it: it waits for the deletion
+    and is refused."""
+    _, _, prov, customer = await setup(api)
+    async with db_conn.transaction():
+        # The deletion's row change, not committed yet (as DeleteUser holds it).
+        await db_conn.execute("UPDATE users SET status = 'deleted' WHERE id = $1", uuid.UUID(customer.id))
+        create = asyncio.ensure_future(book(api, customer, prov.id, hour(3)))
+
+        async def waiting() -> bool:
+            assert not create.done(), create.exception() or create.result()
+            await db_conn.execute("SELECT pg_stat_clear_snapshot()")
+            return bool(
+                await db_conn.fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"""
+                )
+            )
+
+        await wait_for(waiting, what="the booking waiting for the deletion")
+    refused = await expect_error(create, grpc.StatusCode.PERMISSION_DENIED)
+    assert refused.reason == "ACCOUNT_DELETED"
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings") == 0

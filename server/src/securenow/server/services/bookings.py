@@ -19,7 +19,7 @@ from securenow.server.domain.bookings import (
     require_startable,
     validate_booking_request,
 )
-from securenow.server.domain.enums import BookingStatus, PaymentStatus
+from securenow.server.domain.enums import BookingStatus, PaymentStatus, UserStatus
 from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.validation import Validator, parse_text, parse_uuid
@@ -111,6 +111,12 @@ class BookingService:
             # cannot both find room for one more pending booking.
             await uow.bookings.lock_customer_provider(caller.user_id, provider.id)
             require_pending_room(await uow.bookings.count_upcoming_pending(caller.user_id, provider.id))
+            # The account is still active now, and stays so until this commits: a deletion
+            # racing this booking either waits and then cancels it, or is seen here.
+            status = await uow.accounts.status_for_share(caller.user_id)
+            if status is not UserStatus.ACTIVE:
+                state = status.value if status else "gone"
+                raise PermissionDenied(f"the account is {state}", reason=f"ACCOUNT_{state.upper()}")
             await uow.bookings.create(new_id, caller.user_id, valid, price)
             booking = await self._load(uow, caller, new_id)
             await uow.audit.record(

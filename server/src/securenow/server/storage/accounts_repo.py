@@ -117,6 +117,13 @@ class AccountsRepo:
         row = await self.conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1{lock}", user_id)
         return user_from_row(row) if row else None
 
+    async def status_for_share(self, user_id: str) -> UserStatus | None:
+        """The account's status under a FOR SHARE lock until the transaction ends: a
+        suspension or deletion (an UPDATE of the row) waits for this transaction, or
+        this read waits for it to commit and sees its outcome."""
+        status = await self.conn.fetchval("SELECT status FROM users WHERE id = $1 FOR SHARE", user_id)
+        return None if status is None else UserStatus(status)
+
     async def find_credentials(self, *, email: str = "", phone: str = "") -> tuple[User, str] | None:
         if email:
             row = await self.conn.fetchrow(
