@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from redis.asyncio.client import PubSub
 
 from securenow.server.bootstrap import App
 from securenow.v1 import (
@@ -190,3 +192,18 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what or condition}")
         await asyncio.sleep(interval)
+
+
+async def next_message(
+    pubsub: PubSub, matches: Callable[[dict[str, Any]], bool], within: float = 10.0
+) -> dict[str, Any]:
+    """The first JSON message for which `matches` is true; fails after `within` s."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
+        if msg is None:
+            continue
+        payload = json.loads(msg["data"])
+        if matches(payload):
+            return payload
+    raise AssertionError(f"no matching message within {within} s")

@@ -5,7 +5,6 @@ and change a booking, reviews, the `booking:update` channel and the audit trail.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -25,7 +24,7 @@ from securenow.server.domain.bookings import MAX_PENDING_PER_PROVIDER
 from securenow.server.domain.enums import PaymentStatus, Role, VerificationStatus
 from securenow.server.domain.errors import PermissionDenied
 from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
-from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error, wait_for
+from tests.helpers import Account, Api, ErrorDetails, error_details, expect_error, next_message, wait_for
 
 GUARD = providers_pb2.SERVICE_TYPE_SECURITY_GUARD
 DRONE = providers_pb2.SERVICE_TYPE_DRONE_PATROL
@@ -187,14 +186,11 @@ async def subscribed(redis_client: aioredis.Redis, channel: str) -> AsyncIterato
         await pubsub.aclose()
 
 
-async def next_message(pubsub: PubSub, booking_id: str, within: float = 10.0) -> dict[str, Any]:
-    """The first message about `booking_id`; fails after `within` s."""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-        if msg is not None and (payload := json.loads(msg["data"])).get("booking_id") == booking_id:
-            return payload
-    raise AssertionError(f"no message about booking {booking_id} within {within} s")
+async def booking_message(pubsub: PubSub, booking_id: str, kind: str = "", within: float = 10.0) -> dict[str, Any]:
+    """The first message about `booking_id` (of type `kind`, if given); fails after `within` s."""
+    return await next_message(
+        pubsub, lambda m: m.get("booking_id") == booking_id and (not kind or m.get("type") == kind), within
+    )
 
 
 # Creating bookings -------------------------------------------------------------------
@@ -734,9 +730,9 @@ async def test_create_booking_publishes_booking_update(api: Api, redis_client: a
     _, owner, prov, customer = await setup(api)
     async with subscribed(redis_client, "booking:update") as pubsub:
         booking = await book(api, customer, prov.id, hour(0), 2)
-        created = await next_message(pubsub, booking.id)
+        created = await booking_message(pubsub, booking.id)
         await confirm(api, owner, booking.id)
-        confirmed = await next_message(pubsub, booking.id)
+        confirmed = await booking_message(pubsub, booking.id)
     assert created["type"] == "created"
     assert created["status"] == "pending"
     assert created["user_id"] == customer.id

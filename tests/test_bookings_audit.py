@@ -6,15 +6,11 @@ longer be booked, concurrent reviews losing rating updates, reviews missing from
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
-from typing import Any
 
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 
 from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
 from tests.helpers import Account, Api, expect_error, wait_for
@@ -27,6 +23,7 @@ from tests.test_bookings import (
     audit_actions,
     back_to_back,
     book,
+    booking_message,
     cancel,
     confirm,
     delivered,
@@ -48,19 +45,6 @@ async def set_verification(api: Api, admin: Account, provider_id: str, decision:
     await api.providers.VerifyProvider(
         providers_pb2.VerifyProviderRequest(provider_id=provider_id, decision=decision), metadata=admin.md
     )
-
-
-async def message_of_type(pubsub: PubSub, booking_id: str, kind: str, within: float = 10.0) -> dict[str, Any]:
-    """The first message about `booking_id` whose type is `kind`; fails after `within` s."""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-        if msg is None:
-            continue
-        payload = json.loads(msg["data"])
-        if payload.get("booking_id") == booking_id and payload.get("type") == kind:
-            return payload
-    raise AssertionError(f"no {kind!r} message about booking {booking_id} within {within} s")
 
 
 # Payments ----------------------------------------------------------------------------
@@ -168,7 +152,7 @@ async def test_a_review_is_published_on_booking_update(api: Api, redis_client: a
     await delivered(api, owner, booking.id)
     async with subscribed(redis_client, "booking:update") as pubsub:
         await review(api, customer, booking.id, 4, "Fine")
-        published = await message_of_type(pubsub, booking.id, "review")
+        published = await booking_message(pubsub, booking.id, "review")
     assert published["status"] == "completed"
     assert published["rating"] == 4
     assert published["provider_id"] == prov.id

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import logging
 import struct
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
@@ -15,8 +14,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from securenow.server.runtime import Runtime
-from securenow.v1 import agency_pb2, auth_pb2, common_pb2, sos_pb2, users_pb2
-from tests.dispatch_helpers import SF, register_department
+from securenow.v1 import agency_pb2, auth_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import SF, raise_sos, register_department
 from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
 
 GRPC_WEB = "application/grpc-web+proto"
@@ -115,15 +114,9 @@ async def test_errors_carry_status_and_rich_details(runtime: Runtime) -> None:
 
 async def test_server_streaming_watch_over_grpc_web(runtime: Runtime, api: Api) -> None:
     person = await api.sign_up()
-    raised = await api.sos.RaiseSos(
-        sos_pb2.RaiseSosRequest(
-            request_id=str(uuid.uuid4()),
-            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
-        ),
-        metadata=person.md,
-    )
+    raised = await raise_sos(api, person, (1.0, 1.0))
     headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}"}
-    body = encode(sos_pb2.WatchSosRequest(alert_id=raised.alert.id).SerializeToString())
+    body = encode(sos_pb2.WatchSosRequest(alert_id=raised.id).SerializeToString())
     async with (
         aiohttp.ClientSession() as http,
         http.post(
@@ -134,7 +127,7 @@ async def test_server_streaming_watch_over_grpc_web(runtime: Runtime, api: Api) 
         _, length = struct.unpack(">BI", header)
         first = sos_pb2.WatchSosResponse.FromString(await resp.content.readexactly(length))
         assert first.event == "snapshot"
-        await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=raised.alert.id), metadata=person.md)
+        await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=raised.id), metadata=person.md)
         messages, trailers = decode(await resp.content.read())
     assert [sos_pb2.WatchSosResponse.FromString(m).event for m in messages] == ["cancelled"]
     assert trailers["grpc-status"] == "0"
@@ -164,14 +157,8 @@ def watchers_of(runtime: Runtime, alert_id: str) -> int:
 async def test_a_browser_that_goes_away_ends_its_watch_on_the_server(runtime: Runtime, api: Api) -> None:
     # A quiet alert: no change would ever make the server write (and notice) again.
     person = await api.sign_up()
-    raised = await api.sos.RaiseSos(
-        sos_pb2.RaiseSosRequest(
-            request_id=str(uuid.uuid4()),
-            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
-        ),
-        metadata=person.md,
-    )
-    alert_id = raised.alert.id
+    raised = await raise_sos(api, person, (1.0, 1.0))
+    alert_id = raised.id
     headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}"}
     body = encode(sos_pb2.WatchSosRequest(alert_id=alert_id).SerializeToString())
     async with aiohttp.ClientSession() as http:
@@ -360,15 +347,9 @@ async def test_grpc_timeout_is_the_calls_deadline_and_a_malformed_one_is_refused
 
     # A stream ends with DEADLINE_EXCEEDED when its grpc-timeout runs out.
     person = await api.sign_up()
-    raised = await api.sos.RaiseSos(
-        sos_pb2.RaiseSosRequest(
-            request_id=str(uuid.uuid4()),
-            location=common_pb2.Location(point=common_pb2.LatLng(latitude=1.0, longitude=1.0)),
-        ),
-        metadata=person.md,
-    )
+    raised = await raise_sos(api, person, (1.0, 1.0))
     headers = {"Content-Type": GRPC_WEB, "Authorization": f"Bearer {person.access_token}", "grpc-timeout": "500m"}
-    watch = encode(sos_pb2.WatchSosRequest(alert_id=raised.alert.id).SerializeToString())
+    watch = encode(sos_pb2.WatchSosRequest(alert_id=raised.id).SerializeToString())
     async with (
         aiohttp.ClientSession() as http,
         http.post(

@@ -8,7 +8,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from google.protobuf import field_mask_pb2
 from redis.asyncio.client import PubSub
 
 from securenow.v1 import bookings_pb2, common_pb2, providers_pb2, users_pb2
-from tests.helpers import Account, Api, ErrorDetails, expect_error
+from tests.helpers import Account, Api, ErrorDetails, expect_error, next_message
 
 GUARD = providers_pb2.PROVIDER_TYPE_SECURITY_GUARD
 DRONE = providers_pb2.PROVIDER_TYPE_DRONE_PATROL
@@ -179,21 +179,6 @@ async def subscribed(redis_client: aioredis.Redis, channel: str) -> AsyncIterato
     finally:
         await pubsub.unsubscribe(channel)
         await pubsub.aclose()
-
-
-async def next_message(
-    pubsub: PubSub, matches: Callable[[dict[str, Any]], bool], within: float = 10.0
-) -> dict[str, Any]:
-    """The first JSON message for which `matches` is true; fails after `within` s."""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
-        if msg is None:
-            continue
-        payload = json.loads(msg["data"])
-        if matches(payload):
-            return payload
-    raise AssertionError(f"no matching message within {within} s")
 
 
 # Registration ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tests.test_bookings import (
     REFUNDED,
     audit_actions,
     book,
+    booking_message,
     cancel,
     confirm,
     get,
@@ -37,7 +38,6 @@ from tests.test_bookings import (
     start,
     subscribed,
 )
-from tests.test_bookings_audit import message_of_type
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 KYC = users_pb2.KycData(
@@ -551,7 +551,7 @@ async def test_deleting_an_account_cancels_its_open_bookings(
 
     async with subscribed(redis_client, "booking:update") as pubsub:
         await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=customer.md)
-        published = {b.id: await message_of_type(pubsub, b.id, "cancel") for b in (pending, paid)}
+        published = {b.id: await booking_message(pubsub, b.id, "cancel") for b in (pending, paid)}
 
     after = {b.id: await get(api, admin, b.id) for b in (pending, paid, earlier, running, someone_else)}
     assert (after[pending.id].status, after[pending.id].payment_status) == (CANCELLED, PAY_PENDING)
