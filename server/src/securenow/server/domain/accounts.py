@@ -109,18 +109,8 @@ class SignUp:
     role: Role
 
 
-def account_email(v: Validator, name: str, value: str, *, required: bool = True) -> str:
-    """An account's e-mail address, the key of sign-in: lower case and in Unicode NFC,
-    so "é" typed as one code point or as "e" + combining accent is one account.
-    Invisible controls (bidi overrides, which show an address reversed) are refused."""
-    value = unicodedata.normalize("NFC", value)
-    if not v.characters(name, value.strip(), single_line=True):
-        return value.strip()
-    return unicodedata.normalize("NFC", v.email(name, value, required=required))
-
-
 def password_as_hashed(password: str) -> str:
-    """The password in Unicode NFKC, as security/passwords.py hashes it; one far too
+    """The password in Unicode NFKC, the form security/passwords.py hashes; one far too
     long to be accepted anyway is returned as sent (normalising megabytes is work for
     nothing)."""
     return password if len(password) > 4 * MAX_PASSWORD_LENGTH else unicodedata.normalize("NFKC", password)
@@ -141,7 +131,7 @@ def validate_sign_up(
 ) -> SignUp:
     v = Validator()
     sign_up = SignUp(
-        email=account_email(v, "email", email),
+        email=v.email("email", email),
         phone=v.phone("phone", phone),
         first_name=v.text("first_name", first_name, required=True, max_len=100, single_line=True),
         last_name=v.text("last_name", last_name, required=True, max_len=100, single_line=True),

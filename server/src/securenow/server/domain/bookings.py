@@ -130,9 +130,9 @@ def require_bookable(provider: Provider) -> None:
         raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
 
 
-def require_startable(booking: Booking, *, now: datetime | None = None) -> None:
+def require_startable(booking: Booking) -> None:
     """FAILED_PRECONDITION (BOOKING_NOT_STARTED) before START_WINDOW ahead of the start."""
-    now = now or datetime.now(UTC)
+    now = datetime.now(UTC)
     opens = booking.start_time - START_WINDOW
     if now < opens:
         raise FailedPrecondition(
@@ -142,11 +142,10 @@ def require_startable(booking: Booking, *, now: datetime | None = None) -> None:
         )
 
 
-def require_not_expired(booking: Booking, *, now: datetime | None = None) -> None:
+def require_not_expired(booking: Booking) -> None:
     """FAILED_PRECONDITION (BOOKING_EXPIRED) for confirming a booking whose start time
     has passed: the confirmation comes too late to be of use; it can be cancelled."""
-    now = now or datetime.now(UTC)
-    if booking.start_time <= now:
+    if booking.start_time <= datetime.now(UTC):
         raise FailedPrecondition(
             "the booking's start time has passed; it can no longer be confirmed, only cancelled",
             reason="BOOKING_EXPIRED",

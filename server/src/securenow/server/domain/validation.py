@@ -89,7 +89,12 @@ class Validator:
         return value
 
     def email(self, name: str, value: str, *, required: bool = True) -> str:
-        value = value.strip().lower()
+        """Lower case and in Unicode NFC, so "é" typed as one code point or as "e" +
+        combining accent is one address; invisible controls (bidi overrides, which show
+        an address reversed) are refused."""
+        value = unicodedata.normalize("NFC", value.strip().lower())
+        if value and not self.characters(name, value, single_line=True):
+            return value
         if not value:
             if required:
                 self.add(name, "is required")

@@ -16,7 +16,6 @@ from securenow.server.domain.accounts import (
     Principal,
     PrincipalKind,
     User,
-    account_email,
     password_as_hashed,
     validate_sign_up,
 )
@@ -129,7 +128,7 @@ class AuthService:
         v = Validator()
         if not email and not phone:
             v.add("email", "email or phone is required")
-        email = account_email(v, "email", email, required=False) if email else ""
+        email = v.email("email", email, required=False) if email else ""
         phone = v.phone("phone", phone, required=False) if phone and not email else ""
         v.require("password", password)
         if len(password_as_hashed(password)) > MAX_PASSWORD_LENGTH:

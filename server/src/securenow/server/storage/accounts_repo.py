@@ -154,11 +154,12 @@ class AccountsRepo:
         return user_from_row(must(row))
 
     async def delete_sessions_ended_before_days(self, days: int) -> int:
-        """Deletes sessions that ended (revoked or expired) more than `days` ago, with
-        their refresh tokens (ON DELETE CASCADE); returns how many sessions."""
+        """Deletes sessions that ended (revoked or expired; least() skips a NULL
+        revoked_at) more than `days` ago, with their refresh tokens (ON DELETE CASCADE);
+        returns how many sessions."""
         result = await self.conn.execute(
             """DELETE FROM auth_sessions
-               WHERE least(coalesce(revoked_at, expires_at), expires_at) < now() - make_interval(days => $1)""",
+               WHERE least(revoked_at, expires_at) < now() - make_interval(days => $1)""",
             days,
         )
         return int(result.split()[-1])
