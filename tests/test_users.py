@@ -17,7 +17,8 @@ from google.protobuf import field_mask_pb2
 from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.enums import Role, VerificationStatus
 from securenow.server.domain.errors import PermissionDenied
-from securenow.v1 import auth_pb2, common_pb2, providers_pb2, users_pb2
+from securenow.v1 import auth_pb2, common_pb2, providers_pb2, sos_pb2, users_pb2
+from tests.dispatch_helpers import location, raise_sos
 from tests.helpers import PASSWORD, Account, Api, ErrorDetails, expect_error, unique_phone
 from tests.test_bookings import (
     CANCELLED,
@@ -38,6 +39,7 @@ from tests.test_bookings import (
     start,
     subscribed,
 )
+from tests.test_location_order import share
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 KYC = users_pb2.KycData(
@@ -521,13 +523,64 @@ async def test_delete_self_ends_the_tokens(api: Api) -> None:
     deleted = await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=account.md)
     assert deleted.user.status == users_pb2.USER_STATUS_DELETED
     await expect_error(api.users.GetUser(me(), metadata=account.md), grpc.StatusCode.UNAUTHENTICATED, "SESSION_ENDED")
-    await expect_error(sign_in(api, account), grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_DELETED")
+    # The e-mail address was erased with the account: nothing to sign in to.
+    await expect_error(sign_in(api, account), grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
     admin = await api.admin()
     await expect_error(
         api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=account.id), metadata=admin.md),
         grpc.StatusCode.FAILED_PRECONDITION,
         "ACCOUNT_DELETED",
     )
+
+
+async def test_deleting_an_account_erases_the_persons_data(
+    api: Api, db_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    """Deletion is final: name, e-mail, phone, last location, emergency contacts, KYC
+    documents and password go; the e-mail and phone are free for a new account. The
+    SOS alerts the person raised stay on record for the agencies that handled them."""
+    admin = await api.admin()
+    person = await api.sign_up(first_name="Erin", last_name="Erased")
+    await api.users.UpdateUser(
+        users_pb2.UpdateUserRequest(
+            user=users_pb2.User(
+                id="me",
+                emergency_contacts=[
+                    users_pb2.EmergencyContact(name="Mum", phone=unique_phone(), relationship="mother")
+                ],
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["emergency_contacts"]),
+        ),
+        metadata=person.md,
+    )
+    await submit_kyc(api, person)
+    alert = await raise_sos(api, person, (37.7749, -122.4194))
+    assert await share(api, person, alert.id, location((37.775, -122.4194))) == 1
+    assert await redis_client.exists(f"user:location:{person.id}")
+
+    await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=person.md)
+
+    seen = (await api.users.GetUser(users_pb2.GetUserRequest(user_id=person.id), metadata=admin.md)).user
+    assert seen.status == users_pb2.USER_STATUS_DELETED
+    assert person.user.email not in seen.email and person.user.phone != seen.phone
+    assert (seen.first_name, seen.last_name, list(seen.emergency_contacts)) == ("", "", [])
+    assert not seen.HasField("last_location")
+    row = await db_conn.fetchrow(
+        "SELECT kyc_data, kyc_submitted_at, location, location_data FROM users WHERE id = $1", person.id
+    )
+    assert tuple(row) == (None, None, None, None)
+    assert not await redis_client.exists(f"user:location:{person.id}")
+    await expect_error(
+        api.users.GetKyc(users_pb2.GetKycRequest(user_id=person.id), metadata=admin.md),
+        grpc.StatusCode.NOT_FOUND,
+        "KYC_NOT_FOUND",
+    )
+    # Same e-mail and phone: a new, separate account.
+    again = await api.sign_up(email=person.user.email, phone=person.user.phone)
+    assert again.id != person.id and again.user.status == users_pb2.USER_STATUS_ACTIVE
+    kept = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=admin.md)
+    assert kept.alert.user_id == person.id
+    assert abs(kept.alert.location.point.latitude - 37.775) < 1e-6
 
 
 async def test_deleting_an_account_cancels_its_open_bookings(

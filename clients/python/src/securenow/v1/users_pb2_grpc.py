@@ -112,8 +112,10 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Soft-deletes an account (self or admin); its tokens stop working at once and its
-        open bookings as a customer are cancelled (a paid one refunded).
+        """Deletes an account (self or admin), for good: its tokens stop working at once, its
+        open bookings as a customer are cancelled (a paid one refunded) and its personal
+        data (name, e-mail, phone, location, emergency contacts, KYC) is erased; the
+        record stays with status DELETED for the SOS alerts and bookings that refer to it.
         Returns NOT_FOUND if the user does not exist or is not visible to the caller,
         FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
         """

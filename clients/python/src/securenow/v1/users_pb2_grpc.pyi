@@ -46,8 +46,10 @@ class UserServiceStub:
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]
-    """Soft-deletes an account (self or admin); its tokens stop working at once and its
-    open bookings as a customer are cancelled (a paid one refunded).
+    """Deletes an account (self or admin), for good: its tokens stop working at once, its
+    open bookings as a customer are cancelled (a paid one refunded) and its personal
+    data (name, e-mail, phone, location, emergency contacts, KYC) is erased; the
+    record stays with status DELETED for the SOS alerts and bookings that refer to it.
     Returns NOT_FOUND if the user does not exist or is not visible to the caller,
     FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
     """
@@ -103,8 +105,10 @@ class UserServiceAsyncStub(UserServiceStub):
     ALREADY_EXISTS if the new phone belongs to another account.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_pb2.DeleteUserRequest, _users_pb2.DeleteUserResponse]  # type: ignore[assignment]
-    """Soft-deletes an account (self or admin); its tokens stop working at once and its
-    open bookings as a customer are cancelled (a paid one refunded).
+    """Deletes an account (self or admin), for good: its tokens stop working at once, its
+    open bookings as a customer are cancelled (a paid one refunded) and its personal
+    data (name, e-mail, phone, location, emergency contacts, KYC) is erased; the
+    record stays with status DELETED for the SOS alerts and bookings that refer to it.
     Returns NOT_FOUND if the user does not exist or is not visible to the caller,
     FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
     """
@@ -175,8 +179,10 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.DeleteUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.DeleteUserResponse, _abc.Awaitable[_users_pb2.DeleteUserResponse]]:
-        """Soft-deletes an account (self or admin); its tokens stop working at once and its
-        open bookings as a customer are cancelled (a paid one refunded).
+        """Deletes an account (self or admin), for good: its tokens stop working at once, its
+        open bookings as a customer are cancelled (a paid one refunded) and its personal
+        data (name, e-mail, phone, location, emergency contacts, KYC) is erased; the
+        record stays with status DELETED for the SOS alerts and bookings that refer to it.
         Returns NOT_FOUND if the user does not exist or is not visible to the caller,
         FAILED_PRECONDITION (LAST_ADMIN) for the last active admin.
         """

@@ -123,7 +123,10 @@ class UserService:
         target = self._resolve(caller, user_id)
         async with self._db.unit_of_work() as uow:
             await self._keep_an_admin(uow, await self._visible_user(uow, caller, target, lock=True))
-            user = await uow.accounts.set_status(target, UserStatus.DELETED)
+            await uow.accounts.set_status(target, UserStatus.DELETED)
+            # Deletion is final (no reinstating): the person's data goes with it
+            # (docs/decisions.md, "Deleting an account").
+            user = await uow.accounts.erase_personal_data(target)
             # Nobody is left to receive the service: the account's open bookings as a
             # customer are cancelled (a paid one refunded), in this same transaction.
             await self._bookings.cancel_open_bookings_of_customer(uow, caller, target, "account deleted")
@@ -131,6 +134,8 @@ class UserService:
             provider_id = await uow.providers.id_owned_by(target)
             await uow.audit.record(caller, AuditEntry("user.delete", "user", target))
             uow.after_commit(lambda: self._withdraw(sessions, provider_id))
+            # The last position shared (it would expire on its own within a day).
+            uow.after_commit(lambda: self._live.forget_user_location(target))
         return user
 
     async def submit_kyc(self, caller: Principal, kyc: KycData) -> User:

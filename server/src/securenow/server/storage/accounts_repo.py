@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,6 +175,24 @@ class AccountsRepo:
         # Whether the owner's companies are offered changed with it: a newer version of
         # them for the search index (storage/search_feed.py follows providers.updated_at).
         await self.conn.execute("UPDATE providers SET updated_at = now() WHERE user_id = $1", user_id)
+        return user_from_row(must(row))
+
+    async def erase_personal_data(self, user_id: str) -> User:
+        """For a deleted account: its name, contact data, last location, emergency
+        contacts, KYC documents and password are erased. The e-mail address and phone
+        number become placeholders that no sign-up can type (`@deleted.invalid`, `~...`),
+        so both are free for a new account; the row itself stays, as its SOS alerts,
+        bookings and audit entries refer to it."""
+        key = base64.urlsafe_b64encode(uuid.UUID(user_id).bytes).decode()
+        row = await self.conn.fetchrow(
+            f"""UPDATE users u SET email = $2, phone = $3, first_name = '', last_name = '',
+                       location_data = NULL, location = NULL, emergency_contacts = '[]'::jsonb,
+                       kyc_data = NULL, kyc_submitted_at = NULL, password_hash = '!', updated_at = now()
+                WHERE u.id = $1 RETURNING {USER_COLUMNS}""",
+            user_id,
+            f"deleted-{user_id}@deleted.invalid",
+            f"~{key[:19]}",
+        )
         return user_from_row(must(row))
 
     async def set_verification(self, user_id: str, status: VerificationStatus) -> User:

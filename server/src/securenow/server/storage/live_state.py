@@ -279,5 +279,9 @@ class LiveState:
         return Point(float(lat), float(lng)), float(ts)
 
     @redis_call
+    async def forget_user_location(self, user_id: str) -> None:
+        await self.redis.delete(f"user:location:{user_id}")
+
+    @redis_call
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         await self.redis.publish(channel, json.dumps(payload, default=str))
