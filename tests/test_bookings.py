@@ -5,6 +5,7 @@ and change a booking, reviews, the `booking:update` channel and the audit trail.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -337,6 +338,43 @@ async def test_provider_must_be_verified(api: Api) -> None:
         grpc.StatusCode.FAILED_PRECONDITION,
         "PROVIDER_NOT_VERIFIED",
     )
+
+
+def square_around(lat: float, lng: float, half_deg: float) -> str:
+    ring = [
+        [lng - half_deg, lat - half_deg],
+        [lng + half_deg, lat - half_deg],
+        [lng + half_deg, lat + half_deg],
+        [lng - half_deg, lat + half_deg],
+        [lng - half_deg, lat - half_deg],
+    ]
+    return json.dumps({"type": "Polygon", "coordinates": [ring]})
+
+
+async def test_a_booking_must_be_inside_the_providers_service_area(api: Api, db_conn: asyncpg.Connection) -> None:
+    """A provider that declared a service area is booked only for places inside it."""
+    admin, owner, prov, customer = await setup(api)
+    manhattan = square_around(HERE.point.latitude, HERE.point.longitude, 0.05)
+    await api.providers.UpdateProvider(
+        providers_pb2.UpdateProviderRequest(
+            provider=providers_pb2.Provider(id=prov.id, service_area_geojson=manhattan),
+            update_mask=field_mask_pb2.FieldMask(paths=["service_area_geojson"]),
+        ),
+        metadata=owner.md,
+    )
+    inside = await book(api, customer, prov.id, hour(0), 1)
+    assert inside.status == PENDING
+    brooklyn = common_pb2.Location(point=common_pb2.LatLng(latitude=40.6782, longitude=-73.9442))
+    refused = await expect_error(
+        book(api, customer, prov.id, hour(2), 1, location=brooklyn),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "OUTSIDE_SERVICE_AREA",
+    )
+    assert refused.metadata == {"field": "location"}
+    assert await db_conn.fetchval("SELECT count(*) FROM bookings WHERE provider_id = $1", uuid.UUID(prov.id)) == 1
+    # A provider without a service area serves everywhere.
+    _, anywhere = await api.verified_provider(admin)
+    assert (await book(api, customer, anywhere.id, hour(2), 1, location=brooklyn)).status == PENDING
 
 
 async def test_create_booking_validates_the_request(api: Api) -> None:

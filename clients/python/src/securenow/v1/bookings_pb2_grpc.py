@@ -101,8 +101,9 @@ class BookingServiceServicer:
         PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
         booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
         `limit`) when the caller already holds 10 PENDING bookings with this provider
-        that have not started yet,
-        ALREADY_EXISTS when request_id was used with a different request.
+        that have not started yet, FAILED_PRECONDITION (reason OUTSIDE_SERVICE_AREA,
+        ErrorInfo metadata `field` = location) for a place outside the provider's
+        service area, ALREADY_EXISTS when request_id was used with a different request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

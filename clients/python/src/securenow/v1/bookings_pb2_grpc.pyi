@@ -45,8 +45,9 @@ class BookingServiceStub:
     PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
     booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
     `limit`) when the caller already holds 10 PENDING bookings with this provider
-    that have not started yet,
-    ALREADY_EXISTS when request_id was used with a different request.
+    that have not started yet, FAILED_PRECONDITION (reason OUTSIDE_SERVICE_AREA,
+    ErrorInfo metadata `field` = location) for a place outside the provider's
+    service area, ALREADY_EXISTS when request_id was used with a different request.
     """
     GetBooking: _grpc.UnaryUnaryMultiCallable[_bookings_pb2.GetBookingRequest, _bookings_pb2.GetBookingResponse]
     """Returns a booking to its customer, the provider's owner or an admin.
@@ -101,8 +102,9 @@ class BookingServiceAsyncStub(BookingServiceStub):
     PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
     booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
     `limit`) when the caller already holds 10 PENDING bookings with this provider
-    that have not started yet,
-    ALREADY_EXISTS when request_id was used with a different request.
+    that have not started yet, FAILED_PRECONDITION (reason OUTSIDE_SERVICE_AREA,
+    ErrorInfo metadata `field` = location) for a place outside the provider's
+    service area, ALREADY_EXISTS when request_id was used with a different request.
     """
     GetBooking: _aio.UnaryUnaryMultiCallable[_bookings_pb2.GetBookingRequest, _bookings_pb2.GetBookingResponse]  # type: ignore[assignment]
     """Returns a booking to its customer, the provider's owner or an admin.
@@ -160,8 +162,9 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         PROVIDER_NOT_VERIFIED, PROVIDER_SUSPENDED or BOOKING_OVERLAP) when it cannot be
         booked then, FAILED_PRECONDITION (reason TOO_MANY_PENDING, ErrorInfo metadata
         `limit`) when the caller already holds 10 PENDING bookings with this provider
-        that have not started yet,
-        ALREADY_EXISTS when request_id was used with a different request.
+        that have not started yet, FAILED_PRECONDITION (reason OUTSIDE_SERVICE_AREA,
+        ErrorInfo metadata `field` = location) for a place outside the provider's
+        service area, ALREADY_EXISTS when request_id was used with a different request.
         """
 
     @_abc_1.abstractmethod

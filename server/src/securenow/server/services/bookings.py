@@ -106,6 +106,12 @@ class BookingService:
             require_bookable(provider)
             if provider.user_id == caller.user_id:
                 raise FailedPrecondition("providers cannot book themselves", reason="SELF_BOOKING")
+            if not await uow.bookings.in_service_area(provider.id, valid.location):
+                raise FailedPrecondition(
+                    "the location is outside the provider's service area",
+                    reason="OUTSIDE_SERVICE_AREA",
+                    metadata={"field": "location"},
+                )
             price = quote(provider, valid)
             # Creates of one customer with one provider take turns, so that two at once
             # cannot both find room for one more pending booking.

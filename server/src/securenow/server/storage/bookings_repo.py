@@ -74,6 +74,18 @@ class BookingsRepo:
             ) from None
         return booking_id
 
+    async def in_service_area(self, provider_id: str, location: LocationFix) -> bool:
+        """Whether `location` lies in the provider's service area (on its edge counts);
+        a provider that declared none serves everywhere."""
+        inside = await self.conn.fetchval(
+            f"SELECT service_area IS NULL OR ST_Covers(service_area, {geog_point('$2', '$3')}) "
+            "FROM providers WHERE id = $1",
+            provider_id,
+            location.point.longitude,
+            location.point.latitude,
+        )
+        return bool(inside)
+
     async def lock_customer_provider(self, user_id: str, provider_id: str) -> None:
         """Makes creates by one customer with one provider take turns until the transaction
         ends (a transaction-level advisory lock on the pair; the two-key form shares no keys
