@@ -953,6 +953,70 @@ async def test_a_reload_puts_every_open_alert_back_on_the_board(
     assert console.log.page_errors == []
 
 
+# Counts the chimes the page plays: each Web Audio oscillator started is one tone.
+COUNT_TONES = """
+window.__tones = 0;
+const start = OscillatorNode.prototype.start;
+OscillatorNode.prototype.start = function (...args) { window.__tones += 1; return start.apply(this, args); };
+"""
+
+
+async def test_a_new_alert_chimes_and_shows_in_the_title_until_opened(api: Api, console: Console) -> None:
+    """A dispatcher looking at another tab still notices an SOS: a chime (unless muted)
+    and the count of new alerts in the title; opening the alert makes it no longer new."""
+    page = console.page
+    await page.add_init_script(COUNT_TONES)
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    earlier = await raise_sos(api, person, SF, description="Raised before the console opened")
+
+    await open_dispatch(console, dispatcher)
+    await expect(page.get_by_test_id("alert-row")).to_have_count(1, timeout=TIMEOUT_MS)
+    base_title = await page.title()
+    assert "New SOS" not in base_title  # the alert that was already there is not news
+    assert await page.evaluate("window.__tones") == 0
+    await expect(page.get_by_test_id("sound-toggle")).to_have_text("Sound on")
+
+    first = await raise_sos(api, person, SF, description="First new one")
+    row = page.locator(f'[data-testid="alert-row"][data-alert-id="{first.id}"]')
+    await expect(row.get_by_test_id("alert-new")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page).to_have_title(f"(1) New SOS · {base_title}")
+    await wait_for(lambda: _tones(page, 2), what="the chime (two tones)")
+    second = await raise_sos(api, person, SF, description="Second new one")
+    await expect(page).to_have_title(f"(2) New SOS · {base_title}", timeout=TIMEOUT_MS)
+    await wait_for(lambda: _tones(page, 4), what="a chime for the second alert")
+    old_row = page.locator(f'[data-testid="alert-row"][data-alert-id="{earlier.id}"]')
+    await expect(old_row.get_by_test_id("alert-new")).to_have_count(0)
+    await console.shot("20-new-alerts")
+
+    await row.click()
+    await expect(page.get_by_test_id("alert-detail")).to_be_visible()
+    await expect(row.get_by_test_id("alert-new")).to_have_count(0)
+    await expect(page).to_have_title(f"(1) New SOS · {base_title}")
+    # A new alert cancelled by the person is no longer waiting for anyone.
+    await api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=second.id, reason="safe now"), metadata=person.md)
+    await expect(page).to_have_title(base_title, timeout=TIMEOUT_MS)
+
+    # Muted (kept across reloads): the title still counts, no chime plays.
+    await page.get_by_test_id("sound-toggle").click()
+    await expect(page.get_by_test_id("sound-toggle")).to_have_text("Sound off")
+    await page.reload()
+    await expect(page.get_by_test_id("connection-status")).to_have_text("Live", timeout=TIMEOUT_MS)
+    await expect(page.get_by_test_id("sound-toggle")).to_have_text("Sound off")
+    third = await raise_sos(api, person, SF, description="Third, muted")
+    third_row = page.locator(f'[data-testid="alert-row"][data-alert-id="{third.id}"]')
+    await expect(third_row.get_by_test_id("alert-new")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page).to_have_title(f"(1) New SOS · {base_title}")
+    assert await page.evaluate("window.__tones") == 0
+    assert console.log.page_errors == []
+
+
+async def _tones(page: Page, at_least: int) -> bool:
+    return bool(await page.evaluate("window.__tones") >= at_least)
+
+
 async def test_a_duplicated_tab_shares_the_renewed_session(api: Api, console: Console) -> None:
     """A duplicated tab starts with a copy of the tab's sessionStorage, so both hold the
     same single-use refresh token. Renewing it in both would replay it, and the server

@@ -79,6 +79,7 @@ export class BoardView {
         class: [
           `priority-${enumToken(AlertPriority, alert.priority)}`,
           isOpen(entry) ? "open" : "closed",
+          this.store.isNew(alert.id) ? "new" : "",
           alert.id === this.selected ? "selected" : "",
         ].join(" "),
         tabindex: 0,
@@ -98,7 +99,12 @@ export class BoardView {
         h("span", { class: `badge priority-${enumToken(AlertPriority, alert.priority)}` }, enumLabel(AlertPriority, alert.priority)),
       ),
       h("td", { "data-testid": "alert-type" }, enumLabel(IncidentType, alert.incidentType)),
-      h("td", { "data-testid": "alert-description", class: "description" }, alert.description || "—"),
+      h(
+        "td",
+        { class: "description" },
+        this.store.isNew(alert.id) ? h("span", { class: "badge new", "data-testid": "alert-new" }, "New") : null,
+        h("span", { "data-testid": "alert-description" }, alert.description || "—"),
+      ),
       h("td", { "data-testid": "alert-time" }, formatTime(alert.createTime)),
       h("td", { "data-testid": "alert-status" }, h("span", { class: `status status-${entry.gone ? "gone" : enumToken(SosStatus, alert.status)}` }, status)),
       h("td", { "data-testid": "incident-status" }, incident ? enumLabel(IncidentStatus, incident.status) : "—"),

@@ -269,7 +269,7 @@ export class DispatchFeed {
     const kind = event.kind;
     switch (kind.case) {
       case "alertRaised":
-        if (kind.value.alert) this.store.upsert(kind.value.alert, kind.value.incident, "New alert");
+        if (kind.value.alert) this.store.arrived(kind.value.alert, kind.value.incident);
         return;
       case "alertCancelled":
         if (!this.store.cancel(kind.value.alertId, kind.value.reason)) await this.fetch(kind.value.alertId);

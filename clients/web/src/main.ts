@@ -4,6 +4,7 @@
 import { agency, UNARY_TIMEOUT_MS, users } from "./api";
 import { isAdmin, isDispatcher, onSessionEnded, session, signOut, updateUser, type Session } from "./auth";
 import { ProvidersView } from "./admin";
+import { Attention } from "./attention";
 import { BoardView } from "./board";
 import { DetailView } from "./detail";
 import { DispatchFeed, type ConnectionState } from "./dispatch";
@@ -88,12 +89,14 @@ function dispatchView(current: Session): void {
   // After a refused action the alert is read again (the stream may not have told yet).
   const detail = new DetailView(store, (alertId) => feed.reread(alertId));
   const open = (alertId: string, viaKeyboard: boolean) => {
+    store.markSeen(alertId);
     board.select(alertId);
     search.select(alertId);
     detail.show(alertId);
     if (viaKeyboard) detail.focus(); // a keyboard user goes on from the alert, not from the list
   };
   const board = new BoardView(store, open);
+  const attention = new Attention(store, document.title);
   const search = new SearchView(store, current.user.agencyId, (alertId, viaKeyboard) => {
     open(alertId, viaKeyboard);
     detail.element.scrollIntoView({ block: "nearest" });
@@ -145,7 +148,7 @@ function dispatchView(current: Session): void {
 
   replace(
     root,
-    shell(current, place, status),
+    shell(current, place, status, attention.toggle),
     banner,
     problems,
     h("main", { class: "dispatch" }, h("div", { class: "dispatch-main" }, search.element, board.element, report.element), detail.element),
@@ -159,6 +162,7 @@ function dispatchView(current: Session): void {
   void feed.start();
   teardown = () => {
     feed.stop();
+    attention.dispose();
     detail.dispose();
     search.dispose();
     report.dispose();

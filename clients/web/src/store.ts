@@ -29,6 +29,9 @@ export class AlertStore {
   private entries = new Map<string, Entry>();
   private alertOfIncident = new Map<string, string>();
   private listeners = new Set<Listener>();
+  /** Alerts that arrived live and that the dispatcher has not opened yet. */
+  private unseen = new Set<string>();
+  private arrivalListeners = new Set<(alertId: string) => void>();
 
   subscribe(listener: Listener): () => void {
     this.listeners.add(listener);
@@ -37,6 +40,41 @@ export class AlertStore {
 
   private changed(alertId: string | null): void {
     for (const listener of this.listeners) listener(alertId);
+  }
+
+  /** Called for each alert that newly arrives on the live stream (not the initial load,
+   * nor a redelivery of one already on the board). */
+  onArrival(listener: (alertId: string) => void): () => void {
+    this.arrivalListeners.add(listener);
+    return () => this.arrivalListeners.delete(listener);
+  }
+
+  /** An alert raised for (or re-routed to) this agency came in on the stream. */
+  arrived(alert: SosAlert, incident: PoliceIncident | undefined): void {
+    const known = this.entries.has(alert.id);
+    this.upsert(alert, incident, "New alert");
+    const entry = this.entries.get(alert.id);
+    if (known || !entry || !isOpen(entry)) return;
+    this.unseen.add(alert.id);
+    for (const listener of this.arrivalListeners) listener(alert.id);
+    this.changed(alert.id);
+  }
+
+  /** The dispatcher opened the alert: it is no longer new. */
+  markSeen(alertId: string): void {
+    if (this.unseen.delete(alertId)) this.changed(alertId);
+  }
+
+  /** Open for this agency, arrived live, not opened yet. */
+  isNew(alertId: string): boolean {
+    const entry = this.entries.get(alertId);
+    return this.unseen.has(alertId) && !!entry && isOpen(entry);
+  }
+
+  newCount(): number {
+    let n = 0;
+    for (const alertId of this.unseen) if (this.isNew(alertId)) n += 1;
+    return n;
   }
 
   get(alertId: string): Entry | undefined {
@@ -177,11 +215,5 @@ export class AlertStore {
     }
     entry.trailLoaded = true;
     this.changed(alertId);
-  }
-
-  clear(): void {
-    this.entries.clear();
-    this.alertOfIncident.clear();
-    this.changed(null);
   }
 }
