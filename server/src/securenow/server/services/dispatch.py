@@ -105,17 +105,26 @@ class DispatchService:
         return alert
 
     async def assign(
-        self, uow: UnitOfWork, alert: SosAlert, *, passed: list[str], reason: str, watch: str = "incident_updated"
+        self,
+        uow: UnitOfWork,
+        alert: SosAlert,
+        *,
+        passed: list[str],
+        reason: str,
+        watch: str = "incident_updated",
+        route: Route | None = None,
     ) -> tuple[SosAlert, PoliceIncident | None]:
         """Routes the alert (or re-routes it, skipping `passed` agencies). When every
         candidate has passed, the round starts over. Emits alert_raised to the new
         agency, and alert_escalated to the previous one when it changes hands; tells
         the person's WatchSos with `watch` ("escalated", "declined", "rerouted"; the default,
         "incident_updated", is the first routing of an alert raised without a fix:
-        it now has an agency and an incident)."""
+        it now has an agency and an incident). `route`: one the caller already chose
+        for this alert with these `passed` agencies, not chosen again."""
         point = alert.location.point if alert.location else None
         previous = alert.assigned_agency_id
-        route = await self._router.choose(uow, point, passed)
+        if route is None:
+            route = await self._router.choose(uow, point, passed)
         if route.agency is None and passed:
             passed = []
             route = await self._router.choose(uow, point, passed)
@@ -209,7 +218,12 @@ class DispatchService:
         if route.agency is None or route.outside_jurisdiction or route.agency.department_id == alert.assigned_agency_id:
             return None
         alert, _ = await self.assign(
-            uow, alert, passed=[], reason="first location fix: inside a police jurisdiction", watch="rerouted"
+            uow,
+            alert,
+            passed=[],
+            reason="first location fix: inside a police jurisdiction",
+            watch="rerouted",
+            route=route,
         )
         return alert.assigned_agency_id
 
