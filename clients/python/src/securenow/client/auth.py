@@ -125,7 +125,7 @@ class Session:
         reason) when the session is over and its access token has expired: calls fail
         with why, instead of presenting a dead token."""
         if self._ended is not None and self._access is not None and time.time() >= self._expires_at:
-            raise self._ended
+            raise _fresh_rpc_error(self._ended)
 
     def _due(self) -> bool:
         return self._access is not None and time.time() >= self._expires_at - self.refresh_margin
@@ -179,7 +179,7 @@ class Session:
                 # Single flight: a refresh ran while this caller waited; share its
                 # outcome rather than exchanging (or re-presenting) the token again.
                 if self._failure is not None:
-                    raise self._failure
+                    raise self._failure.fresh()
                 return
             if not still_needed():
                 return  # another call refreshed meanwhile
@@ -213,6 +213,17 @@ class Session:
             log.debug("access token refreshed")
 
 
+def _fresh_rpc_error(error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """An equal AioRpcError with no traceback (see SecureNowError.fresh)."""
+    return grpc.aio.AioRpcError(
+        error.code(),
+        error.initial_metadata(),
+        error.trailing_metadata(),
+        error.details(),
+        error.debug_error_string(),
+    )
+
+
 def _retrieve(task: asyncio.Future[None]) -> None:
     """Marks a background refresh's outcome as seen (its waiters may be gone)."""
     if not task.cancelled():
@@ -231,11 +242,26 @@ def _has_authorization(details: Any) -> bool:
     return any(key == AUTHORIZATION for key, _ in (details.metadata or ()))
 
 
-def _with_token(details: Any, token: str) -> Any:
+def _with_token(details: Any, token: str, timeout: float | None) -> Any:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     metadata[AUTHORIZATION] = f"Bearer {token}"
-    return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
+
+
+def _left(details: Any, started: float) -> float | None:
+    """What is left of the call's timeout (None: no deadline) at this moment."""
+    if details.timeout is None:
+        return None
+    left: float = details.timeout - (time.monotonic() - started)
+    return max(0.0, left)
+
+
+def _refresh_deadline_exceeded() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        "deadline exceeded while the access token was being refreshed",
     )
 
 
@@ -243,37 +269,44 @@ class _AuthBase:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def _prepare(self, details: Any) -> tuple[Any, str | None]:
-        """Adds the credentials (unless the method is public or the caller set its own)."""
+    async def _prepare(self, details: Any, started: float | None = None) -> tuple[Any, str | None]:
+        """Adds the credentials (unless the method is public or the caller set its own).
+        The call's timeout counts from `started` (time.monotonic(); default now): the
+        time a refresh took comes off what the call itself is given."""
         if _method_name(details) in PUBLIC_METHODS or _has_authorization(details):
             return details, None
+        if started is None:
+            started = time.monotonic()
         try:
             # A refresh that hangs must not outlast the call's own deadline.
-            token = await asyncio.wait_for(self._session.bearer(), details.timeout)
+            token = await asyncio.wait_for(self._session.bearer(), _left(details, started))
         except TimeoutError:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "deadline exceeded while the access token was being refreshed",
-            ) from None
+            raise _refresh_deadline_exceeded() from None
         self._session.check_not_ended()
         if token is None:
             return details, None
-        return _with_token(details, token), token
+        return _with_token(details, token, _left(details, started)), token
 
 
 class _UnaryUnaryAuth(_AuthBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        details, token = await self._prepare(client_call_details)
+        started = time.monotonic()
+        details, token = await self._prepare(client_call_details, started)
         call = await continuation(details, request)
         if token is None:
             return call
         try:
             await call
         except grpc.aio.AioRpcError as err:
-            if await self._session.recover(err, token):
-                details, _ = await self._prepare(client_call_details)
+            try:
+                recovered = await asyncio.wait_for(
+                    self._session.recover(err, token), _left(client_call_details, started)
+                )
+            except TimeoutError:
+                raise _refresh_deadline_exceeded() from None
+            if recovered:
+                # The repeat shares the caller's deadline.
+                details, _ = await self._prepare(client_call_details, started)
                 return await continuation(details, request)
         return call
 

@@ -355,8 +355,13 @@ async def run(args: argparse.Namespace) -> int:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the consumer's or a command's fatal error
+            # Stop handling events first, then close the stream: an event handled while
+            # the stream closes could no longer be acknowledged (its ack would follow the
+            # half-close), yet its id would reach the cursor file, and it would come
+            # again on the next run. Events not handled yet stay pending on the server.
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
             await consumer.close()
-            await events
             return EXIT_OK
         except SecureNowError as err:
             auth = err.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)

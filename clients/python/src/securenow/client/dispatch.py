@@ -118,6 +118,9 @@ class DispatchConsumer:
         self._connection_ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        # close() was called: no event is handed out any more (its ack could not reach
+        # the server; left alone, it stays pending there and comes again).
+        self._closed = False
         self._error: SecureNowError | None = None
         self.connects = 0  # how many times a stream was opened
 
@@ -140,8 +143,9 @@ class DispatchConsumer:
     async def close(self, grace: float = 5.0) -> None:
         """Stops the consumer. The request stream is half-closed first, so acks and
         commands already sent are processed by the server before the stream ends
-        (waiting at most `grace` seconds)."""
+        (waiting at most `grace` seconds). Events not yet taken are not handed out."""
         self._closing = True
+        self._closed = True
         connection = self._connection
         runner = self._runner
         try:
@@ -177,11 +181,12 @@ class DispatchConsumer:
 
     async def __anext__(self) -> Event:
         self.start()
-        event = await self._events.get()
-        if event is None:
-            self._events.put_nowait(None)  # every later call ends too
+        event = None if self._closed else await self._events.get()
+        if event is None or self._closed:
+            if not self._closed:
+                self._events.put_nowait(None)  # every later call ends too
             if self._error is not None:
-                raise self._error
+                raise self._error.fresh()
             raise StopAsyncIteration
         return event
 
@@ -265,7 +270,7 @@ class DispatchConsumer:
 
     def _raise_if_stopped(self) -> None:
         if self._error is not None:
-            raise self._error
+            raise self._error.fresh()
         if self._closing:
             raise SecureNowError(grpc.StatusCode.CANCELLED, "the consumer is closed", "CONSUMER_CLOSED")
 

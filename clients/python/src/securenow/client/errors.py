@@ -46,6 +46,20 @@ class SecureNowError(Exception):
         self.domain = domain
         self.metadata: dict[str, str] = dict(metadata or {})
 
+    def fresh(self) -> SecureNowError:
+        """An equal error with no traceback, for raising a stored error once more:
+        raising one instance again and again grows its traceback by every raise (and
+        keeps those frames alive)."""
+        return SecureNowError(
+            self.code,
+            self.message,
+            self.reason,
+            self.field_violations,
+            self.retry_delay,
+            domain=self.domain,
+            metadata=self.metadata,
+        )
+
     @classmethod
     def from_status(cls, status: status_pb2.Status) -> SecureNowError:
         """Builds the error from a google.rpc.Status and its details."""

@@ -10,7 +10,9 @@ bidirectional streams, so those answer UNIMPLEMENTED (the agency API has unary a
 server-streaming twins for browsers: WatchDispatch, AckDispatchEvent, AcceptSosAlert...).
 
 A request is exactly one uncompressed message (grpc-web-text: strict base64, padded
-or not, per frame or whole); grpc-timeout is the call's deadline.
+or not, per frame or whole); grpc-timeout is the call's deadline, counted from the
+request's arrival (reading its body included). A body that stops arriving for
+BODY_IDLE_TIMEOUT seconds is answered DEADLINE_EXCEEDED rather than waited for forever.
 
 Whatever a browser sends, it gets a gRPC-Web status it can read (plain HTTP 415 or 405
 only for a body that is not gRPC-Web protobuf at all or a method other than POST, with
@@ -21,10 +23,12 @@ fault INTERNAL. A browser that disconnects cancels its call (streams included) a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -61,6 +65,9 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 # A grpc-timeout may say up to 99999999 hours; grpc fails such a deadline at once, so
 # anything longer than a year is no deadline at all.
 _MAX_TIMEOUT = 365 * 24 * 3600.0
+# A request body that sends nothing for this long is given up (a stalled or hostile
+# client must not hold a handler and a socket forever; a slow upload still moves).
+BODY_IDLE_TIMEOUT = 30.0
 # Where base64 padding ends and more text follows: clients may encode each frame apart.
 _AFTER_PADDING = re.compile(rb"(?<==)(?=[^=])")
 # Client-streaming methods browsers reach through other methods.
@@ -182,18 +189,36 @@ def call_metadata(request: web.Request, service: str) -> list[tuple[str, str]]:
     return metadata
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, deadline: float | None = None) -> bytes:
     """The request body, or RESOURCE_EXHAUSTED (as gRPC answers a message over the
-    limit) once it passes `limit` bytes: a gRPC-Web status, not a bare HTTP 413."""
+    limit) once it passes `limit` bytes: a gRPC-Web status, not a bare HTTP 413.
+    DEADLINE_EXCEEDED when the call's deadline (time.monotonic()) passes first, or when
+    nothing arrives for BODY_IDLE_TIMEOUT seconds."""
     too_large = _LocalStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
+    while True:
+        wait = BODY_IDLE_TIMEOUT
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(request.content.readany(), wait)
+        except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _LocalStatus(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while the request body was read"
+                ) from None
+            raise _LocalStatus(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no request data for {BODY_IDLE_TIMEOUT:g} s; the body stalled"
+            ) from None
+        if not chunk:
+            return bytes(body)
         body += chunk
         if len(body) > limit:
             raise too_large
-    return bytes(body)
 
 
 class GrpcWebGateway:
@@ -309,6 +334,7 @@ class GrpcWebGateway:
         send: Callable[[bytes], Awaitable[None]],
     ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
         """Makes the call over loopback, sends its messages; returns its status."""
+        started = time.monotonic()
         path = f"/{service}/{method}"
         kind = self._method_kind(service, method)
         if kind is None:
@@ -321,7 +347,8 @@ class GrpcWebGateway:
             )
         metadata = call_metadata(request, service.rpartition(".")[2])
         timeout = parse_timeout(request.headers.get("grpc-timeout"))
-        body = await read_body(request, MAX_TEXT_BODY if text_mode else MAX_BODY)
+        deadline = None if timeout is None else started + timeout
+        body = await read_body(request, MAX_TEXT_BODY if text_mode else MAX_BODY, deadline)
         try:
             frames = parse_frames(decode_text(body) if text_mode else body)
         except MessageTooLarge as exc:
@@ -329,6 +356,9 @@ class GrpcWebGateway:
         except ValueError as exc:
             raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"malformed gRPC-Web body: {exc}") from None
         payload = request_message(frames, request.headers.get("grpc-encoding"))
+        if deadline is not None:
+            # What is left of the browser's deadline once its body arrived.
+            timeout = max(0.0, deadline - time.monotonic())
         assert self._channel is not None, "gateway not connected"
         try:
             if kind[1]:
