@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import secrets
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.agency import ApiKeyInfo, ContactInfo, Department, DepartmentDraft, NewDepartment
@@ -130,6 +131,13 @@ class AgencyService:
                 raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
             department = await uow.agency.update_department(did, values)
             details: dict[str, object] = {"paths": sorted(set(paths))}
+            if department.webhook_url != before.webhook_url:
+                # Where the department's emergencies are POSTed: the previous address
+                # is kept nowhere else. Without the query (it may carry a token).
+                details["webhook_url"] = {
+                    "from": _loggable(before.webhook_url),
+                    "to": _loggable(department.webhook_url),
+                }
             status_changed = department.status is not before.status
             if status_changed:
                 details["status"] = {"from": before.status.value, "to": department.status.value}
@@ -157,9 +165,14 @@ class AgencyService:
                     "department_name", draft.department_name, required=True, max_len=255, single_line=True
                 )
             if "jurisdiction_geojson" in paths:
-                values["jurisdiction"] = validate_area_geojson(
-                    d, "jurisdiction_geojson", draft.jurisdiction_geojson, required=True
-                )
+                area = validate_area_geojson(d, "jurisdiction_geojson", draft.jurisdiction_geojson, required=True)
+                if area is not None and _crosses_antimeridian(area):
+                    d.add(
+                        "jurisdiction_geojson",
+                        "has an edge crossing the antimeridian (over 180 degrees of longitude): split the area "
+                        "there into a MultiPolygon (RFC 7946, 3.1.9)",
+                    )
+                values["jurisdiction"] = area
             if "webhook_url" in paths:
                 values["webhook_url"] = self._webhook_url(d, draft.webhook_url)
             if "ack_timeout" in paths:
@@ -190,6 +203,10 @@ class AgencyService:
             schemes = ("https", "http") if self._allow_http else ("https",)
             if len(url) > 500 or not _usable_url(url, schemes):
                 v.add("webhook_url", "must be an https:// URL (host, optional port, path) of at most 500 characters")
+            elif not self._allow_http and _internal_host(url):
+                # Production: the server's own machine, link-local (cloud metadata
+                # services) and the like are no CAD's address.
+                v.add("webhook_url", "must not point at a loopback, link-local, multicast or reserved address")
         return url
 
     async def get(self, caller: Principal, department_id: str) -> Department:
@@ -234,7 +251,9 @@ class AgencyService:
             info = await uow.agency.revoke_api_key(kid)
             if info is None:
                 raise NotFound("API key not found", reason="API_KEY_NOT_FOUND")
-            await uow.audit.record(caller, AuditEntry("agency.revoke_key", "api_key", kid))
+            await uow.audit.record(
+                caller, AuditEntry("agency.revoke_key", "api_key", kid, details={"department": info.department_id})
+            )
         self._on_key_revoked()
         return info
 
@@ -249,6 +268,48 @@ class AgencyService:
                 raise NotFound("department not found", reason="DEPARTMENT_NOT_FOUND")
             items, cursor = await uow.agency.list_api_keys(did, page)
         return items, page.next_token(cursor)
+
+
+def _crosses_antimeridian(area: dict[str, Any]) -> bool:
+    """Whether an edge of the area spans more than 180 degrees of longitude. GeoJSON
+    edges are straight lines in longitude/latitude (routing reads them so), so such an
+    edge runs the long way round the world: an island's area written across 180
+    degrees without being split would become a band covering everything else. An edge
+    between two points on the +-180 meridian is the border of the map (a polar cap
+    written from -180 to 180), not a crossing."""
+    polygons = [area["coordinates"]] if area["type"] == "Polygon" else area["coordinates"]
+    for polygon in polygons:
+        for ring in polygon:
+            for (lng1, _), (lng2, _) in itertools.pairwise(ring):
+                if abs(lng1 - lng2) > 180 and not (abs(lng1) == 180 and abs(lng2) == 180):
+                    return True
+    return False
+
+
+def _loggable(url: str) -> str:
+    """A webhook URL without its query and fragment (they may carry a token)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _internal_host(url: str) -> bool:
+    """Whether the URL's host is this machine or an address no outside system has:
+    localhost, or a loopback, link-local, unspecified, multicast or reserved IP
+    (IPv4-mapped IPv6 included). Private networks stay allowed: a CAD may sit behind a
+    VPN. A DNS name is judged by its text only: one that resolves to such an address
+    is not caught here."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
 
 
 def _usable_url(url: str, schemes: tuple[str, ...]) -> bool:

@@ -25,13 +25,28 @@ class WebhooksRepo:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    async def lease_due(self, limit: int, lease_seconds: float) -> list[WebhookJob]:
-        """Takes due deliveries for `lease_seconds` (other replicas skip them meanwhile)."""
+    async def lease_due(
+        self, limit: int, lease_seconds: float, *, per_department: int, running: dict[str, int]
+    ) -> list[WebhookJob]:
+        """Takes up to `limit` due webhook deliveries for `lease_seconds` (other replicas
+        skip them meanwhile), fairly: at most `per_department` running at once for one
+        department (`running`: what this process is sending now, by department), the
+        oldest of each department first, so a department with a backlog or a slow
+        endpoint cannot crowd out the others. Deliveries of a department that is not
+        active are held: they stay pending until it is reactivated."""
         rows = await self.conn.fetch(
-            """WITH due AS (
-                   SELECT w.id FROM webhook_deliveries w
-                   WHERE w.status = 'pending' AND w.next_attempt_at <= now()
-                   ORDER BY w.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            """WITH running AS (
+                   SELECT * FROM unnest($3::uuid[], $4::int[]) AS r(department_id, n)),
+               ranked AS (
+                   SELECT w.id, w.department_id,
+                          row_number() OVER (PARTITION BY w.department_id ORDER BY w.next_attempt_at, w.id) AS n
+                   FROM webhook_deliveries w JOIN police_departments d ON d.id = w.department_id
+                   WHERE w.status = 'pending' AND w.next_attempt_at <= now() AND d.status = 'active'),
+               due AS (
+                   SELECT w.id FROM webhook_deliveries w JOIN ranked q ON q.id = w.id
+                        LEFT JOIN running r ON r.department_id = q.department_id
+                   WHERE q.n <= $5 - COALESCE(r.n, 0) AND w.status = 'pending' AND w.next_attempt_at <= now()
+                   ORDER BY q.n, w.next_attempt_at LIMIT $1 FOR UPDATE OF w SKIP LOCKED)
                UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2)
                FROM due, police_departments d
                WHERE w.id = due.id AND d.id = w.department_id
@@ -39,6 +54,9 @@ class WebhooksRepo:
                          d.api_credentials""",
             limit,
             lease_seconds,
+            list(running),
+            list(running.values()),
+            per_department,
         )
         return [
             WebhookJob(
