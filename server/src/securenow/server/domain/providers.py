@@ -170,8 +170,11 @@ def validate_provider(
         insurance = draft.insurance
         if "insurance" in want and insurance is not None:
             with p.nested("insurance") as iv:
-                iv.text("insurer", insurance.insurer, max_len=200, single_line=True)
-                iv.text("policy_number", insurance.policy_number, max_len=100, single_line=True)
+                insurance = replace(
+                    insurance,
+                    insurer=iv.text("insurer", insurance.insurer, max_len=200, single_line=True),
+                    policy_number=iv.text("policy_number", insurance.policy_number, max_len=100, single_line=True),
+                )
                 if draft.coverage_input is not None:
                     coverage = validate_money(iv, "coverage", *draft.coverage_input, positive=True)
                     insurance = replace(insurance, coverage=coverage)
@@ -242,8 +245,22 @@ def _validate_pricing(p: Validator, draft: ProviderDraft) -> Pricing:
     return Pricing(rates=rates, minimum_hours=minimum)
 
 
-def needs_review(paths: tuple[str, ...]) -> bool:
-    return any(p in REVIEWED_FIELDS for p in paths)
+def reviewed_changes(current: Provider, new: ValidProvider, paths: tuple[str, ...]) -> list[str]:
+    """The reviewed fields among `paths` whose value really changes (setting the same
+    values again, as a read-modify-write client does, changes nothing an admin checked)."""
+    before: dict[str, Any] = {
+        "company_name": current.company_name,
+        "license_number": current.license_number,
+        "insurance": current.insurance,
+        "business_type": current.business_type,
+    }
+    after: dict[str, Any] = {
+        "company_name": new.company_name,
+        "license_number": new.license_number,
+        "insurance": new.insurance,
+        "business_type": new.business_type,
+    }
+    return [f for f in REVIEWED_FIELDS if f in paths and before[f] != after[f]]
 
 
 def with_on_duty(provider: Provider, on_duty: bool) -> Provider:

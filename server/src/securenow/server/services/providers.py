@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import ProviderType, Role, ServiceType, VerificationStatus
@@ -15,17 +16,17 @@ from securenow.server.domain.errors import (
     PermissionDenied,
     Unavailable,
 )
-from securenow.server.domain.geo import LocationInput, Point, validate_location
+from securenow.server.domain.geo import MAX_FIX_AGE, LocationInput, Point, validate_location
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.providers import (
     UPDATABLE_FIELDS,
     Provider,
     ProviderDraft,
-    needs_review,
+    reviewed_changes,
     validate_provider,
 )
 from securenow.server.domain.validation import Validator, parse_text, parse_uuid
-from securenow.server.services.common import replayed_resource
+from securenow.server.services.common import replayed_resource, take_off_duty
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.live_state import CHANNEL_PROVIDER_STATUS, LiveState
@@ -37,6 +38,19 @@ MAX_RADIUS_M = 100_000.0
 DUTY_STALE_SECONDS = 15 * 60
 # The latitude range of Redis GEO sets (Web Mercator).
 GEO_MAX_LATITUDE = 85.05112878
+# Nearby search asks Redis for this many times more hits each round while hits are
+# filtered out (another type, no longer offered), up to MAX_NEARBY_SCAN hits.
+NEARBY_GROWTH = 4
+MAX_NEARBY_SCAN = 10_000
+
+
+def _withdrawal_reason(provider: Provider) -> str:
+    """Why a provider that is not offered must not be on duty (provider:status reason)."""
+    if not provider.owner_active:
+        return "owner_inactive"
+    if provider.verification_status is VerificationStatus.REJECTED:
+        return "rejected"
+    return "in_review"
 
 
 def _check_geo_latitude(v: Validator, name: str, latitude: float) -> None:
@@ -52,9 +66,11 @@ class ProviderService:
         self._live = live
 
     async def with_duty(self, providers: list[Provider]) -> list[Provider]:
-        """Adds the live on-duty flag from Redis (false when Redis is unreachable)."""
+        """Adds the live on-duty flag from Redis (false when Redis is unreachable). A
+        provider that is not offered (in review, rejected, owner suspended) is never on
+        duty, even while Redis still holds an entry that could not be removed."""
         try:
-            on = await self._live.on_duty([p.id for p in providers])
+            on = await self._live.on_duty([p.id for p in providers if p.offered])
         except Unavailable:
             on = set()
         return [replace(p, on_duty=p.id in on) for p in providers]
@@ -106,13 +122,28 @@ class ProviderService:
         valid = validate_provider(draft, paths=tuple(paths))
         async with self._db.unit_of_work() as uow:
             current = await self._owned(uow, caller, pid)
-            review = needs_review(tuple(paths)) and current.verification_status is not VerificationStatus.PENDING
+            # Only a real change of what the admin verified sends it back to review: a
+            # client that sends the whole provider back with a wide mask keeps its status.
+            review = (
+                bool(reviewed_changes(current, valid, tuple(paths)))
+                and current.verification_status is not VerificationStatus.PENDING
+            )
             provider = await uow.providers.update(pid, valid, tuple(paths), reset_review=review)
             await uow.audit.record(
                 caller, AuditEntry("provider.update", "provider", pid, details={"paths": paths, "re_review": review})
             )
+            if review:
+                await uow.outbox.add(
+                    CHANNEL_PROVIDER_STATUS,
+                    "provider_verification",
+                    {"provider_id": pid, "verification_status": VerificationStatus.PENDING.value},
+                    aggregate_id=pid,
+                )
         if review:
-            await self._live.take_provider_off_duty(pid, "in_review")
+            # Committed: Redis being down must not turn this into UNAVAILABLE. Reads
+            # check the status, and the duty sweep drops the entry (no duty update of a
+            # provider in review is accepted, so its location goes stale).
+            await take_off_duty(self._live, pid, reason="in_review")
         return (await self.with_duty([provider]))[0]
 
     async def list_providers(
@@ -167,7 +198,8 @@ class ProviderService:
                 aggregate_id=pid,
             )
         if decision is VerificationStatus.REJECTED:
-            await self._live.take_provider_off_duty(pid, "rejected")
+            # Committed: see update() for why a Redis outage is not an error here.
+            await take_off_duty(self._live, pid, reason="rejected")
         return (await self.with_duty([provider]))[0]
 
     async def update_duty(
@@ -182,26 +214,56 @@ class ProviderService:
             else:
                 fix = validate_location(v, "location", location)
                 _check_geo_latitude(v, "location.point.latitude", location.latitude)
+                # A fix older than the stale limit is not where the provider is now (it
+                # would be found there for another DUTY_STALE_SECONDS).
+                now = datetime.now(UTC)
+                stale = timedelta(seconds=DUTY_STALE_SECONDS)
+                if location.time is not None and now - MAX_FIX_AGE <= location.time < now - stale:
+                    v.add("location.time", f"must be within the last {DUTY_STALE_SECONDS // 60} minutes to be on duty")
         v.check()
         async with self._db.unit_of_work() as uow:
             provider = await self._owned(uow, caller, pid)
-            if on_duty and not provider.verified:
-                raise FailedPrecondition("only verified providers can go on duty", reason="PROVIDER_NOT_VERIFIED")
+            if on_duty:
+                # Read after the row lock was granted (the locking statement's snapshot may
+                # predate a suspension it waited for).
+                if not await uow.providers.owner_active(pid):
+                    raise FailedPrecondition("the owner's account is not active", reason="PROVIDER_SUSPENDED")
+                if not provider.verified:
+                    raise FailedPrecondition("only verified providers can go on duty", reason="PROVIDER_NOT_VERIFIED")
             await uow.audit.record(caller, AuditEntry("provider.duty", "provider", pid, details={"on_duty": on_duty}))
-        if fix is not None:
-            status = {
-                "provider_id": pid,
-                "on_duty": True,
-                "business_type": provider.business_type.value,
-                "location": fix.point.to_json(),
-                "timestamp": time.time(),
-            }
-            await self._live.put_provider_on_duty(pid, fix.point, status)
-        else:
-            await self._live.take_provider_off_duty(
-                pid, "signed_off", business_type=provider.business_type.value, location=None
-            )
+            # Redis changes while the row lock is held: a rejection, re-review or owner
+            # suspension (each updates this row, then takes the provider off duty after
+            # its commit) comes wholly before this (and is seen above) or wholly after it
+            # (and its removal comes last). A Redis failure rolls the audit entry back.
+            if fix is not None:
+                status = {
+                    "provider_id": pid,
+                    "on_duty": True,
+                    "business_type": provider.business_type.value,
+                    "location": fix.point.to_json(),
+                    "timestamp": time.time(),
+                }
+                await self._live.put_provider_on_duty(pid, fix.point, status)
+            else:
+                await self._live.take_provider_off_duty(
+                    pid, "signed_off", business_type=provider.business_type.value, location=None
+                )
         return replace(provider, on_duty=on_duty)
+
+    async def _withdraw_stale(self, provider_ids: list[str]) -> None:
+        """Takes providers found on duty but not offered off duty (an entry whose removal
+        failed while Redis was down), under their row lock so that a provider verified
+        and back on duty meanwhile is left alone."""
+        for pid in provider_ids:
+            try:
+                async with self._db.unit_of_work() as uow:
+                    provider = await uow.providers.get(pid, for_update=True)
+                    if provider is not None and provider.offered:
+                        continue
+                    reason = "not_found" if provider is None else _withdrawal_reason(provider)
+                    await self._live.take_provider_off_duty(pid, reason)
+            except Unavailable:
+                return  # the duty sweep removes it later; the search already skipped it
 
     async def search_nearby(
         self,
@@ -227,20 +289,32 @@ class ProviderService:
             v.add("max_results", "must be between 0 and 100")
         v.check()
         limit = max_results or 10
-        # Over-fetch: some hits may be filtered out by type.
-        hits = await self._live.nearby_providers(
-            Point(latitude, longitude), radius, limit * 4 if business_type else limit
-        )
-        if not hits:
-            return []
-        async with self._db.reader() as uow:
-            providers = await uow.providers.get_many([h.provider_id for h in hits])
-        out = []
-        for hit in hits:
-            p = providers.get(hit.provider_id)
-            if p is None or not p.offered or (business_type is not None and p.business_type is not business_type):
-                continue
-            out.append((replace(p, on_duty=True), hit.distance_m, (hit.point.latitude, hit.point.longitude)))
-            if len(out) == limit:
+        point = Point(latitude, longitude)
+        providers: dict[str, Provider] = {}
+        count = limit
+        while True:
+            hits = await self._live.nearby_providers(point, radius, count)
+            missing = [h.provider_id for h in hits if h.provider_id not in providers]
+            if missing:
+                async with self._db.reader() as uow:
+                    providers.update(await uow.providers.get_many(missing))
+            out = []
+            withdrawn = []
+            for hit in hits:
+                p = providers.get(hit.provider_id)
+                if p is None or not p.offered:
+                    withdrawn.append(hit.provider_id)
+                    continue
+                if business_type is not None and p.business_type is not business_type:
+                    continue
+                out.append((replace(p, on_duty=True), hit.distance_m, (hit.point.latitude, hit.point.longitude)))
+                if len(out) == limit:
+                    break
+            # Hits that were filtered out may hide nearer matches: ask for more until
+            # enough were found or Redis has no more within the radius.
+            if len(out) == limit or len(hits) < count or count >= MAX_NEARBY_SCAN:
                 break
+            count = min(count * NEARBY_GROWTH, MAX_NEARBY_SCAN)
+        if withdrawn:
+            await self._withdraw_stale(withdrawn)
         return out

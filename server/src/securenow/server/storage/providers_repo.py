@@ -26,11 +26,9 @@ PROVIDER_COLUMNS = """p.id, p.user_id, p.company_name, p.business_type, p.licens
     p.service_areas, p.rating, p.total_reviews, p.verification_status, p.availability_schedule,
     p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at,
     COALESCE((SELECT u.status = 'active' FROM users u WHERE u.id = p.user_id), TRUE) AS owner_active"""
+OWNER_ACTIVE_SQL = "NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id AND u.status <> 'active')"
 # The public sees a provider only while it is verified and its owner's account is active.
-OFFERED_SQL = (
-    "p.verification_status = 'verified' "
-    "AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id AND u.status <> 'active')"
-)
+OFFERED_SQL = f"p.verification_status = 'verified' AND {OWNER_ACTIVE_SQL}"
 
 
 def provider_from_row(r: asyncpg.Record) -> Provider:
@@ -119,9 +117,21 @@ class ProvidersRepo:
         return provider_from_row(must(row))
 
     async def get(self, provider_id: str, *, for_update: bool = False) -> Provider | None:
-        lock = " FOR UPDATE" if for_update else ""
+        """With `for_update`, locks the row until the transaction ends (FOR NO KEY
+        UPDATE: writers of the row wait, new bookings' foreign-key checks do not). The
+        row's columns are then its newest version, but `owner_active` comes from the
+        statement's snapshot, which may predate a change it waited for: read
+        owner_active() after the lock when it matters."""
+        lock = " FOR NO KEY UPDATE OF p" if for_update else ""
         row = await self.conn.fetchrow(f"SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1{lock}", provider_id)
         return provider_from_row(row) if row else None
+
+    async def owner_active(self, provider_id: str) -> bool:
+        """Whether the owning account is active, read in a statement of its own (a
+        suspension updates the provider row, so after its row lock this sees it)."""
+        return bool(
+            await self.conn.fetchval(f"SELECT {OWNER_ACTIVE_SQL} FROM providers p WHERE p.id = $1", provider_id)
+        )
 
     async def id_owned_by(self, user_id: str) -> str | None:
         return sid(await self.conn.fetchval("SELECT id FROM providers WHERE user_id = $1", user_id))
