@@ -610,6 +610,36 @@ async def test_suspending_the_owner_withdraws_the_provider_until_reinstated(
     assert not back.provider.on_duty  # the owner signs in again and goes back on duty
 
 
+async def test_taking_the_provider_role_away_withdraws_the_company_until_given_back(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
+    """An admin who demotes a provider's owner to a plain user ends the company's
+    offer as a suspension does: off duty at once, not found, not bookable."""
+    admin = await api.admin()
+    owner, provider = await new_provider(api)
+    await verify(api, admin, provider.id)
+    await set_duty(api, owner, provider.id, True, CENTER)
+    customer = await api.sign_up()
+    assert [r.provider.id for r in await search(api, customer)] == [provider.id]
+
+    def set_role(role: int) -> Awaitable[users_pb2.SetUserRoleResponse]:
+        return api.users.SetUserRole(users_pb2.SetUserRoleRequest(user_id=owner.id, role=role), metadata=admin.md)
+
+    async with subscribed(redis_client, STATUS_CHANNEL) as pubsub:
+        await set_role(users_pb2.USER_ROLE_USER)
+        status = await next_message(pubsub, lambda m: m.get("provider_id") == provider.id)
+    assert (status["on_duty"], status["reason"]) == (False, "owner_inactive")
+    assert await redis_client.geopos(GEO_KEY, provider.id) == [None]
+    assert await search(api, customer) == []
+    assert provider.id not in await list_ids(api, customer)
+    # review(): a customer books, the owner confirms, starts, completes; the booking is refused.
+    await expect_error(review(api, owner, provider.id, 5), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_SUSPENDED")
+
+    await set_role(users_pb2.USER_ROLE_PROVIDER)
+    assert provider.id in await list_ids(api, customer)
+    await review(api, owner, provider.id, 5)  # booked and served again, with the same tokens
+
+
 async def test_search_is_sorted_bounded_and_filtered(api: Api) -> None:
     admin = await api.admin()
     placed: dict[str, tuple[str, tuple[float, float]]] = {}

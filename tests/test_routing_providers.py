@@ -4,6 +4,8 @@ providers:locations) before the agency whose service area is merely nearest."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from securenow.v1 import agency_pb2, common_pb2, providers_pb2
 from tests.dispatch_helpers import LA, NOWHERE, SF, Cad, location, raise_sos, register_department
 from tests.helpers import Api
@@ -100,3 +102,31 @@ async def test_a_police_department_linked_to_a_provider_is_never_sent_alerts_out
     assert alert.assigned_agency_id == guards.id
     assert alert.assigned_agency_id != police.id
     assert alert.outside_jurisdiction
+
+
+async def test_a_patrol_no_longer_offered_does_not_take_alerts_by_a_leftover_duty_entry(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
+    """A provider rejected while Redis was down keeps its entry in providers:locations
+    until it goes stale; routing must not send a person's emergency to its agency."""
+    admin = await api.admin()
+    nearest_area = await register_department(
+        api,
+        admin,
+        (NOWHERE[0] + 0.5, NOWHERE[1]),
+        name="Closest Area Security",
+        agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY,
+    )
+    cad, patrol_agency = await on_duty_agency(api, admin, "Rejected Patrol", LA, PATROL)
+    await cad.close()
+    provider_id = (
+        await api.agency.GetDepartment(agency_pb2.GetDepartmentRequest(department_id=patrol_agency), metadata=admin.md)
+    ).department.provider_id
+    await api.providers.VerifyProvider(
+        providers_pb2.VerifyProviderRequest(provider_id=provider_id, decision=common_pb2.VERIFICATION_STATUS_REJECTED),
+        metadata=admin.md,
+    )
+    # What a Redis outage during the rejection leaves behind: the entry is still there.
+    await redis_client.geoadd("providers:locations", (PATROL[1], PATROL[0], provider_id))
+    alert = await raise_sos(api, await api.sign_up(), NOWHERE)
+    assert alert.assigned_agency_id == nearest_area.id

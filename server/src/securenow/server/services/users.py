@@ -280,4 +280,11 @@ class UserService:
                 caller, AuditEntry("user.set_role", "user", target, details={"role": role, "agency_id": agency})
             )
             uow.after_commit(lambda: replace_sessions(self._live, states))
+            if current.role is Role.PROVIDER and role is not Role.PROVIDER:
+                # Without the provider role the user's company is no longer offered (as on
+                # a suspension): it leaves duty at once. Given the role back, it is again.
+                provider_id = await uow.providers.id_owned_by(target)
+                if provider_id is not None:
+                    withdrawn = provider_id
+                    uow.after_commit(lambda: take_off_duty(self._live, withdrawn, reason="owner_inactive"))
         return user

@@ -172,10 +172,15 @@ class AccountsRepo:
             user_id,
             status.value,
         )
-        # Whether the owner's companies are offered changed with it: a newer version of
-        # them for the search index (storage/search_feed.py follows providers.updated_at).
-        await self.conn.execute("UPDATE providers SET updated_at = now() WHERE user_id = $1", user_id)
+        await self._owner_changed(user_id)
         return user_from_row(must(row))
+
+    async def _owner_changed(self, user_id: str) -> None:
+        """Whether the user's provider company is offered follows the account's status
+        and role: a newer version of it for the search index (storage/search_feed.py
+        follows providers.updated_at). Updating the row also orders the change against a
+        duty change, which holds that row's lock (services/providers.py)."""
+        await self.conn.execute("UPDATE providers SET updated_at = now() WHERE user_id = $1", user_id)
 
     async def erase_personal_data(self, user_id: str) -> User:
         """For a deleted account: its name, contact data, last location, emergency
@@ -212,6 +217,7 @@ class AccountsRepo:
             role.value,
             agency_id,
         )
+        await self._owner_changed(user_id)
         return user_from_row(must(row))
 
     async def store_kyc(self, user_id: str, envelope: dict[str, Any]) -> User:

@@ -22,12 +22,16 @@ from securenow.server.domain.providers import (
 )
 from securenow.server.storage.rows import AREA_SQL, Conn, check_area, must, sid
 
-PROVIDER_COLUMNS = """p.id, p.user_id, p.company_name, p.business_type, p.license_number, p.insurance_info,
+# The owner's account is active and still has the provider role (an admin can take the
+# role away: the company then stops being offered, as on a suspension).
+OWNER_ACTIVE_SQL = (
+    "NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id AND (u.status <> 'active' OR u.role <> 'provider'))"
+)
+PROVIDER_COLUMNS = f"""p.id, p.user_id, p.company_name, p.business_type, p.license_number, p.insurance_info,
     p.service_areas, p.rating, p.total_reviews, p.verification_status, p.availability_schedule,
     p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at,
-    COALESCE((SELECT u.status = 'active' FROM users u WHERE u.id = p.user_id), TRUE) AS owner_active"""
-OWNER_ACTIVE_SQL = "NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id AND u.status <> 'active')"
-# The public sees a provider only while it is verified and its owner's account is active.
+    {OWNER_ACTIVE_SQL} AS owner_active"""
+# The public sees a provider only while it is verified and its owner is active (above).
 OFFERED_SQL = f"p.verification_status = 'verified' AND {OWNER_ACTIVE_SQL}"
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from securenow.server.storage.providers_repo import OWNER_ACTIVE_SQL
 from securenow.server.storage.rows import Conn
 
 ZERO_ID = uuid.UUID(int=0)
@@ -49,9 +50,9 @@ _VERSION = "(extract(epoch FROM {ts}) * 1000000)::bigint"
 
 PROVIDER_DOCS_SQL = f"""
     SELECT p.id, p.company_name, p.description, p.business_type::text AS business_type, p.rating::float8 AS rating,
-           p.tags, p.verification_status = 'verified' AS verified, coalesce(u.status = 'active', false) AS owner_active,
+           p.tags, p.verification_status = 'verified' AS verified, {OWNER_ACTIVE_SQL} AS owner_active,
            p.location_data, p.service_areas, p.updated_at, {_VERSION.format(ts="p.updated_at")} AS version
-    FROM providers p LEFT JOIN users u ON u.id = p.user_id WHERE p.id = ANY($1::uuid[])"""
+    FROM providers p WHERE p.id = ANY($1::uuid[])"""
 
 INCIDENT_DOCS_SQL = f"""
     SELECT i.id, i.police_department_id, i.incident_type::text AS incident_type, i.priority::text AS priority,

@@ -17,6 +17,7 @@ from securenow.server.domain.sos import ContactNotification, PoliceIncident, Sos
 from securenow.server.storage.audit_repo import AuditEntry, audit_args
 from securenow.server.storage.idempotency_repo import IdempotencyKey
 from securenow.server.storage.outbox_repo import OutboxRow
+from securenow.server.storage.providers_repo import OFFERED_SQL
 from securenow.server.storage.rows import Conn, geog_point, must, newest_first, sid
 
 ALERT_COLUMNS = """a.id, a.user_id, a.location_data, a.description, a.status, a.priority, a.assigned_agency,
@@ -469,9 +470,12 @@ class SosRepo:
         )
 
     async def agencies_of_providers(self, provider_ids: list[str], passed: list[str]) -> dict[str, AgencyChoice]:
+        # Only providers offered now: a duty entry may outlive a rejection or the owner's
+        # suspension (Redis was down then) until it goes stale.
         rows = await self.conn.fetch(
             f"""SELECT {CHOICE_COLUMNS}, d.provider_id FROM police_departments d
-                WHERE d.status = 'active' AND d.agency_type = 'security_agency'
+                JOIN providers p ON p.id = d.provider_id
+                WHERE d.status = 'active' AND d.agency_type = 'security_agency' AND {OFFERED_SQL}
                   AND d.provider_id = ANY($1::uuid[]) AND NOT (d.id = ANY($2::uuid[]))""",
             provider_ids,
             passed,
