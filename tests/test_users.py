@@ -562,7 +562,8 @@ async def test_deleting_an_account_erases_the_persons_data(
 
     seen = (await api.users.GetUser(users_pb2.GetUserRequest(user_id=person.id), metadata=admin.md)).user
     assert seen.status == users_pb2.USER_STATUS_DELETED
-    assert person.user.email not in seen.email and person.user.phone != seen.phone
+    assert person.user.email not in seen.email
+    assert person.user.phone != seen.phone
     assert (seen.first_name, seen.last_name, list(seen.emergency_contacts)) == ("", "", [])
     assert not seen.HasField("last_location")
     row = await db_conn.fetchrow(
@@ -577,7 +578,8 @@ async def test_deleting_an_account_erases_the_persons_data(
     )
     # Same e-mail and phone: a new, separate account.
     again = await api.sign_up(email=person.user.email, phone=person.user.phone)
-    assert again.id != person.id and again.user.status == users_pb2.USER_STATUS_ACTIVE
+    assert again.id != person.id
+    assert again.user.status == users_pb2.USER_STATUS_ACTIVE
     kept = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=admin.md)
     assert kept.alert.user_id == person.id
     assert abs(kept.alert.location.point.latitude - 37.775) < 1e-6
