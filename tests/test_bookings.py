@@ -11,7 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
@@ -375,6 +377,72 @@ async def test_a_booking_must_be_inside_the_providers_service_area(api: Api, db_
     # A provider without a service area serves everywhere.
     _, anywhere = await api.verified_provider(admin)
     assert (await book(api, customer, anywhere.id, hour(2), 1, location=brooklyn)).status == PENDING
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def next_local(weekday: int, hh: int) -> datetime:
+    """The next `weekday` (ISO, 1 = Monday) at least two days ahead, at hh:00 New York time."""
+    day = datetime.now(NEW_YORK).date() + timedelta(days=2)
+    day += timedelta(days=(weekday - day.isoweekday()) % 7)
+    return datetime.combine(day, dt_time(hh), NEW_YORK)
+
+
+def window(day: int, start: str, end: str) -> providers_pb2.AvailabilityWindow:
+    return providers_pb2.AvailabilityWindow(day_of_week=day, start_time=start, end_time=end)
+
+
+async def set_schedule(
+    api: Api, owner: Account, provider_id: str, windows: list[providers_pb2.AvailabilityWindow], time_zone: str
+) -> providers_pb2.Provider:
+    resp = await api.providers.UpdateProvider(
+        providers_pb2.UpdateProviderRequest(
+            provider=providers_pb2.Provider(id=provider_id, availability_schedule=windows, time_zone=time_zone),
+            update_mask=field_mask_pb2.FieldMask(paths=["availability_schedule", "time_zone"]),
+        ),
+        metadata=owner.md,
+    )
+    return resp.provider
+
+
+async def test_a_booking_must_lie_inside_the_providers_availability(api: Api) -> None:
+    """With a time zone, the weekly windows are enforced in the provider's wall-clock
+    time; a shift across midnight is a window to 24:00 and one from 00:00."""
+    admin, owner, prov, customer = await setup(api)
+    weekdays = [window(d, "09:00", "17:00") for d in range(1, 6)]
+    night = [window(5, "20:00", "24:00"), window(6, "00:00", "06:00")]
+    shown = await set_schedule(api, owner, prov.id, weekdays + night, "America/New_York")
+    assert shown.time_zone == "America/New_York"
+    assert shown.availability_schedule[-2].end_time == "24:00"
+
+    assert (await book(api, customer, prov.id, next_local(1, 10), 3)).status == PENDING  # Mon 10-13
+    assert (await book(api, customer, prov.id, next_local(5, 22), 6)).status == PENDING  # Fri 22 - Sat 4
+    for start, hours in ((next_local(2, 16), 2), (next_local(7, 10), 1), (next_local(3, 8), 2)):
+        refused = await expect_error(
+            book(api, customer, prov.id, start, hours), grpc.StatusCode.FAILED_PRECONDITION, "OUTSIDE_AVAILABILITY"
+        )
+        assert refused.metadata == {"field": "start_time", "time_zone": "America/New_York"}
+
+    # Without a time zone the same windows are shown, not enforced.
+    anytime_owner, anytime = await api.verified_provider(admin)
+    await set_schedule(api, anytime_owner, anytime.id, weekdays, "")
+    assert (await book(api, customer, anytime.id, next_local(7, 10), 1)).status == PENDING
+
+
+async def test_availability_and_time_zone_are_validated(api: Api) -> None:
+    _, owner, prov, _ = await setup(api)
+    await expect_invalid(
+        set_schedule(api, owner, prov.id, [window(1, "09:00", "17:00")], "Mars/Olympus_Mons"), "provider.time_zone"
+    )
+    await expect_invalid(
+        set_schedule(api, owner, prov.id, [window(1, "09:00", "24:30")], "UTC"),
+        "provider.availability_schedule[0].end_time",
+    )
+    await expect_invalid(
+        set_schedule(api, owner, prov.id, [window(1, "24:00", "24:00")], "UTC"),
+        "provider.availability_schedule[0].start_time",
+    )
 
 
 async def test_create_booking_validates_the_request(api: Api) -> None:

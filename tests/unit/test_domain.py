@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -12,6 +13,7 @@ from securenow.server.domain.errors import FailedPrecondition, InvalidArgument
 from securenow.server.domain.geo import LocationInput, validate_area_geojson, validate_location
 from securenow.server.domain.money import Money
 from securenow.server.domain.paging import page_request
+from securenow.server.domain.providers import AvailabilityWindow, within_schedule
 from securenow.server.domain.sos import check_incident_step, raised_priority
 from securenow.server.domain.validation import Validator
 from securenow.server.security.encryption import DecryptionError, FieldEncryptor
@@ -110,3 +112,32 @@ def test_field_encryption_is_bound_to_its_row() -> None:
 def test_enums_cover_the_seed_labels() -> None:
     assert [s.value for s in BookingStatus] == ["pending", "confirmed", "in_progress", "completed", "cancelled"]
     assert [s.value for s in PaymentStatus] == ["pending", "paid", "refunded", "failed"]
+
+
+def _at(text: str) -> datetime:
+    """A wall-clock time in New York, as an aware datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("America/New_York"))
+
+
+@pytest.mark.parametrize(
+    ("start", "hours", "inside"),
+    [
+        ("2027-03-08T09:00", 8, True),  # Monday 09-17 exactly
+        ("2027-03-08T16:00", 2, False),  # runs past 17:00
+        ("2027-03-08T08:30", 1, False),  # starts before 09:00
+        ("2027-03-12T22:00", 8, True),  # Friday 22:00 to Saturday 06:00 across midnight
+        ("2027-03-12T22:00", 9, False),  # one hour past Saturday's window
+        ("2027-03-14T00:00", 3, True),  # Sunday of the spring change: 3 hours end at 04:00
+        ("2027-03-14T01:00", 3, False),  # ends at 05:00 by the clock, after the window
+        ("2027-11-07T00:00", 4, True),  # Sunday of the autumn change: 4 hours end at 03:00
+    ],
+)
+def test_bookings_are_inside_a_schedule_by_the_providers_clock(start: str, hours: int, inside: bool) -> None:
+    windows = [AvailabilityWindow(d, "09:00", "17:00") for d in range(1, 6)] + [
+        AvailabilityWindow(5, "20:00", "24:00"),
+        AvailabilityWindow(6, "00:00", "06:00"),
+        AvailabilityWindow(7, "00:00", "03:00"),
+        AvailabilityWindow(7, "03:00", "04:00"),  # touching windows join up
+    ]
+    begin = _at(start).astimezone(UTC)
+    assert within_schedule(windows, "America/New_York", begin, begin + timedelta(hours=hours)) is inside

@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from securenow.v1 import common_pb2 as securenow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csecurenow/v1/providers.proto\x12\x0csecurenow.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\"\x8f\x01\n\rInsuranceInfo\x12\x0f\n\x07insurer\x18\x01 \x01(\t\x12\x15\n\rpolicy_number\x18\x02 \x01(\t\x12%\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x13.securenow.v1.Money\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x12\x41vailabilityWindow\x12\x13\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x05\x12\x12\n\nstart_time\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\t\"h\n\x0bServiceRate\x12/\n\x0cservice_type\x18\x01 \x01(\x0e\x32\x19.securenow.v1.ServiceType\x12(\n\x0bhourly_rate\x18\x02 \x01(\x0b\x32\x13.securenow.v1.Money\"J\n\x07Pricing\x12(\n\x05rates\x18\x01 \x03(\x0b\x32\x19.securenow.v1.ServiceRate\x12\x15\n\rminimum_hours\x18\x02 \x01(\x05\"\xe8\x04\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ompany_name\x18\x03 \x01(\t\x12\x31\n\rbusiness_type\x18\x04 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12\x16\n\x0elicense_number\x18\x05 \x01(\t\x12.\n\tinsurance\x18\x06 \x01(\x0b\x32\x1b.securenow.v1.InsuranceInfo\x12\x1c\n\x14service_area_geojson\x18\x07 \x01(\t\x12\x0e\n\x06rating\x18\x08 \x01(\x01\x12\x15\n\rtotal_reviews\x18\t \x01(\x05\x12=\n\x13verification_status\x18\n \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12?\n\x15\x61vailability_schedule\x18\x0b \x03(\x0b\x32 .securenow.v1.AvailabilityWindow\x12&\n\x07pricing\x18\x0c \x01(\x0b\x32\x15.securenow.v1.Pricing\x12+\n\rbase_location\x18\r \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x0c\n\x04tags\x18\x0e \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\t\x12\x0f\n\x07on_duty\x18\x10 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x15\x43reateProviderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08provider\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Provider\"B\n\x16\x43reateProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\")\n\x12GetProviderRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\"?\n\x13GetProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"r\n\x15UpdateProviderRequest\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x16UpdateProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"\xf4\x01\n\x14ListProvidersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\rbusiness_type\x18\x03 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12=\n\x13verification_status\x18\x04 \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12/\n\x0cservice_type\x18\x05 \x01(\x0e\x32\x19.securenow.v1.ServiceType\x12\x12\n\nmin_rating\x18\x06 \x01(\x01\"[\n\x15ListProvidersResponse\x12)\n\tproviders\x18\x01 \x03(\x0b\x32\x16.securenow.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x15VerifyProviderRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x32\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x16VerifyProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"k\n\x19UpdateProviderDutyRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0f\n\x07on_duty\x18\x02 \x01(\x08\x12(\n\x08location\x18\x03 \x01(\x0b\x32\x16.securenow.v1.Location\"F\n\x1aUpdateProviderDutyResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"\x9d\x01\n\x1cSearchNearbyProvidersRequest\x12#\n\x05point\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x02 \x01(\x01\x12\x31\n\rbusiness_type\x18\x03 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\"v\n\x0eNearbyProvider\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12&\n\x08location\x18\x03 \x01(\x0b\x32\x14.securenow.v1.LatLng\"N\n\x1dSearchNearbyProvidersResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.securenow.v1.NearbyProvider*\xb7\x01\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPROVIDER_TYPE_SECURITY_GUARD\x10\x01\x12\x1e\n\x1aPROVIDER_TYPE_DRONE_PATROL\x10\x02\x12!\n\x1dPROVIDER_TYPE_SECURITY_AGENCY\x10\x03\x12#\n\x1fPROVIDER_TYPE_POLICE_DEPARTMENT\x10\x04*\x8c\x01\n\x0bServiceType\x12\x1c\n\x18SERVICE_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSERVICE_TYPE_SECURITY_GUARD\x10\x01\x12\x1d\n\x19SERVICE_TYPE_DRONE_PATROL\x10\x02\x12\x1f\n\x1bSERVICE_TYPE_EVENT_SECURITY\x10\x03\x32\xb1\x05\n\x0fProviderService\x12[\n\x0e\x43reateProvider\x12#.securenow.v1.CreateProviderRequest\x1a$.securenow.v1.CreateProviderResponse\x12R\n\x0bGetProvider\x12 .securenow.v1.GetProviderRequest\x1a!.securenow.v1.GetProviderResponse\x12[\n\x0eUpdateProvider\x12#.securenow.v1.UpdateProviderRequest\x1a$.securenow.v1.UpdateProviderResponse\x12X\n\rListProviders\x12\".securenow.v1.ListProvidersRequest\x1a#.securenow.v1.ListProvidersResponse\x12[\n\x0eVerifyProvider\x12#.securenow.v1.VerifyProviderRequest\x1a$.securenow.v1.VerifyProviderResponse\x12g\n\x12UpdateProviderDuty\x12\'.securenow.v1.UpdateProviderDutyRequest\x1a(.securenow.v1.UpdateProviderDutyResponse\x12p\n\x15SearchNearbyProviders\x12*.securenow.v1.SearchNearbyProvidersRequest\x1a+.securenow.v1.SearchNearbyProvidersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csecurenow/v1/providers.proto\x12\x0csecurenow.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19securenow/v1/common.proto\"\x8f\x01\n\rInsuranceInfo\x12\x0f\n\x07insurer\x18\x01 \x01(\t\x12\x15\n\rpolicy_number\x18\x02 \x01(\t\x12%\n\x08\x63overage\x18\x03 \x01(\x0b\x32\x13.securenow.v1.Money\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x12\x41vailabilityWindow\x12\x13\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x05\x12\x12\n\nstart_time\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\t\"h\n\x0bServiceRate\x12/\n\x0cservice_type\x18\x01 \x01(\x0e\x32\x19.securenow.v1.ServiceType\x12(\n\x0bhourly_rate\x18\x02 \x01(\x0b\x32\x13.securenow.v1.Money\"J\n\x07Pricing\x12(\n\x05rates\x18\x01 \x03(\x0b\x32\x19.securenow.v1.ServiceRate\x12\x15\n\rminimum_hours\x18\x02 \x01(\x05\"\xfb\x04\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ompany_name\x18\x03 \x01(\t\x12\x31\n\rbusiness_type\x18\x04 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12\x16\n\x0elicense_number\x18\x05 \x01(\t\x12.\n\tinsurance\x18\x06 \x01(\x0b\x32\x1b.securenow.v1.InsuranceInfo\x12\x1c\n\x14service_area_geojson\x18\x07 \x01(\t\x12\x0e\n\x06rating\x18\x08 \x01(\x01\x12\x15\n\rtotal_reviews\x18\t \x01(\x05\x12=\n\x13verification_status\x18\n \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12?\n\x15\x61vailability_schedule\x18\x0b \x03(\x0b\x32 .securenow.v1.AvailabilityWindow\x12&\n\x07pricing\x18\x0c \x01(\x0b\x32\x15.securenow.v1.Pricing\x12+\n\rbase_location\x18\r \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x0c\n\x04tags\x18\x0e \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\t\x12\x0f\n\x07on_duty\x18\x10 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttime_zone\x18\x13 \x01(\t\"U\n\x15\x43reateProviderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x08provider\x18\x02 \x01(\x0b\x32\x16.securenow.v1.Provider\"B\n\x16\x43reateProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\")\n\x12GetProviderRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\"?\n\x13GetProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"r\n\x15UpdateProviderRequest\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x16UpdateProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"\xf4\x01\n\x14ListProvidersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\rbusiness_type\x18\x03 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12=\n\x13verification_status\x18\x04 \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12/\n\x0cservice_type\x18\x05 \x01(\x0e\x32\x19.securenow.v1.ServiceType\x12\x12\n\nmin_rating\x18\x06 \x01(\x01\"[\n\x15ListProvidersResponse\x12)\n\tproviders\x18\x01 \x03(\x0b\x32\x16.securenow.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x15VerifyProviderRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x32\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32 .securenow.v1.VerificationStatus\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x16VerifyProviderResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"k\n\x19UpdateProviderDutyRequest\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x0f\n\x07on_duty\x18\x02 \x01(\x08\x12(\n\x08location\x18\x03 \x01(\x0b\x32\x16.securenow.v1.Location\"F\n\x1aUpdateProviderDutyResponse\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\"\x9d\x01\n\x1cSearchNearbyProvidersRequest\x12#\n\x05point\x18\x01 \x01(\x0b\x32\x14.securenow.v1.LatLng\x12\x10\n\x08radius_m\x18\x02 \x01(\x01\x12\x31\n\rbusiness_type\x18\x03 \x01(\x0e\x32\x1a.securenow.v1.ProviderType\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\"v\n\x0eNearbyProvider\x12(\n\x08provider\x18\x01 \x01(\x0b\x32\x16.securenow.v1.Provider\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12&\n\x08location\x18\x03 \x01(\x0b\x32\x14.securenow.v1.LatLng\"N\n\x1dSearchNearbyProvidersResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.securenow.v1.NearbyProvider*\xb7\x01\n\x0cProviderType\x12\x1d\n\x19PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cPROVIDER_TYPE_SECURITY_GUARD\x10\x01\x12\x1e\n\x1aPROVIDER_TYPE_DRONE_PATROL\x10\x02\x12!\n\x1dPROVIDER_TYPE_SECURITY_AGENCY\x10\x03\x12#\n\x1fPROVIDER_TYPE_POLICE_DEPARTMENT\x10\x04*\x8c\x01\n\x0bServiceType\x12\x1c\n\x18SERVICE_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSERVICE_TYPE_SECURITY_GUARD\x10\x01\x12\x1d\n\x19SERVICE_TYPE_DRONE_PATROL\x10\x02\x12\x1f\n\x1bSERVICE_TYPE_EVENT_SECURITY\x10\x03\x32\xb1\x05\n\x0fProviderService\x12[\n\x0e\x43reateProvider\x12#.securenow.v1.CreateProviderRequest\x1a$.securenow.v1.CreateProviderResponse\x12R\n\x0bGetProvider\x12 .securenow.v1.GetProviderRequest\x1a!.securenow.v1.GetProviderResponse\x12[\n\x0eUpdateProvider\x12#.securenow.v1.UpdateProviderRequest\x1a$.securenow.v1.UpdateProviderResponse\x12X\n\rListProviders\x12\".securenow.v1.ListProvidersRequest\x1a#.securenow.v1.ListProvidersResponse\x12[\n\x0eVerifyProvider\x12#.securenow.v1.VerifyProviderRequest\x1a$.securenow.v1.VerifyProviderResponse\x12g\n\x12UpdateProviderDuty\x12\'.securenow.v1.UpdateProviderDutyRequest\x1a(.securenow.v1.UpdateProviderDutyResponse\x12p\n\x15SearchNearbyProviders\x12*.securenow.v1.SearchNearbyProvidersRequest\x1a+.securenow.v1.SearchNearbyProvidersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'securenow.v1.providers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERTYPE']._serialized_start=2677
-  _globals['_PROVIDERTYPE']._serialized_end=2860
-  _globals['_SERVICETYPE']._serialized_start=2863
-  _globals['_SERVICETYPE']._serialized_end=3003
+  _globals['_PROVIDERTYPE']._serialized_start=2696
+  _globals['_PROVIDERTYPE']._serialized_end=2879
+  _globals['_SERVICETYPE']._serialized_start=2882
+  _globals['_SERVICETYPE']._serialized_end=3022
   _globals['_INSURANCEINFO']._serialized_start=141
   _globals['_INSURANCEINFO']._serialized_end=284
   _globals['_AVAILABILITYWINDOW']._serialized_start=286
@@ -47,37 +47,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRICING']._serialized_start=473
   _globals['_PRICING']._serialized_end=547
   _globals['_PROVIDER']._serialized_start=550
-  _globals['_PROVIDER']._serialized_end=1166
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1168
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1253
-  _globals['_CREATEPROVIDERRESPONSE']._serialized_start=1255
-  _globals['_CREATEPROVIDERRESPONSE']._serialized_end=1321
-  _globals['_GETPROVIDERREQUEST']._serialized_start=1323
-  _globals['_GETPROVIDERREQUEST']._serialized_end=1364
-  _globals['_GETPROVIDERRESPONSE']._serialized_start=1366
-  _globals['_GETPROVIDERRESPONSE']._serialized_end=1429
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1431
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1545
-  _globals['_UPDATEPROVIDERRESPONSE']._serialized_start=1547
-  _globals['_UPDATEPROVIDERRESPONSE']._serialized_end=1613
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1616
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1860
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1862
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1953
-  _globals['_VERIFYPROVIDERREQUEST']._serialized_start=1955
-  _globals['_VERIFYPROVIDERREQUEST']._serialized_end=2065
-  _globals['_VERIFYPROVIDERRESPONSE']._serialized_start=2067
-  _globals['_VERIFYPROVIDERRESPONSE']._serialized_end=2133
-  _globals['_UPDATEPROVIDERDUTYREQUEST']._serialized_start=2135
-  _globals['_UPDATEPROVIDERDUTYREQUEST']._serialized_end=2242
-  _globals['_UPDATEPROVIDERDUTYRESPONSE']._serialized_start=2244
-  _globals['_UPDATEPROVIDERDUTYRESPONSE']._serialized_end=2314
-  _globals['_SEARCHNEARBYPROVIDERSREQUEST']._serialized_start=2317
-  _globals['_SEARCHNEARBYPROVIDERSREQUEST']._serialized_end=2474
-  _globals['_NEARBYPROVIDER']._serialized_start=2476
-  _globals['_NEARBYPROVIDER']._serialized_end=2594
-  _globals['_SEARCHNEARBYPROVIDERSRESPONSE']._serialized_start=2596
-  _globals['_SEARCHNEARBYPROVIDERSRESPONSE']._serialized_end=2674
-  _globals['_PROVIDERSERVICE']._serialized_start=3006
-  _globals['_PROVIDERSERVICE']._serialized_end=3695
+  _globals['_PROVIDER']._serialized_end=1185
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1187
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1272
+  _globals['_CREATEPROVIDERRESPONSE']._serialized_start=1274
+  _globals['_CREATEPROVIDERRESPONSE']._serialized_end=1340
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1342
+  _globals['_GETPROVIDERREQUEST']._serialized_end=1383
+  _globals['_GETPROVIDERRESPONSE']._serialized_start=1385
+  _globals['_GETPROVIDERRESPONSE']._serialized_end=1448
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1450
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1564
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_start=1566
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_end=1632
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1635
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1879
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1881
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1972
+  _globals['_VERIFYPROVIDERREQUEST']._serialized_start=1974
+  _globals['_VERIFYPROVIDERREQUEST']._serialized_end=2084
+  _globals['_VERIFYPROVIDERRESPONSE']._serialized_start=2086
+  _globals['_VERIFYPROVIDERRESPONSE']._serialized_end=2152
+  _globals['_UPDATEPROVIDERDUTYREQUEST']._serialized_start=2154
+  _globals['_UPDATEPROVIDERDUTYREQUEST']._serialized_end=2261
+  _globals['_UPDATEPROVIDERDUTYRESPONSE']._serialized_start=2263
+  _globals['_UPDATEPROVIDERDUTYRESPONSE']._serialized_end=2333
+  _globals['_SEARCHNEARBYPROVIDERSREQUEST']._serialized_start=2336
+  _globals['_SEARCHNEARBYPROVIDERSREQUEST']._serialized_end=2493
+  _globals['_NEARBYPROVIDER']._serialized_start=2495
+  _globals['_NEARBYPROVIDER']._serialized_end=2613
+  _globals['_SEARCHNEARBYPROVIDERSRESPONSE']._serialized_start=2615
+  _globals['_SEARCHNEARBYPROVIDERSRESPONSE']._serialized_end=2693
+  _globals['_PROVIDERSERVICE']._serialized_start=3025
+  _globals['_PROVIDERSERVICE']._serialized_end=3714
 # @@protoc_insertion_point(module_scope)

@@ -132,9 +132,11 @@ class AvailabilityWindow(_message.Message):
     day_of_week: _builtins.int
     """ISO day of week, 1 (Monday) to 7 (Sunday)."""
     start_time: _builtins.str
-    """Start as "HH:MM" (24h, provider's local time)."""
+    """Start as "HH:MM" (24h, in the provider's time_zone)."""
     end_time: _builtins.str
-    """End as "HH:MM" (24h), after start_time."""
+    """End as "HH:MM" (24h), after start_time; "24:00" is the end of the day (a window
+    to 24:00 and one from 00:00 the next day join up).
+    """
     def __init__(
         self,
         *,
@@ -230,6 +232,7 @@ class Provider(_message.Message):
     ON_DUTY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID."""
     user_id: _builtins.str
@@ -252,13 +255,20 @@ class Provider(_message.Message):
     """Description shown to customers."""
     on_duty: _builtins.bool
     """Whether the provider is on duty right now (live)."""
+    time_zone: _builtins.str
+    """IANA time zone of the availability schedule, for example "America/New_York"
+    (empty: none given, and the schedule is not enforced).
+    """
     @_builtins.property
     def insurance(self) -> Global___InsuranceInfo:
         """Insurance details."""
 
     @_builtins.property
     def availability_schedule(self) -> _containers.RepeatedCompositeFieldContainer[Global___AvailabilityWindow]:
-        """When the provider takes bookings."""
+        """When the provider takes bookings, in its time_zone. With a time_zone set and at
+        least one window, a booking must lie wholly inside the windows; otherwise the
+        schedule is shown to customers only.
+        """
 
     @_builtins.property
     def pricing(self) -> Global___Pricing:
@@ -301,10 +311,11 @@ class Provider(_message.Message):
         on_duty: _builtins.bool = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_location", b"base_location", "create_time", b"create_time", "insurance", b"insurance", "pricing", b"pricing", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_schedule", b"availability_schedule", "base_location", b"base_location", "business_type", b"business_type", "company_name", b"company_name", "create_time", b"create_time", "description", b"description", "id", b"id", "insurance", b"insurance", "license_number", b"license_number", "on_duty", b"on_duty", "pricing", b"pricing", "rating", b"rating", "service_area_geojson", b"service_area_geojson", "tags", b"tags", "total_reviews", b"total_reviews", "update_time", b"update_time", "user_id", b"user_id", "verification_status", b"verification_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability_schedule", b"availability_schedule", "base_location", b"base_location", "business_type", b"business_type", "company_name", b"company_name", "create_time", b"create_time", "description", b"description", "id", b"id", "insurance", b"insurance", "license_number", b"license_number", "on_duty", b"on_duty", "pricing", b"pricing", "rating", b"rating", "service_area_geojson", b"service_area_geojson", "tags", b"tags", "time_zone", b"time_zone", "total_reviews", b"total_reviews", "update_time", b"update_time", "user_id", b"user_id", "verification_status", b"verification_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -425,7 +436,7 @@ class UpdateProviderRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update: company_name, license_number, insurance, service_area_geojson,
-        availability_schedule, pricing, base_location, tags, description.
+        availability_schedule, time_zone, pricing, base_location, tags, description.
         """
 
     def __init__(

@@ -9,7 +9,7 @@ from securenow.server.domain.enums import BookingStatus, PaymentStatus, ServiceT
 from securenow.server.domain.errors import FailedPrecondition, InvalidArgument
 from securenow.server.domain.geo import LocationFix, LocationInput, validate_location
 from securenow.server.domain.money import Money
-from securenow.server.domain.providers import Provider
+from securenow.server.domain.providers import Provider, within_schedule
 from securenow.server.domain.validation import Validator
 
 MAX_DAYS_AHEAD = 365
@@ -128,6 +128,21 @@ def require_bookable(provider: Provider) -> None:
         raise FailedPrecondition("the provider is not verified", reason="PROVIDER_NOT_VERIFIED")
     if not provider.owner_active:
         raise FailedPrecondition("the provider is not taking bookings", reason="PROVIDER_SUSPENDED")
+
+
+def require_within_schedule(provider: Provider, valid: ValidBookingRequest) -> None:
+    """FAILED_PRECONDITION (OUTSIDE_AVAILABILITY) for a booking that does not lie wholly
+    inside the provider's availability windows, when it has a schedule and a time zone
+    (without a time zone the windows' wall-clock times mean nothing definite)."""
+    if not (provider.time_zone and provider.availability_schedule):
+        return
+    end = valid.start_time + timedelta(hours=valid.duration_hours)
+    if not within_schedule(provider.availability_schedule, provider.time_zone, valid.start_time, end):
+        raise FailedPrecondition(
+            f"the provider does not take bookings at that time (its availability is in {provider.time_zone})",
+            reason="OUTSIDE_AVAILABILITY",
+            metadata={"field": "start_time", "time_zone": provider.time_zone},
+        )
 
 
 def require_startable(booking: Booking) -> None:

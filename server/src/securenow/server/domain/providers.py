@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
+from functools import cache
 from typing import Any
 
 from securenow.server.domain.enums import ProviderType, ServiceType, VerificationStatus
@@ -13,6 +15,8 @@ from securenow.server.domain.money import MAX_HOURLY_RATE, Money, validate_money
 from securenow.server.domain.validation import Validator
 
 HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+# A window may end at "24:00", the end of its day.
+END_OF_DAY = "24:00"
 TAG_RE = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
 MAX_TAGS = 20
 # Seven days of a few shifts each; a longer list is a mistake (or an attack on the
@@ -25,12 +29,12 @@ UPDATABLE_FIELDS = (
     "insurance",
     "service_area_geojson",
     "availability_schedule",
+    "time_zone",
     "pricing",
     "base_location",
     "tags",
     "description",
 )
-# Changing these sends the provider back to admin review.
 # What an admin verified: changing any of it (the name customers trust included) sends
 # a verified provider back to review.
 REVIEWED_FIELDS = ("company_name", "license_number", "insurance", "business_type")
@@ -68,6 +72,64 @@ class AvailabilityWindow:
     day_of_week: int
     start_time: str
     end_time: str
+
+    def minutes(self) -> tuple[int, int]:
+        """(start, end) in minutes after the day's midnight; "24:00" is 1440."""
+        return _minute_of_day(self.start_time), _minute_of_day(self.end_time)
+
+
+def _minute_of_day(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def valid_time_zone(name: str) -> bool:
+    """An IANA time zone name this server knows ("America/New_York", "UTC")."""
+    return name in _time_zones()
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def within_schedule(windows: list[AvailabilityWindow], time_zone: str, start: datetime, end: datetime) -> bool:
+    """Whether [start, end) lies wholly inside the weekly windows, read as wall-clock
+    times in `time_zone`. Windows of one day that touch or overlap join up, and a day's
+    window to 24:00 joins the next day's from 00:00, so a shift across midnight is two
+    windows. On the day clocks change, times are taken as the clock shows them."""
+    zone = zoneinfo.ZoneInfo(time_zone)
+    by_day: dict[int, list[tuple[int, int]]] = {}
+    for w in windows:
+        by_day.setdefault(w.day_of_week, []).append(w.minutes())
+    moment = start
+    while moment < end:
+        local = moment.astimezone(zone)
+        next_midnight = datetime.combine(local.date() + timedelta(days=1), time(), zone).astimezone(UTC)
+        until = min(end, next_midnight)
+        first = local.hour * 60 + local.minute
+        last = 1440 if until == next_midnight else _local_minute(until, zone)
+        if not _covered(sorted(by_day.get(local.isoweekday(), [])), first, max(last, first + 1)):
+            return False
+        moment = until
+    return True
+
+
+def _local_minute(moment: datetime, zone: zoneinfo.ZoneInfo) -> int:
+    local = moment.astimezone(zone)
+    return local.hour * 60 + local.minute + (1 if local.second or local.microsecond else 0)
+
+
+def _covered(intervals: list[tuple[int, int]], first: int, last: int) -> bool:
+    """Whether sorted [start, end) intervals cover [first, last) without a gap."""
+    reach = first
+    for lo, hi in intervals:
+        if lo > reach:
+            break
+        reach = max(reach, hi)
+        if reach >= last:
+            return True
+    return reach >= last
 
 
 @dataclass(frozen=True)
@@ -107,6 +169,7 @@ class Provider:
     description: str
     create_time: datetime
     update_time: datetime
+    time_zone: str = ""  # of the availability schedule; "" when none was given
     on_duty: bool = False
     # False while the owning account is suspended or deleted: the company is then not
     # offered to anyone (not found, listed, searched or bookable) until it is reinstated.
@@ -133,6 +196,7 @@ class ProviderDraft:
     coverage_input: tuple[str, int, int] | None = None  # (currency_code, units, nanos)
     service_area_geojson: str = ""
     availability_schedule: list[AvailabilityWindow] = field(default_factory=list)
+    time_zone: str = ""
     pricing_input: list[tuple[ServiceType | None, str, int, int]] = field(default_factory=list)
     minimum_hours: int = 0
     base_location: Point | None = None
@@ -148,6 +212,7 @@ class ValidProvider:
     insurance: Insurance | None
     service_area: dict[str, Any] | None
     availability_schedule: list[AvailabilityWindow]
+    time_zone: str
     pricing: Pricing
     base_location: Point | None
     tags: list[str]
@@ -188,11 +253,14 @@ def validate_provider(
                     wv.int_range("day_of_week", w.day_of_week, 1, 7)
                     if not HHMM_RE.fullmatch(w.start_time):
                         wv.add("start_time", "must be HH:MM")
-                    if not HHMM_RE.fullmatch(w.end_time):
-                        wv.add("end_time", "must be HH:MM")
+                    if not (HHMM_RE.fullmatch(w.end_time) or w.end_time == END_OF_DAY):
+                        wv.add("end_time", "must be HH:MM (24:00 for the end of the day)")
                     elif HHMM_RE.fullmatch(w.start_time) and w.end_time <= w.start_time:
                         wv.add("end_time", "must be after start_time")
                 schedule.append(w)
+        time_zone = draft.time_zone.strip() if "time_zone" in want else ""
+        if time_zone and not valid_time_zone(time_zone):
+            p.add("time_zone", "must be an IANA time zone name such as America/New_York")
         pricing = _validate_pricing(p, draft) if "pricing" in want else Pricing()
         if draft.base_location is not None:
             p.lat_lng("base_location", draft.base_location.latitude, draft.base_location.longitude)
@@ -212,6 +280,7 @@ def validate_provider(
         insurance=insurance,
         service_area=area,
         availability_schedule=schedule,
+        time_zone=time_zone,
         pricing=pricing,
         base_location=draft.base_location,
         tags=tags,

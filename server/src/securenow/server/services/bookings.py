@@ -17,6 +17,7 @@ from securenow.server.domain.bookings import (
     require_not_expired,
     require_pending_room,
     require_startable,
+    require_within_schedule,
     validate_booking_request,
 )
 from securenow.server.domain.enums import BookingStatus, PaymentStatus, UserStatus
@@ -112,6 +113,7 @@ class BookingService:
                     reason="OUTSIDE_SERVICE_AREA",
                     metadata={"field": "location"},
                 )
+            require_within_schedule(provider, valid)
             price = quote(provider, valid)
             # Creates of one customer with one provider take turns, so that two at once
             # cannot both find room for one more pending booking.

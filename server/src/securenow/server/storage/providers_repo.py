@@ -29,7 +29,7 @@ OWNER_ACTIVE_SQL = (
 )
 PROVIDER_COLUMNS = f"""p.id, p.user_id, p.company_name, p.business_type, p.license_number, p.insurance_info,
     p.service_areas, p.rating, p.total_reviews, p.verification_status, p.availability_schedule,
-    p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at,
+    p.pricing_info, p.location_data, p.tags, p.description, p.created_at, p.updated_at, p.time_zone,
     {OWNER_ACTIVE_SQL} AS owner_active"""
 # The public sees a provider only while it is verified and its owner is active (above).
 OFFERED_SQL = f"p.verification_status = 'verified' AND {OWNER_ACTIVE_SQL}"
@@ -55,6 +55,7 @@ def provider_from_row(r: asyncpg.Record) -> Provider:
         description=r["description"] or "",
         create_time=r["created_at"],
         update_time=r["updated_at"],
+        time_zone=r["time_zone"] or "",
         owner_active=r["owner_active"],
     )
 
@@ -83,6 +84,8 @@ def _assignments(p: ValidProvider, paths: tuple[str, ...]) -> list[tuple[str, st
             out.append(("service_area", _AREA_FROM_TEXT, json.dumps(p.service_area) if p.service_area else None))
         elif path == "availability_schedule":
             out.append(("availability_schedule", "{p}", [w.__dict__ for w in p.availability_schedule]))
+        elif path == "time_zone":
+            out.append(("time_zone", "{p}", p.time_zone or None))
         elif path == "pricing":
             out.append(("pricing_info", "{p}", p.pricing.to_json()))
         elif path == "base_location":

@@ -283,6 +283,7 @@ def provider(p: Provider) -> providers_pb2.Provider:
             providers_pb2.AvailabilityWindow(day_of_week=w.day_of_week, start_time=w.start_time, end_time=w.end_time)
             for w in p.availability_schedule
         ],
+        time_zone=p.time_zone,
         pricing=providers_pb2.Pricing(
             rates=[
                 providers_pb2.ServiceRate(service_type=enum_to_pb(s), hourly_rate=money(m))
@@ -321,6 +322,7 @@ def provider_draft(msg: providers_pb2.Provider) -> ProviderDraft:
         availability_schedule=[
             AvailabilityWindow(w.day_of_week, w.start_time, w.end_time) for w in msg.availability_schedule
         ],
+        time_zone=msg.time_zone,
         pricing_input=[
             (
                 enum_from_pb(enums.ServiceType, r.service_type, f"provider.pricing.rates[{i}].service_type"),
