@@ -26,6 +26,7 @@ from tests.browser.conftest import Console
 from tests.dispatch_helpers import (
     LA,
     SF,
+    Cad,
     Department,
     dispatcher_of,
     location,
@@ -951,6 +952,37 @@ async def test_a_reload_puts_every_open_alert_back_on_the_board(
     await expect(page.get_by_test_id("open-count")).to_have_text(str(total))
     await expect(page.get_by_test_id("app-error")).to_be_empty()
     assert console.log.page_errors == []
+
+
+async def test_the_board_dates_an_alert_raised_before_today(
+    api: Api, console: Console, db_conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    """A board left open overnight: an alert of an earlier day shows its date, not only
+    a time that reads as today's."""
+    page = console.page
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF, ack_timeout_s=600)
+    dispatcher = await dispatcher_of(api, admin, dept)
+    person = await api.sign_up()
+    earlier = await raise_sos(api, person, SF, description="From two days ago")
+    today = await raise_sos(api, person, SF, description="From today")
+    # The CAD took both events (so the console's stream brings no copy of the alert as
+    # it was raised), and the first alert is made two days old.
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        for msg in await cad.events_until(today.id):
+            cad.ack(msg.event_id)
+        await wait_for(lambda: all_events_acked(redis_client, dept), what="both events to be acked")
+    finally:
+        await cad.close()
+    raised = (datetime.now(UTC) - timedelta(days=2)).replace(hour=12, minute=0, second=0, microsecond=0)
+    await db_conn.execute("UPDATE sos_alerts SET created_at = $2 WHERE id = $1", uuid.UUID(earlier.id), raised)
+
+    await open_dispatch(console, dispatcher)
+    old_time = page.locator(f'[data-testid="alert-row"][data-alert-id="{earlier.id}"] [data-testid="alert-time"]')
+    await expect(old_time).to_contain_text(f"{raised:%b} {raised.day}", timeout=TIMEOUT_MS)  # the console runs in UTC
+    new_time = page.locator(f'[data-testid="alert-row"][data-alert-id="{today.id}"] [data-testid="alert-time"]')
+    await expect(new_time).to_have_text(re.compile(r"^\d\d:\d\d:\d\d( [AP]M)?$"))
 
 
 # Counts the chimes the page plays: each Web Audio oscillator started is one tone.

@@ -1,7 +1,7 @@
 // The alert board: one row per alert of the agency, updated live from the store.
 import { AlertPriority, IncidentStatus, IncidentType, SosStatus } from "./gen/securenow/v1/common_pb";
 import { isOpen, type AlertStore, type Entry } from "./store";
-import { enumLabel, enumToken, formatTime, h, replace } from "./ui";
+import { enumLabel, enumToken, formatDateTime, formatTime, h, replace } from "./ui";
 
 export class BoardView {
   readonly element: HTMLElement;
@@ -105,7 +105,7 @@ export class BoardView {
         this.store.isNew(alert.id) ? h("span", { class: "badge new", "data-testid": "alert-new" }, "New") : null,
         h("span", { "data-testid": "alert-description" }, alert.description || "—"),
       ),
-      h("td", { "data-testid": "alert-time" }, formatTime(alert.createTime)),
+      h("td", { "data-testid": "alert-time", title: formatDateTime(alert.createTime) }, formatTime(alert.createTime)),
       h("td", { "data-testid": "alert-status" }, h("span", { class: `status status-${entry.gone ? "gone" : enumToken(SosStatus, alert.status)}` }, status)),
       h("td", { "data-testid": "incident-status" }, incident ? enumLabel(IncidentStatus, incident.status) : "—"),
       h("td", { "data-testid": "alert-note", class: "note" }, entry.note),

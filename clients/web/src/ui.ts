@@ -52,9 +52,13 @@ export function enumToken(names: Record<number, string>, value: number): string 
   return (names[value] ?? "unspecified").toLowerCase().replace(/_/g, "-");
 }
 
+/** The time of day for a moment of today (local), with the date for any other day:
+ * on a board kept open overnight, 23:50 yesterday must not read as tonight. */
 export function formatTime(ts: Timestamp | undefined): string {
   if (!ts) return "—";
-  return timestampDate(ts).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const when = timestampDate(ts);
+  if (when.toDateString() !== new Date().toDateString()) return formatDateTime(ts);
+  return when.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 export function formatDateTime(ts: Timestamp | undefined): string {
