@@ -28,9 +28,20 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
     candidate = password_as_hashed(password)
 
     def _verify() -> bool:
+        # No account, or one whose hash is blank or not an argon2 hash (an erased
+        # account's "!", a password an operator blanked): as slow as a wrong password,
+        # and never a match, whatever the candidate.
+        if password_hash:
+            try:
+                return _hasher.verify(password_hash, candidate)
+            except VerificationError:
+                return False
+            except InvalidHashError:
+                pass
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, candidate) and password_hash is not None
-        except (VerificationError, InvalidHashError):
-            return False
+            _hasher.verify(_DUMMY_HASH, candidate)
+        except VerificationError:
+            pass
+        return False
 
     return await asyncio.to_thread(_verify)

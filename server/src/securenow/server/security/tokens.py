@@ -20,6 +20,10 @@ REFRESH_PREFIX = "rt"
 API_KEY_PREFIX = "snk"
 _ALGORITHM = "HS256"
 _ISSUER = "securenow"
+# Replicas share the signing key, not a clock: a token issued a moment ago by one whose
+# clock runs ahead has its `iat` in this one's future. Allowed for `iat` and `nbf`
+# only; expiry is exact.
+CLOCK_SKEW_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,20 @@ class AccessTokenCodec:
         self._key = key
         self.ttl = ttl
 
-    def issue(self, user_id: str, session_id: str, role: str, now: datetime | None = None) -> tuple[str, datetime]:
+    def issue(
+        self,
+        user_id: str,
+        session_id: str,
+        role: str,
+        now: datetime | None = None,
+        *,
+        not_after: datetime | None = None,
+    ) -> tuple[str, datetime]:
+        """A token for `ttl`, or until `not_after` (its session's end) if that is sooner."""
         now = now or datetime.now(UTC)
         expire = now + self.ttl
+        if not_after is not None and not_after < expire:
+            expire = not_after
         token = jwt.encode(
             {
                 "iss": _ISSUER,
@@ -65,17 +80,25 @@ class AccessTokenCodec:
                 self._key,
                 algorithms=[_ALGORITHM],
                 issuer=_ISSUER,
-                options={"require": ["exp", "sub", "sid", "typ"]},
+                leeway=CLOCK_SKEW_SECONDS,  # for iat and nbf; exp is checked exactly below
+                options={"require": ["exp", "iat", "iss", "sub", "sid", "typ"]},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
         if claims.get("typ") != ACCESS_TOKEN_TYPE:
             raise InvalidToken("not an access token")
+        try:
+            session_id = str(uuid.UUID(str(claims["sid"])))
+        except ValueError:
+            raise InvalidToken("malformed session id") from None
+        expire_time = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        if expire_time <= datetime.now(UTC):
+            raise InvalidToken("expired")
         return AccessClaims(
             user_id=str(claims["sub"]),
-            session_id=str(claims["sid"]),
+            session_id=session_id,
             role=str(claims.get("role", "")),
-            expire_time=datetime.fromtimestamp(claims["exp"], UTC),
+            expire_time=expire_time,
         )
 
 

@@ -182,10 +182,11 @@ class AuthService:
 
     async def _start_session(self, uow: UnitOfWork, user: User) -> TokenPair:
         now = datetime.now(UTC)
-        session_id = await uow.accounts.create_session(user.id, now + self._refresh_ttl)
+        session_end = now + self._refresh_ttl
+        session_id = await uow.accounts.create_session(user.id, session_end)
         refresh = self._refresh.mint()
-        await uow.accounts.add_refresh_token(refresh.id, session_id, refresh.digest, now + self._refresh_ttl)
-        access, expire = self._access.issue(user.id, session_id, user.role.value, now)
+        await uow.accounts.add_refresh_token(refresh.id, session_id, refresh.digest, session_end)
+        access, expire = self._access.issue(user.id, session_id, user.role.value, now, not_after=session_end)
         return TokenPair(access, refresh.token, expire)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -225,7 +226,11 @@ class AuthService:
                 new = self._refresh.mint()
                 await uow.accounts.add_refresh_token(new.id, row.session_id, new.digest, row.session_expires_at)
                 await uow.accounts.touch_last_active(user.id)
-                access, expire = self._access.issue(user.id, row.session_id, user.role.value, now)
+                # Never past the session's end: cached session state (up to a minute old
+                # in Redis) would otherwise accept the token after the session expired.
+                access, expire = self._access.issue(
+                    user.id, row.session_id, user.role.value, now, not_after=row.session_expires_at
+                )
                 await uow.audit.record(
                     Principal(PrincipalKind.USER, user.id, user.role, session_id=row.session_id),
                     AuditEntry("auth.refresh", "session", row.session_id),
@@ -266,6 +271,9 @@ class Authenticator:
         self._api_keys = api_keys
         self._api_key_cache_seconds = api_key_cache_seconds
         self._api_key_cache: dict[str, tuple[float, Principal]] = {}
+        # Bumped by every forget_api_keys: a lookup that read a key before a revocation
+        # committed must not cache it after the revocation cleared the cache.
+        self._api_key_generation = 0
         # Verified access-token claims, so each token's signature is checked once.
         self._claims_cache: dict[str, AccessClaims] = {}
 
@@ -318,6 +326,7 @@ class Authenticator:
             key_id, secret = self._api_keys.parse(credential)
         except InvalidToken:
             raise Unauthenticated("invalid API key", reason="INVALID_API_KEY") from None
+        generation = self._api_key_generation  # before the read (see forget_api_keys)
         async with self._db.reader() as uow:
             key = await uow.agency.get_api_key_secret(key_id)
         if key is None or not self._api_keys.matches(secret, key.secret_hash):
@@ -328,10 +337,15 @@ class Authenticator:
             raise Unauthenticated("the department is not active", reason="DEPARTMENT_INACTIVE")
         role = Role.SECURITY_AGENCY if key.agency_type == "security_agency" else Role.POLICE
         principal = Principal(PrincipalKind.API_KEY, key.id, role, key.department_id)
-        if len(self._api_key_cache) > 10_000:
-            self._api_key_cache.clear()
-        self._api_key_cache[credential] = (now + self._api_key_cache_seconds, principal)
+        if generation == self._api_key_generation:
+            if len(self._api_key_cache) > 10_000:
+                self._api_key_cache.clear()
+            self._api_key_cache[credential] = (now + self._api_key_cache_seconds, principal)
         return principal
 
     def forget_api_keys(self) -> None:
+        """After a committed revocation (or a department stopped) in this process: the
+        cache is emptied, and a lookup that read the key before the commit will not put
+        it back (other processes' copies live `api_key_cache_seconds`)."""
+        self._api_key_generation += 1
         self._api_key_cache.clear()

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from securenow.server.domain.accounts import Principal
+from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.errors import DomainError, InvalidArgument, PermissionDenied, Unauthenticated
 from securenow.server.transport.access import RULES, Rule
 from securenow.server.transport.context import set_client_address, set_principal
@@ -155,14 +155,19 @@ def address_key(peer: str) -> str:
 
 
 def _bearer(metadata: tuple[Any, ...] | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS")
-            return token.strip()
-    return None
+    """The one bearer credential of the call. Two authorization entries are refused,
+    never resolved: a proxy may have checked one while this would use the other."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Unauthenticated("send one authorization: Bearer <token>", reason="MALFORMED_CREDENTIALS")
+    value = values[0]
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    scheme, _, token = text.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS")
+    return token.strip()
 
 
 class _Call:
@@ -244,9 +249,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 )
             principal = await self._authenticate(token)
             call.principal = principal
-            if principal.kind.value == "api_key" and not rule.api_key:
+            if principal.kind is PrincipalKind.API_KEY and not rule.api_key:
                 raise PermissionDenied("API keys cannot call this method", reason="API_KEY_NOT_ALLOWED")
-            if principal.kind.value != "api_key" and not rule.allows_role(principal.role):
+            # API keys too (police or security agency): a rule open to keys but not to
+            # their role (an admin-only one marked api_key by mistake) stays closed.
+            if not rule.allows_role(principal.role):
                 raise PermissionDenied(
                     f"role {principal.role.value} cannot call this method", reason="ROLE_NOT_ALLOWED"
                 )
