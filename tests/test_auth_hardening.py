@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 import grpc
 import jwt
 import pytest
+import redis.asyncio as aioredis
 
 from securenow.server.services.auth import Authenticator
+from securenow.server.storage.live_state import LiveState
 from securenow.server.storage.postgres import Database, UnitOfWork
 from securenow.server.transport.access import ADMIN, RULES, Rule
 from securenow.v1 import agency_pb2, auth_pb2, users_pb2
@@ -217,3 +221,38 @@ async def test_a_blanked_password_hash_matches_no_password(api: Api, db_conn: as
             grpc.StatusCode.UNAUTHENTICATED,
             "BAD_CREDENTIALS",
         )
+
+
+class _HeldRead(LiveState):
+    """LiveState whose first Redis read of a session waits, once it has read, until
+    released: a request that read the session just before a revocation was written."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(client)
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+        self._held = False
+
+    async def _get_session(self, session_id: str) -> dict[str, Any] | None:
+        data = await super()._get_session(session_id)
+        if not self._held:
+            self._held = True
+            self.read_done.set()
+            await self.release.wait()
+        return data
+
+
+async def test_a_session_read_racing_its_revocation_does_not_bring_it_back_locally(
+    redis_client: aioredis.Redis,
+) -> None:
+    """The process that signs a session out must refuse it at once: a read of the old
+    state that was under way must not refill this process's one-second copy."""
+    live = _HeldRead(redis_client)
+    session_id = str(uuid.uuid4())
+    await live.put_session(session_id, {"session_id": session_id, "live": True})
+    racing = asyncio.create_task(live.get_session(session_id))
+    await asyncio.wait_for(live.read_done.wait(), 10)
+    await live.drop_sessions([session_id])
+    live.release.set()
+    assert (await racing) == {"session_id": session_id, "live": True}  # it read before the revocation
+    assert await live.get_session(session_id) == {"revoked": True}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -110,6 +110,9 @@ class LiveState:
         # and replicas see them within that second.
         self._local_session_seconds = local_session_seconds
         self._local_sessions: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Bumped by every change of sessions made here: a read of Redis that began before
+        # the change must not put the old state back into the local copy after it.
+        self._local_generation = 0
         self._set_newer_location = client.register_script(_SET_NEWER_LOCATION)
 
     # Sessions -------------------------------------------------------------------
@@ -119,8 +122,9 @@ class LiveState:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        generation = self._local_generation
         data = await self._get_session(session_id)
-        if data is not None:
+        if data is not None and generation == self._local_generation:
             if len(self._local_sessions) > 50_000:
                 self._local_sessions.clear()
             self._local_sessions[session_id] = (now + self._local_session_seconds, data)
@@ -140,9 +144,10 @@ class LiveState:
     async def replace_sessions(self, states: dict[str, dict[str, Any]]) -> None:
         """After a committed change to live sessions (a new role): the new state replaces
         whatever is cached, so no earlier read can bring the old one back."""
-        for session_id in states:
-            self._local_sessions.pop(session_id, None)
-        await self._replace_sessions(states)
+        try:
+            await self._replace_sessions(states)
+        finally:
+            self._forget_local(states)
 
     @redis_call
     async def _replace_sessions(self, states: dict[str, dict[str, Any]]) -> None:
@@ -153,9 +158,17 @@ class LiveState:
                 await pipe.execute()
 
     async def drop_sessions(self, session_ids: list[str]) -> None:
+        try:
+            await self._drop_sessions(session_ids)
+        finally:
+            self._forget_local(session_ids)
+
+    def _forget_local(self, session_ids: Iterable[str]) -> None:
+        """Once Redis holds the change: this process's copies go, and reads of Redis
+        that began before it (the old state) are not copied (see get_session)."""
+        self._local_generation += 1
         for session_id in session_ids:
             self._local_sessions.pop(session_id, None)
-        await self._drop_sessions(session_ids)
 
     @redis_call
     async def _drop_sessions(self, session_ids: list[str]) -> None:
