@@ -13,8 +13,8 @@ Semantics (what a CAD sees):
   acked_at in Postgres for recovery). An ack of an id that was not pending (repeated,
   never sent, not issued) settles nothing, in Redis or in Postgres.
 - On subscribe: everything after `resume_after_event_id` (when given; from Postgres
-  for the part the relay trimmed from the stream) plus every unacknowledged event, in
-  order; then live events.
+  for what the stream no longer holds: trimmed, or left out of a rewrite, also past
+  the stream's last entry) plus every unacknowledged event, in order; then live events.
 - Unacknowledged events idle for `redeliver_after` are claimed (XAUTOCLAIM) and sent
   again; this also takes over the pending events of a crashed process.
 - When the relay rewrites a stream from Postgres (Redis lost entries), it posts a
@@ -276,15 +276,22 @@ class DispatchHub:
                 if ev is not None:
                     events[ev.seq] = ev
             last = max(events) if events else None
-            if last is None or len(events) != last - resume_seq:
-                # Ids are consecutive: a gap is what the stream no longer holds after the
-                # cursor (trimmed once acknowledged, or left out by a rewrite from
-                # Postgres). It comes from Postgres, as long as the outbox keeps it.
-                async with self._db.reader() as uow:
-                    older = await RelayRepo(uow.conn).published_between(department_id, resume_seq, last)
-                for e in older:
-                    assert e.dept_seq is not None
-                    events.setdefault(e.dept_seq, DispatchEvent(e.dept_seq, e.event_type, e.created_at, e.payload))
+            # Ids are consecutive: a gap below the stream's last entry is what the stream
+            # no longer holds after the cursor (trimmed once acknowledged, or left out by
+            # a rewrite from Postgres). Past its last entry the stream can miss
+            # acknowledged events too: a rewrite (Redis lost its data) keeps only
+            # unacknowledged ones, and nothing in Redis tells how many came after them.
+            # So Postgres is asked for what the stream does not show (one indexed query
+            # per subscribe with a cursor, none per event): everything after the cursor
+            # on a gap, else only what follows the stream's last entry (normally nothing,
+            # or what was published since the XRANGE, which live reading also brings and
+            # the subscription's floor drops).
+            after = resume_seq if last is None or len(events) != last - resume_seq else last
+            async with self._db.reader() as uow:
+                older = await RelayRepo(uow.conn).published_between(department_id, after, None)
+            for e in older:
+                assert e.dept_seq is not None
+                events.setdefault(e.dept_seq, DispatchEvent(e.dept_seq, e.event_type, e.created_at, e.payload))
         pending = await self._redis.xpending_range(stream, DISPATCH_GROUP, min="-", max="+", count=100_000)
         ids = [p["message_id"] for p in pending if seq_of(p["message_id"]) not in events]
         for start in range(0, len(ids), 1000):

@@ -179,15 +179,19 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         can send (StreamDispatch) must show life within the idle timeout; browsers
         (WatchDispatch) cannot, and rely on transport keepalive."""
         while True:
+            # Checked before every message, not only on a quiet stream: while events come
+            # more often than the heartbeat, a client whose messages stopped arriving
+            # (its acks lost, every event redelivered for ever) would never be dropped.
+            if client_sends and time.monotonic() - sub.last_client_activity > self._idle_timeout:
+                raise Unavailable(
+                    "no message from the client within the idle timeout; reconnect", reason="CLIENT_SILENT"
+                )
             try:
                 item = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
             except TimeoutError:
-                if client_sends and time.monotonic() - sub.last_client_activity > self._idle_timeout:
-                    raise Unavailable(
-                        "no message from the client within the idle timeout; reconnect", reason="CLIENT_SILENT"
-                    ) from None
-                yield agency_pb2.StreamDispatchResponse(heartbeat=agency_pb2.Heartbeat())
-                continue
+                if not (client_sends and time.monotonic() - sub.last_client_activity > self._idle_timeout):
+                    yield agency_pb2.StreamDispatchResponse(heartbeat=agency_pb2.Heartbeat())
+                continue  # a silent client is dropped above
             if item is None:
                 return  # closed without error (the client half-closed)
             if isinstance(item, DomainError):
