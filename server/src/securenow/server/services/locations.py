@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -65,6 +66,8 @@ class LocationIngestor:
         self._wake = asyncio.Event()
         self._last_forward: dict[str, float] = {}
         self._due: dict[str, LocationFix] = {}  # latest unforwarded fix per alert
+        # Alerts whose first fix committed but whose routing failed: retried every flush.
+        self._unrouted: set[str] = set()
 
     def submit(self, user_id: str, alert_id: str | None, fix: LocationFix) -> int:
         self._buffer.append(_Fix(user_id, alert_id, fix))
@@ -81,12 +84,29 @@ class LocationIngestor:
                 raise Unavailable("location fixes could not be stored in time") from None
 
     async def run(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await self._run(stop, stopping)
+        finally:
+            stopping.cancel()
+        # Stopping (a deploy, a scale-down): what is buffered is stored, and each alert's
+        # latest fix still held back by the pacing is forwarded now. It is where the
+        # person was last seen; no other replica would ever send it to the agency.
+        try:
+            await self.flush(final=True)
+        except Exception:
+            log.exception("final location flush failed; %d fixes not stored", len(self._buffer))
+
+    async def _run(self, stop: asyncio.Event, stopping: asyncio.Future[Any]) -> None:
         backoff = 0.1
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._forward_interval / 4)
-            except TimeoutError:
-                pass
+            # New fixes, a paced fix's turn (checked four times a forward interval), or
+            # the stop: whichever comes first.
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait(
+                (woken, stopping), timeout=self._forward_interval / 4, return_when=asyncio.FIRST_COMPLETED
+            )
+            woken.cancel()
             self._wake.clear()
             await asyncio.sleep(self._flush_interval)  # let a batch gather
             try:
@@ -103,11 +123,11 @@ class LocationIngestor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def flush(self) -> None:
+    async def flush(self, *, final: bool = False) -> None:
         batch, upto = self._buffer, self._submitted
         self._buffer = []
         try:
-            await self._write(batch)
+            await self._write(batch, final=final)
         except BaseException:
             self._buffer[:0] = batch  # keep order; retried by the next flush
             raise
@@ -115,11 +135,13 @@ class LocationIngestor:
             self._flushed = max(self._flushed, upto)
             self._progress.notify_all()
 
-    def _may_forward(self, alert_id: str, now: float) -> bool:
-        return now - self._last_forward.get(alert_id, 0.0) >= self._forward_interval
-
-    async def _write(self, batch: list[_Fix]) -> None:
+    async def _write(self, batch: list[_Fix], *, final: bool = False) -> None:
         now = time.monotonic()
+
+        def may_forward(alert_id: str) -> bool:
+            last = self._last_forward.get(alert_id)
+            return final or last is None or now - last >= self._forward_interval
+
         latest_user: dict[str, LocationFix] = {}
         latest_alert: dict[str, LocationFix] = {}
         trail: list[tuple[str, LocationFix]] = []
@@ -130,7 +152,7 @@ class LocationIngestor:
                 trail.append((item.alert_id, item.fix))
                 if item.alert_id not in latest_alert or item.fix.time >= latest_alert[item.alert_id].time:
                     latest_alert[item.alert_id] = item.fix
-        waiting = {a for a in self._due if self._may_forward(a, now)}  # unforwarded fixes whose turn came
+        waiting = {a for a in self._due if may_forward(a)}  # unforwarded fixes whose turn came
         due = dict(self._due)
         forwarded: list[str] = []
         moved_users: set[str] = set()
@@ -156,7 +178,7 @@ class LocationIngestor:
                 if latest_user:
                     # Sorted: concurrent flushes (other replicas) lock rows in one order.
                     moved_users = await uow.sos.set_user_locations(sorted(latest_user.items()))
-                for alert_id in sorted(a for a in due if self._may_forward(a, now)):
+                for alert_id in sorted(a for a in due if may_forward(a)):
                     fix = due.pop(alert_id)
                     alert = alerts.get(alert_id)
                     if alert is None or alert.status not in OPEN_STATUSES:
@@ -182,5 +204,14 @@ class LocationIngestor:
                 )
             except Exception as exc:  # Redis down: Postgres has the positions
                 log.warning("could not update user:location keys: %s", exc)
-        for alert_id in first_fixes:
-            await self._sos.route_on_first_fix(alert_id)
+        # The fixes are committed: a failure from here on must not fail the flush, or
+        # the batch would be written again (its trail twice, its events twice). An alert
+        # whose routing failed is routed on a later flush.
+        self._unrouted.update(first_fixes)
+        for alert_id in sorted(self._unrouted):
+            try:
+                await self._sos.route_on_first_fix(alert_id)
+            except Exception:
+                log.exception("routing alert %s on its first fix failed; retrying", alert_id)
+            else:
+                self._unrouted.discard(alert_id)

@@ -152,14 +152,22 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                     raise ended[0]  # the key was revoked, the session ended or the account was suspended
                 # One message per change, showing the state as it is when sent.
                 alert, incident = await self._sos.watch_snapshot(principal, alert_id)
-                resync = event == RESYNC
+                if alert.status in TERMINAL:
+                    # The alert is closed: this is the last message, and it says how the
+                    # alert ended, whichever event woke us. Its own event may be queued
+                    # behind this one, or may never come (the hub drops events for a
+                    # watcher 1,000 behind): waiting for it could wait forever.
+                    yield sos_pb2.WatchSosResponse(
+                        alert=convert_sos.alert(alert),
+                        event=TERMINAL_EVENTS[TERMINAL.index(alert.status)],
+                        incident=convert_sos.incident(incident),
+                    )
+                    return
                 yield sos_pb2.WatchSosResponse(
                     alert=convert_sos.alert(alert),
-                    event="snapshot" if resync else event,
+                    event="snapshot" if event == RESYNC else event,
                     incident=convert_sos.incident(incident),
                 )
-                if event in TERMINAL_EVENTS or (resync and alert.status in TERMINAL):
-                    return
         finally:
             self._credentials.unregister(credential)
             self._watch.unwatch(alert_id, queue)
