@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from securenow.server.logs import JsonFormatter
-from securenow.server.runtime import Runtime
+from securenow.server.runtime import WORKER_CRASHES, Runtime
 from securenow.server.transport.access import RULES
 from securenow.v1 import (
     agency_pb2,
@@ -30,6 +30,7 @@ from securenow.v1 import (
     users_pb2,
 )
 from tests.conftest import REDIS_URL
+from tests.dispatch_helpers import SF, Cad, raise_sos, register_department
 from tests.helpers import PASSWORD, Api, expect_error, wait_for
 from tests.processes import ServerProcess
 
@@ -196,3 +197,36 @@ async def test_sigterm_lets_the_in_flight_call_finish_refuses_new_ones_and_exits
     finally:
         await blocker.close()
         await server.stop()
+
+
+async def test_a_worker_that_fails_unexpectedly_is_restarted(
+    api: Api, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a background worker (here the outbox relay: an error it does not expect)
+    must not end it silently while the server looks healthy: it is logged, counted and
+    started again, and the alert raised meanwhile still reaches the CAD."""
+    relay = runtime.app.relay
+    real_step = relay.step
+    failed: list[bool] = []
+
+    async def step_failing_once() -> int:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("an unexpected bug")
+        return await real_step()
+
+    crashes = WORKER_CRASHES.labels("outbox-relay")
+    before = crashes._value.get()
+    monkeypatch.setattr(relay, "step", step_failing_once)
+    admin = await api.admin()
+    dept = await register_department(api, admin, SF)
+    cad = Cad(api.channel, dept.api_key)
+    try:
+        alert = await raise_sos(api, await api.sign_up(), SF)
+        raised = await cad.next_event("alert_raised", within=15)
+        assert raised.alert_raised.alert.id == alert.id
+    finally:
+        await cad.close()
+    assert failed == [True]
+    assert crashes._value.get() == before + 1
+    assert any("outbox-relay failed unexpectedly" in r.getMessage() for r in caplog.records)

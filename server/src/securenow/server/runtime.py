@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from securenow.server.bootstrap import App
 from securenow.server.settings import Settings
@@ -53,6 +54,13 @@ from securenow.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+WORKER_CRASHES = Counter(
+    "securenow_worker_crashes_total", "Background tasks that failed unexpectedly and were restarted", ["worker"]
+)
+# A crashed worker is started again after this, doubling up to the maximum.
+RESTART_DELAY_SECONDS = 0.5
+MAX_RESTART_DELAY_SECONDS = 30.0
 
 GC_PAUSE = Histogram(
     "securenow_gc_pause_seconds",
@@ -107,18 +115,46 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+async def _supervised(name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Runs a background worker until `stop`. Each worker handles the failures it
+    expects (a database or Redis outage) itself; anything else would end its task
+    silently while the server looks healthy (no more deliveries, say). It is logged,
+    counted (securenow_worker_crashes_total) and the worker started again, after a
+    delay that doubles while it keeps crashing."""
+    delay = RESTART_DELAY_SECONDS
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await run(stop)
+            return
+        except Exception:
+            WORKER_CRASHES.labels(name).inc()
+            log.exception("%s failed unexpectedly; restarting it in %.1f s", name, delay)
+        if time.monotonic() - started > MAX_RESTART_DELAY_SECONDS:
+            delay = RESTART_DELAY_SECONDS  # it ran a good while: a new failure, not a loop
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)
+
+
+def _start(name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> asyncio.Task[None]:
+    return asyncio.create_task(_supervised(name, run, stop), name=name)
+
+
 def background_workers(app: App, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     """The outbox relay, escalation sweeper, webhook sender, emergency-contact notifier,
     maintenance and (with Elasticsearch) the search indexer."""
     tasks = [
-        asyncio.create_task(app.relay.run(stop), name="outbox-relay"),
-        asyncio.create_task(run_escalations(app.dispatch, stop), name="escalation"),
-        asyncio.create_task(app.webhooks.run(stop), name="webhooks"),
-        asyncio.create_task(app.contact_notifier.run(stop), name="contact-notifier"),
-        asyncio.create_task(app.maintenance.run(stop), name="maintenance"),
+        _start("outbox-relay", app.relay.run, stop),
+        _start("escalation", lambda s: run_escalations(app.dispatch, s), stop),
+        _start("webhooks", app.webhooks.run, stop),
+        _start("contact-notifier", app.contact_notifier.run, stop),
+        _start("maintenance", app.maintenance.run, stop),
     ]
     if app.search_indexer is not None:
-        tasks.append(asyncio.create_task(app.search_indexer.run(stop), name="search-indexer"))
+        tasks.append(_start("search-indexer", app.search_indexer.run, stop))
     return tasks
 
 
@@ -234,10 +270,10 @@ class Runtime:
         app, stop = self.app, self._stop_workers
         # Serving components: streams and location sharing need them.
         self._workers = [
-            asyncio.create_task(app.dispatch_hub.run(stop), name="dispatch-hub"),
-            asyncio.create_task(app.watch_hub.run(stop), name="watch-hub"),
-            asyncio.create_task(app.credentials.run(stop), name="credentials"),
-            asyncio.create_task(app.locations.run(stop), name="locations"),
+            _start("dispatch-hub", app.dispatch_hub.run, stop),
+            _start("watch-hub", app.watch_hub.run, stop),
+            _start("credentials", app.credentials.run, stop),
+            _start("locations", app.locations.run, stop),
         ]
         if app.settings.run_workers:
             self._workers += background_workers(app, stop)
