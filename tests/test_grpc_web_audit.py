@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from securenow.server.runtime import Runtime
 from securenow.server.transport import grpc_web
+from securenow.v1 import users_pb2
+from tests.helpers import Api
+from tests.test_grpc_web import decode, encode
 
 GRPC_WEB = "application/grpc-web+proto"
 
@@ -46,3 +51,36 @@ async def test_a_stalled_body_without_a_deadline_is_given_up_after_the_idle_limi
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"grpc-status: 4" in answer
     assert b"stalled" in answer
+
+
+async def test_two_authorization_headers_are_refused_not_resolved(runtime: Runtime, api: Api) -> None:
+    """As over native gRPC: a proxy may have checked one of the two, the server must
+    not pick the other."""
+    account = await api.sign_up()
+    body = encode(users_pb2.GetUserRequest(user_id="me").SerializeToString())
+    headers = CIMultiDict(
+        [
+            ("Content-Type", GRPC_WEB),
+            ("Authorization", f"Bearer {account.access_token}"),
+            ("Authorization", "Bearer someone-elses-token"),
+        ]
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.UserService/GetUser", data=body, headers=headers
+        ) as resp,
+    ):
+        messages, trailers = decode(await resp.read())
+    status = resp.headers.get("grpc-status", trailers.get("grpc-status"))
+    assert (status, messages) == ("16", [])  # UNAUTHENTICATED, nothing read
+    single = CIMultiDict([("Content-Type", GRPC_WEB), ("Authorization", f"Bearer {account.access_token}")])
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.UserService/GetUser", data=body, headers=single
+        ) as resp,
+    ):
+        messages, trailers = decode(await resp.read())
+    assert trailers.get("grpc-status") == "0"
+    assert users_pb2.GetUserResponse.FromString(messages[0]).user.id == account.id

@@ -174,16 +174,21 @@ def call_metadata(request: web.Request, service: str) -> list[tuple[str, str]]:
     browser-supplied value must never reach it."""
     metadata = []
     for header in _FORWARDED_HEADERS:
-        value = request.headers.get(header)
-        if value is None:
-            continue
-        if not _printable_ascii(value):
-            if header == "authorization":
-                raise _LocalStatus.of(
-                    Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS"), service
-                )
-            raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"header {header} must be printable ASCII")
-        metadata.append((header, value))
+        values = request.headers.getall(header, [])
+        if header == "authorization" and len(values) > 1:
+            # As the server answers two authorization entries: refused, never resolved.
+            raise _LocalStatus.of(
+                Unauthenticated("send one authorization: Bearer <token>", reason="MALFORMED_CREDENTIALS"), service
+            )
+        for value in values:
+            if not _printable_ascii(value):
+                if header == "authorization":
+                    raise _LocalStatus.of(
+                        Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_CREDENTIALS"),
+                        service,
+                    )
+                raise _LocalStatus(grpc.StatusCode.INVALID_ARGUMENT, f"header {header} must be printable ASCII")
+            metadata.append((header, value))
     if request.remote:
         metadata.append(("x-forwarded-for", request.remote))
     return metadata
