@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 
 from securenow.server.bootstrap import App
+from securenow.server.storage.alert_watch import RESYNC, AlertWatchHub
 from securenow.v1 import common_pb2, sos_pb2, sos_pb2_grpc
-from tests.conftest import extra_replica
+from tests.conftest import REDIS_URL, extra_replica
 from tests.dispatch_helpers import SF, Cad, location, raise_sos, register_department
 from tests.helpers import Account, Api, expect_error, wait_for
 
@@ -306,3 +307,18 @@ async def test_plain_tracking_moves_only_the_persons_location(
     value = await wait_for(live, what="user:location key")
     assert value.startswith(f"{moved[0]},{moved[1]},")
     assert await db_conn.fetchval("SELECT count(*) FROM sos_alert_locations WHERE alert_id = $1", alert.id) == 1
+
+
+async def test_watchers_open_before_the_hub_subscribed_are_told_to_resync() -> None:
+    """A WatchSos opened as a process starts registers before the hub's first Pub/Sub
+    subscription: a change published in between reaches nobody, so the hub tells every
+    watcher to re-read the alert once subscribed (as after a reconnect)."""
+    hub = AlertWatchHub(REDIS_URL)
+    queue = hub.watch(str(uuid.uuid4()))
+    stop = asyncio.Event()
+    running = asyncio.create_task(hub.run(stop))
+    try:
+        assert await asyncio.wait_for(queue.get(), 10) == RESYNC
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)

@@ -1,7 +1,8 @@
 """WatchSos fan-out: one Redis Pub/Sub connection per process (PSUBSCRIBE
 sos:alert:*) feeds every local watcher in memory. Pub/Sub can drop messages while
-Redis is unreachable, so after reconnecting every watcher is told to resync (it
-re-reads the alert and sends a fresh snapshot); Postgres stays the truth."""
+Redis is unreachable, so after each subscription (the first included) every watcher is
+told to resync (it re-reads the alert and sends a fresh snapshot); Postgres stays the
+truth."""
 
 from __future__ import annotations
 
@@ -52,15 +53,15 @@ class AlertWatchHub:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
-        first = True
         while not stop.is_set():
             pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(f"{WATCH_CHANNEL_PREFIX}*")
-                if not first:
-                    for alert_id in list(self._watchers):
-                        self._deliver(alert_id, RESYNC)
-                first = False
+                # Whatever was published before this subscription (while Redis was
+                # unreachable, or before the first one: watchers may open as the process
+                # starts) reached nobody: every watcher re-reads the alert.
+                for alert_id in list(self._watchers):
+                    self._deliver(alert_id, RESYNC)
                 backoff = 0.1
                 while not stop.is_set():
                     message = await pubsub.get_message(timeout=1.0)
@@ -74,7 +75,6 @@ class AlertWatchHub:
                     self._deliver(alert_id, event)
             except (RedisError, OSError) as exc:
                 log.warning("alert watch hub: Redis unavailable (%s); retrying", type(exc).__name__)
-                first = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
