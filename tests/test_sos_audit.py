@@ -322,3 +322,33 @@ async def test_watchers_open_before_the_hub_subscribed_are_told_to_resync() -> N
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
+
+
+async def test_fixes_waiting_to_be_stored_are_bounded(api: Api, db_conn: asyncpg.Connection) -> None:
+    """While PostgreSQL cannot store fixes, a sender does not grow the server's memory
+    without end: past the limit it gets UNAVAILABLE (and retries); what was accepted
+    is stored once the database moves again."""
+    person = await api.sign_up()
+    points = [(SF[0] + i * 0.001, SF[1]) for i in range(1, 6)]
+
+    async def fixes() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
+        for point in points:
+            yield sos_pb2.ShareLocationRequest(location=location(point))  # plain tracking
+
+    async with extra_replica("replica-bounded") as rt:
+        rt.app.locations._max_buffered = 3
+        rt.app.locations._room_wait = 0.5
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as channel:
+            stub = sos_pb2_grpc.SosServiceStub(channel)
+            async with db_conn.transaction():
+                # The person's row is held: storing their position waits.
+                await db_conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(person.id))
+                await expect_error(stub.ShareLocation(fixes(), metadata=person.md), grpc.StatusCode.UNAVAILABLE)
+
+            async def stored() -> bool:
+                lat = await db_conn.fetchval(
+                    "SELECT (location_data->>'lat')::float8 FROM users WHERE id = $1", uuid.UUID(person.id)
+                )
+                return lat is not None and abs(lat - points[2][0]) < 1e-9
+
+            await wait_for(stored, what="the three accepted fixes to be stored")

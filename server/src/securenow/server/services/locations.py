@@ -53,11 +53,18 @@ class LocationIngestor:
         *,
         flush_interval: float = 0.02,
         forward_interval: float = 1.0,
+        max_buffered: int = 50_000,
+        room_wait_seconds: float = 10.0,
     ) -> None:
         self._db = db
         self._live = live
         self._sos = sos
         self._flush_interval = flush_interval
+        # Fixes received but not stored yet are held in memory: past `max_buffered`
+        # (PostgreSQL slow or down, a phone flooding) a sender waits for room, and gets
+        # UNAVAILABLE after `room_wait_seconds`, rather than the process growing.
+        self._max_buffered = max_buffered
+        self._room_wait = room_wait_seconds
         self._forward_interval = forward_interval
         self._buffer: list[_Fix] = []
         self._submitted = 0
@@ -68,6 +75,22 @@ class LocationIngestor:
         self._due: dict[str, LocationFix] = {}  # latest unforwarded fix per alert
         # Alerts whose first fix committed but whose routing failed: retried every flush.
         self._unrouted: set[str] = set()
+
+    async def room(self) -> None:
+        """Returns once another fix may be buffered (at once, normally)."""
+        if self._unstored() < self._max_buffered:
+            return
+        async with self._progress:
+            try:
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: self._unstored() < self._max_buffered), self._room_wait
+                )
+            except TimeoutError:
+                raise Unavailable("too many location fixes are waiting to be stored; retry shortly") from None
+
+    def _unstored(self) -> int:
+        """Fixes received and not stored yet: buffered, or in a flush under way."""
+        return self._submitted - self._flushed
 
     def submit(self, user_id: str, alert_id: str | None, fix: LocationFix) -> int:
         self._buffer.append(_Fix(user_id, alert_id, fix))

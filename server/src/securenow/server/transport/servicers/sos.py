@@ -98,6 +98,7 @@ class SosServicer(sos_pb2_grpc.SosServiceServicer):
                 v = Validator()
                 fix = validate_location(v, "location", convert.location_input(req.location))
                 v.check()
+                await self._locations.room()
                 last = self._locations.submit(principal.user_id, alert_id, fix)
                 accepted += 1
         except BaseException as exc:
