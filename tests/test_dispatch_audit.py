@@ -7,12 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import grpc
+import pytest
 import redis.asyncio as aioredis
 
+from securenow.server.domain.accounts import Principal, PrincipalKind
+from securenow.server.domain.enums import Role
+from securenow.server.domain.errors import Unauthenticated
+from securenow.server.storage.dispatch_streams import DispatchEvent, Subscription
+from securenow.server.transport.servicers.agency import AgencyServicer
 from securenow.v1 import agency_pb2
 from tests.conftest import extra_replica
 from tests.dispatch_helpers import SF, Cad, Department, raise_sos, register_department
@@ -116,3 +124,16 @@ async def test_a_cad_that_sends_nothing_is_dropped_even_while_events_keep_coming
     assert error is not None
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "idle" in (error.details() or "")
+
+
+async def test_a_stream_whose_credential_ended_gets_no_more_queued_events() -> None:
+    """A revoked key on a CAD that reads slowly has events queued for it: the stream
+    ends with UNAUTHENTICATED before the next one, not after the whole queue."""
+    principal = Principal(PrincipalKind.API_KEY, "key-1", Role.POLICE, "dept-1")
+    sub = Subscription(principal, "dept-1")
+    sub.start([DispatchEvent(seq, "alert_raised", datetime.now(UTC), {}) for seq in range(1, 6)])
+    sub.close(Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED"))
+    timing = SimpleNamespace(_idle_timeout=90.0, _heartbeat=15.0)
+    responses = AgencyServicer._responses(timing, sub, client_sends=True)  # type: ignore[arg-type]
+    with pytest.raises(Unauthenticated):
+        await anext(responses)

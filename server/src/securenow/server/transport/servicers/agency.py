@@ -13,7 +13,14 @@ from google.rpc import code_pb2
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.agency import DepartmentDraft
 from securenow.server.domain.enums import AgencyType, DepartmentStatus, IncidentStatus
-from securenow.server.domain.errors import DomainError, FieldViolation, InvalidArgument, Unavailable
+from securenow.server.domain.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from securenow.server.services.agency import AgencyService
 from securenow.server.services.credentials import CredentialMonitor
 from securenow.server.services.dispatch import DispatchService, agency_of
@@ -179,6 +186,10 @@ class AgencyServicer(agency_pb2_grpc.AgencyServiceServicer):
         can send (StreamDispatch) must show life within the idle timeout; browsers
         (WatchDispatch) cannot, and rely on transport keepalive."""
         while True:
+            if isinstance(sub.closed, (Unauthenticated, PermissionDenied)):
+                # The credential ended (key revoked, department stopped, dispatcher
+                # removed): not one more event, however many are still queued.
+                raise sub.closed
             # Checked before every message, not only on a quiet stream: while events come
             # more often than the heartbeat, a client whose messages stopped arriving
             # (its acks lost, every event redelivered for ever) would never be dropped.
