@@ -258,3 +258,17 @@ async def restored_after_redis_loss(redis_client: aioredis.Redis, key: str) -> s
         return await redis_text(redis_client, key)
 
     return await wait_for(back, what=f"{key} restored by the outbox relay")
+
+
+async def test_a_fix_from_a_clock_running_ahead_does_not_freeze_the_position(api: Api) -> None:
+    """A phone whose clock ran four minutes ahead, then was corrected: its later, real
+    fixes must still move the alert (the early one is taken as of its arrival)."""
+    person = await api.sign_up()
+    now = datetime.now(UTC)
+    alert = await raise_at(api, person, fix_at(SF, now))
+    ahead, later = (SF[0] + 0.01, SF[1]), (SF[0] + 0.02, SF[1])
+    assert await share(api, person, alert.id, fix_at(ahead, now + timedelta(minutes=4))) == 1
+    assert await share(api, person, alert.id, fix_at(later, datetime.now(UTC))) == 1
+    got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
+    assert abs(got.alert.location.point.latitude - later[0]) < 1e-9
+    assert got.alert.location.time.ToDatetime(UTC) <= datetime.now(UTC)

@@ -114,7 +114,10 @@ def validate_location(
             lv.add("time", f"must be within the last {max_age.days} day{'s' if max_age.days > 1 else ''}")
     return LocationFix(
         point=Point(loc.latitude, loc.longitude),
-        time=loc.time or now,
+        # A fix from the (allowed) near future is taken as of now: kept as sent, it would
+        # count as newer than every real fix for minutes and freeze the live position
+        # once the phone's clock is corrected.
+        time=min(loc.time, now) if loc.time is not None else now,
         accuracy_m=loc.accuracy_m,
         heading_deg=loc.heading_deg,
         speed_mps=loc.speed_mps,
