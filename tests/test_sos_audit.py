@@ -352,3 +352,22 @@ async def test_fixes_waiting_to_be_stored_are_bounded(api: Api, db_conn: asyncpg
                 return lat is not None and abs(lat - points[2][0]) < 1e-9
 
             await wait_for(stored, what="the three accepted fixes to be stored")
+
+
+async def test_a_late_retry_of_a_raise_whose_fix_aged_out_gets_the_alert(api: Api) -> None:
+    """A phone that lost RaiseSos's answer retries later; by then its fix may be older
+    than a new raise may carry. The retry answers with the alert raised, as any retry."""
+    person = await api.sign_up()
+    aged_at = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=2)
+    req = sos_pb2.RaiseSosRequest(request_id=str(uuid.uuid4()), description="help", location=fix_at(SF, aged_at))
+    first = (await api.sos.RaiseSos(req, metadata=person.md)).alert
+
+    async def aged_out() -> bool:
+        return datetime.now(UTC) - aged_at > timedelta(days=1, seconds=0.2)
+
+    await wait_for(aged_out, within=10, what="the fix to age past a day")
+    again = (await api.sos.RaiseSos(req, metadata=person.md)).alert
+    assert again.id == first.id
+    fresh = sos_pb2.RaiseSosRequest(request_id=str(uuid.uuid4()), description="help", location=fix_at(SF, aged_at))
+    details = await expect_error(api.sos.RaiseSos(fresh, metadata=person.md), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "location.time" in details.fields

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from securenow.server.domain.accounts import Principal, PrincipalKind
 from securenow.server.domain.enums import IncidentStatus, SosStatus
-from securenow.server.domain.errors import FailedPrecondition, NotFound
+from securenow.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, RaiseRequest, SosAlert, validate_raise
@@ -47,7 +47,17 @@ class SosService:
 
     async def raise_sos(self, caller: Principal, req: RaiseRequest, key: IdempotencyKey | None) -> SosAlert:
         """Commits the alert and its dispatch event together; OK means it is durable."""
-        valid = validate_raise(req)
+        try:
+            valid = validate_raise(req)
+        except InvalidArgument:
+            # A late retry of a raise that succeeded (its fix has aged past the limit
+            # since) answers with that alert, as any retry does.
+            if key is not None:
+                async with self._db.reader() as uow:
+                    prior = await uow.idempotency.find(caller.id, "RaiseSos", key)
+                    if prior is not None:
+                        return await self._readable(uow, caller, same_request(prior, key))
+            raise
         assert caller.user_id is not None
         new_id = str(uuid.uuid4())
         # No explicit transaction: a routing read, then one atomic statement.
