@@ -52,6 +52,40 @@ async def test_the_per_account_sign_in_limit_counts_email_and_phone_together(api
         )
 
 
+async def test_throttled_sign_ins_cost_no_audit_write_failed_ones_are_audited(
+    api: Api, db_conn: asyncpg.Connection
+) -> None:
+    """A guessing flood is refused by the limit without a database write per request
+    (the refusals are counted in securenow_rate_limited_total and logged); each guess
+    that reached the password check is audited."""
+    account = await api.sign_up()
+    limit = api.app.settings.sign_in_attempts_per_minute
+
+    async def audited(outcome: str) -> int:
+        return int(
+            await db_conn.fetchval(
+                "SELECT count(*) FROM audit_log WHERE action = $1 AND outcome = $2 AND details->>'reason' IS NOT NULL"
+                " AND occurred_at > now() - interval '5 minutes'",
+                "rpc:/securenow.v1.AuthService/SignIn",
+                outcome,
+            )
+        )
+
+    failed_before, throttled_before = await audited("UNAUTHENTICATED"), await audited("RESOURCE_EXHAUSTED")
+    for _ in range(limit):
+        await expect_error(
+            api.auth.SignIn(auth_pb2.SignInRequest(email=account.user.email, password=WRONG)),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    for _ in range(5):
+        await expect_error(
+            api.auth.SignIn(auth_pb2.SignInRequest(email=account.user.email, password=WRONG)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+    assert await audited("UNAUTHENTICATED") == failed_before + limit
+    assert await audited("RESOURCE_EXHAUSTED") == throttled_before
+
+
 # Unicode forms ---------------------------------------------------------------------------
 
 

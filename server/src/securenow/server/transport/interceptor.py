@@ -55,7 +55,9 @@ AuditFailure = Callable[[Principal | None, str, str, str], Awaitable[None]]
 # Counts a call of a rate-limited class for the caller; raises ResourceExhausted past the limit.
 RateLimit = Callable[[Principal, str], Awaitable[None]]
 # Outcomes of mutating calls that are not audited: nothing was attempted on an object.
-_NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+# RESOURCE_EXHAUSTED (a rate limit) is among them: a guessing flood must not cost a
+# database write per request; securenow_rate_limited_total and the access log count it.
+_NOT_AUDITED = {"OK", "CANCELLED", "INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 
 
 async def audit_refusal(
