@@ -11,9 +11,11 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from securenow.server.domain.accounts import Principal
 from securenow.server.domain.enums import AgencyType, IncidentStatus, SosStatus
-from securenow.server.domain.errors import FailedPrecondition, NotFound, PermissionDenied
+from securenow.server.domain.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from securenow.server.domain.paging import page_request
 from securenow.server.domain.sos import PoliceIncident, SosAlert, ValidRaise, check_incident_step, raised_priority
 from securenow.server.domain.validation import Validator, parse_uuid
@@ -22,9 +24,22 @@ from securenow.server.services.common import reads_of
 from securenow.server.services.routing import Route, Router
 from securenow.server.storage.audit_repo import AuditEntry
 from securenow.server.storage.idempotency_repo import IdempotencyKey
-from securenow.server.storage.postgres import Database, UnitOfWork
+from securenow.server.storage.postgres import Database, UnitOfWork, translate_unavailable
 
 log = logging.getLogger(__name__)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection (not just one statement) failed: the transaction is gone."""
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | ConnectionError
+        | OSError,
+    )
 
 
 def agency_of(principal: Principal) -> str:
@@ -178,14 +193,49 @@ class DispatchService:
 
     async def escalate_due(self, limit: int = 20) -> int:
         """Escalates alerts whose acknowledgement deadline passed (any replica may run
-        this; rows being escalated elsewhere are skipped). Returns how many."""
+        this; rows being escalated elsewhere are skipped). Returns how many.
+
+        Each alert is escalated in its own savepoint: one whose escalation fails is
+        rolled back alone, and put back by the default acknowledgement timeout so that
+        it is retried later instead of heading every batch (it would otherwise stop
+        every other due alert from escalating). A database that went away still fails
+        the whole batch, retried by the sweeper."""
+        escalated = 0
         async with self._db.unit_of_work() as uow:
             ids = await uow.sos.lock_due_escalations(limit)
             for alert_id in ids:
-                alert = await uow.sos.get_alert(alert_id)
-                assert alert is not None
-                await self._escalate(uow, alert)
-        return len(ids)
+                try:
+                    async with uow.conn.transaction():
+                        alert = await uow.sos.get_alert(alert_id)
+                        assert alert is not None
+                        await self._escalate(uow, alert)
+                except Exception as exc:
+                    if _connection_lost(exc):
+                        raise
+                    if isinstance(exc, Unavailable) or translate_unavailable(exc) is not None:
+                        # A deadlock, a lock or statement timeout: due again next sweep.
+                        log.warning("escalation of alert %s deferred: %s", alert_id, type(exc).__name__)
+                        continue
+                    log.exception(
+                        "escalation of alert %s failed; retried in %.0f s",
+                        alert_id,
+                        self._default_timeout.total_seconds(),
+                    )
+                    await self._postpone_escalation(uow, alert_id)
+                    continue
+                escalated += 1
+        return escalated
+
+    async def _postpone_escalation(self, uow: UnitOfWork, alert_id: str) -> None:
+        """Moves a failed alert's deadline by the default timeout (in a savepoint of its
+        own: if even that fails, the alert stays due and the others still go on)."""
+        try:
+            async with uow.conn.transaction():
+                await uow.sos.postpone_escalation(alert_id, self._default_timeout.total_seconds())
+        except Exception as exc:
+            if _connection_lost(exc):
+                raise
+            log.exception("could not postpone the escalation of alert %s", alert_id)
 
     async def _escalate(self, uow: UnitOfWork, alert: SosAlert) -> None:
         previous = alert.assigned_agency_id

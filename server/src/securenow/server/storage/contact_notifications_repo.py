@@ -61,6 +61,15 @@ class ContactNotificationsRepo:
             for r in rows
         ]
 
+    async def release(self, alert_id: str) -> None:
+        """Gives back the lease of an alert whose contacts were not all told (this
+        replica is stopping): another replica takes it at its next pass."""
+        await self.conn.execute(
+            """UPDATE sos_alerts SET contacts_notify_lease_until = NULL
+               WHERE id = $1 AND emergency_contacts_notified IS NULL""",
+            alert_id,
+        )
+
     async def record(self, outcomes: list[tuple[str, list[ContactNotification]]]) -> list[str]:
         """Stores the outcomes (alert id, one entry per contact) in one statement; returns
         the alerts stored now, leaving out any stored already (another replica took over

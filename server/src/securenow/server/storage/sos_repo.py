@@ -280,6 +280,15 @@ class SosRepo:
         )
         return [str(r["id"]) for r in rows]
 
+    async def postpone_escalation(self, alert_id: str, seconds: float) -> None:
+        """Moves an open alert's acknowledgement deadline `seconds` from now."""
+        await self.conn.execute(
+            """UPDATE sos_alerts SET escalate_at = now() + make_interval(secs => $2)
+               WHERE id = $1 AND status = 'active'""",
+            alert_id,
+            seconds,
+        )
+
     async def lock_unaccepted_of(self, department_id: str) -> list[str]:
         """Ids of alerts routed to the department and not accepted yet, locked for this
         transaction in id order (the order the location flush locks alerts in)."""

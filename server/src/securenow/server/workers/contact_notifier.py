@@ -12,8 +12,9 @@ A non-2xx answer or a timeout is retried with exponential backoff and jitter, up
 stored on the alert, with an audit entry, and watchers of the alert are told
 (WatchSos event "contacts_notified"). Alerts found more than an hour after they
 were raised (an outage) are recorded as expired, not texted hours late. A replica that
-dies mid-way leaves its lease to run out; another replica then sends again (at least
-once: the event id lets the gateway drop the repeat).
+dies mid-way leaves its lease to run out; one that is stopped gives it back at once;
+either way another replica then sends again (at least once: the event id lets the
+gateway drop the repeat).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class ContactGatewayConfig:
 
 
 class _Stopping(Exception):
-    """The replica is stopping mid-way: record nothing, the lease runs out."""
+    """The replica is stopping mid-way: record nothing, give the lease back."""
 
 
 class ContactNotifier:
@@ -130,29 +131,47 @@ class ContactNotifier:
                 limit, config.lease_seconds, NOTIFY_WINDOW_SECONDS
             )
         to_send = [a for a in alerts if config.url and a.contacts and not a.expired]
+        # Sending starts first: a failure recording the others below must not leave
+        # these leased and unsent until their lease runs out.
+        for alert in to_send:
+            task = asyncio.create_task(self._handle(session, config, alert, stop), name=f"contacts-{alert.alert_id}")
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
         # Nothing to send for the rest (expired, no gateway, no contacts): recorded
         # together, one transaction for the batch rather than one per alert.
         settled = [(a, _unsent(a)) for a in alerts if a not in to_send]
         if settled:
             await self._record(settled)
-        for alert in to_send:
-            task = asyncio.create_task(self._handle(session, config, alert, stop), name=f"contacts-{alert.alert_id}")
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
         return len(alerts)
 
     async def _handle(
         self, session: aiohttp.ClientSession, config: ContactGatewayConfig, alert: PendingAlert, stop: asyncio.Event
     ) -> None:
         try:
-            sent = await asyncio.gather(*(self._notify(session, config, alert, c, stop) for c in alert.contacts))
-            await self._record([(alert, list(sent))])
-        except _Stopping:
-            pass
+            # Every contact's sending runs to its end (a POST under way is not orphaned
+            # when a sibling stops): an outcome, _Stopping, or an unexpected error.
+            results = await asyncio.gather(
+                *(self._notify(session, config, alert, c, stop) for c in alert.contacts), return_exceptions=True
+            )
+            if any(isinstance(r, _Stopping) for r in results):
+                await self._release(alert)
+                return
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            await self._record([(alert, [r for r in results if isinstance(r, ContactNotification)])])
         except Unavailable as exc:
             log.warning("contact notifier: alert %s not recorded: %s", alert.alert_id, exc)
         except Exception:
             log.exception("contact notifier: alert %s failed", alert.alert_id)
+
+    async def _release(self, alert: PendingAlert) -> None:
+        """Gives back the lease of an alert this replica stops handling (shutting down):
+        another replica takes it at once instead of when the lease runs out, which
+        covers every attempt of every contact (minutes). Contacts this one reached
+        may be sent again: the event id is the same, for the gateway to drop."""
+        async with self._db.unit_of_work() as uow:
+            await ContactNotificationsRepo(uow.conn).release(alert.alert_id)
 
     async def _record(self, items: list[tuple[PendingAlert, list[ContactNotification]]]) -> None:
         async with self._db.unit_of_work() as uow:
