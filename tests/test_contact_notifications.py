@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -226,3 +227,23 @@ def test_production_needs_the_gateway_secret_and_https() -> None:
     ok = make_settings(**production, contact_notify_url="https://sms.example/notify", contact_notify_secret=SECRET)
     assert ContactGatewayConfig.from_settings(ok).secret == SECRET
     assert make_settings().contact_notify_url == ""  # optional
+
+
+async def test_one_unreadable_alert_does_not_stop_everyone_elses_contacts(
+    api: Api, gateway: PostReceiver, db_conn: asyncpg.Connection
+) -> None:
+    """Leases are taken for a batch of alerts together: a row that cannot be read (its
+    contacts corrupted outside the API) must not undo the batch, or nobody's contacts
+    would ever be told."""
+    broken = await person_with_contacts(api, DAD)
+    await db_conn.execute(
+        """UPDATE users SET emergency_contacts = '[{"nickname": "not a contact"}]'::jsonb WHERE id = $1""",
+        uuid.UUID(broken.id),
+    )
+    fine = await person_with_contacts(api, SIS)
+    await raise_sos(api, broken, SF)
+    alert = await raise_sos(api, fine, SF)
+    _, body = await asyncio.wait_for(gateway.received.get(), 10)
+    assert json.loads(body)["contact"]["phone"] == SIS.phone
+    told = await wait_for(functools.partial(notified, api, fine, alert.id), what="the contact to be recorded")
+    assert [c.status for c in told.emergency_contacts_notified] == [SENT]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,6 +11,8 @@ from securenow.server.domain.accounts import EmergencyContact
 from securenow.server.domain.geo import LocationFix
 from securenow.server.domain.sos import ContactNotification
 from securenow.server.storage.rows import Conn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,25 @@ class ContactNotificationsRepo:
             lease_seconds,
             window_seconds,
         )
-        return [
-            PendingAlert(
-                alert_id=str(r["id"]),
-                create_time=r["created_at"],
-                location=LocationFix.from_json(r["location_data"]),
-                first_name=r["first_name"] or "",
-                last_name=r["last_name"] or "",
-                contacts=[EmergencyContact(**c) for c in (r["emergency_contacts"] or [])],
-                expired=bool(r["expired"]),
-            )
-            for r in rows
-        ]
+        pending = []
+        for r in rows:
+            try:
+                pending.append(
+                    PendingAlert(
+                        alert_id=str(r["id"]),
+                        create_time=r["created_at"],
+                        location=LocationFix.from_json(r["location_data"]),
+                        first_name=r["first_name"] or "",
+                        last_name=r["last_name"] or "",
+                        contacts=[EmergencyContact(**c) for c in (r["emergency_contacts"] or [])],
+                        expired=bool(r["expired"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                # One unreadable row must not undo every lease of the batch (nobody's
+                # contacts would ever be told): it stays leased, and is tried again.
+                log.exception("contact notifier: alert %s has unreadable data; skipped", r["id"])
+        return pending
 
     async def release(self, alert_id: str) -> None:
         """Gives back the lease of an alert whose contacts were not all told (this
