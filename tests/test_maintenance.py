@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from securenow.server.storage.live_state import PROVIDERS_LAST_SEEN
+from securenow.server.workers import maintenance
 from securenow.server.workers.maintenance import (
     IDEMPOTENCY_RETENTION_DAYS,
     OUTBOX_RETENTION_DAYS,
@@ -252,3 +253,35 @@ async def test_the_worker_does_its_upkeep_as_soon_as_it_starts(
     finally:
         stop.set()
         await asyncio.wait_for(worker, 10)  # and it stops when asked
+
+
+async def test_a_task_that_fails_unexpectedly_is_tried_again_soon_not_a_period_later(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partitions are checked once a day: one failed check (a bug, a lock it did not
+    expect) must not leave next month's partition missing for a day."""
+    monkeypatch.setattr(maintenance, "RETRY_AFTER_FAILURE_SECONDS", 0.2)
+    worker = Maintenance(api.app.db, api.app.live)
+    calls: list[float] = []
+    real = worker.ensure_partitions
+
+    async def failing_first() -> object:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError("an unexpected failure")
+        return await real()
+
+    for task in worker._tasks:
+        if task.name == "partitions":
+            task.run = failing_first
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def retried() -> bool:
+            return len(calls) >= 2
+
+        await wait_for(retried, within=10, what="the failed partition check to run again")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)

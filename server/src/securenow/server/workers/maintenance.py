@@ -31,6 +31,9 @@ SAFETY_REFRESH_SECONDS = 30 * 60.0
 
 # The audit chain head is logged at most this often (when it moved).
 ANCHOR_LOG_SECONDS = 60.0
+# A task that failed unexpectedly is tried again after this (or its own period, if
+# shorter), not a whole period later: a day without next month's partitions, say.
+RETRY_AFTER_FAILURE_SECONDS = 60.0
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Maintenance:
                         task.due = now + min(task.every_seconds, 5.0)
                     except Exception:
                         log.exception("maintenance %s failed", task.name)
+                        task.due = now + min(task.every_seconds, RETRY_AFTER_FAILURE_SECONDS)
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
