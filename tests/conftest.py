@@ -19,6 +19,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from securenow.client import SecureNowClient
 from securenow.server import migrations
 from securenow.server.bootstrap import App
 from securenow.server.runtime import Runtime
@@ -92,6 +93,18 @@ async def runtime(app: App) -> AsyncIterator[Runtime]:
     await rt.start(grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0")
     yield rt
     await rt.stop(grace=1)
+
+
+def target(runtime: Runtime) -> str:
+    """The session server's gRPC address, as the SDK takes it."""
+    return f"127.0.0.1:{runtime.grpc_port}"
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[SecureNowClient]:
+    """A Python SDK client of the session server."""
+    async with SecureNowClient(target(runtime)) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

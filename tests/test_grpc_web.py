@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote
 
 import aiohttp
@@ -177,7 +177,7 @@ async def test_a_browser_that_goes_away_ends_its_watch_on_the_server(runtime: Ru
 
 
 async def post(
-    runtime: Runtime, method: str, body: bytes | AsyncIterator[bytes], headers: dict[str, str]
+    runtime: Runtime, method: str, body: bytes | AsyncIterator[bytes], headers: Mapping[str, str]
 ) -> tuple[int, dict[str, str], list[bytes], dict[str, str]]:
     """A raw POST; the status comes from the trailer frame or, trailers-only, the headers."""
     async with (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import pytest
 from multidict import CIMultiDict
 
@@ -13,9 +12,7 @@ from securenow.server.runtime import Runtime
 from securenow.server.transport import grpc_web
 from securenow.v1 import users_pb2
 from tests.helpers import Api
-from tests.test_grpc_web import decode, encode
-
-GRPC_WEB = "application/grpc-web+proto"
+from tests.test_grpc_web import GRPC_WEB, encode, post
 
 
 async def _stalled_post(runtime: Runtime, extra_headers: str, within: float) -> bytes:
@@ -58,29 +55,11 @@ async def test_two_authorization_headers_are_refused_not_resolved(runtime: Runti
     not pick the other."""
     account = await api.sign_up()
     body = encode(users_pb2.GetUserRequest(user_id="me").SerializeToString())
-    headers = CIMultiDict(
-        [
-            ("Content-Type", GRPC_WEB),
-            ("Authorization", f"Bearer {account.access_token}"),
-            ("Authorization", "Bearer someone-elses-token"),
-        ]
-    )
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.UserService/GetUser", data=body, headers=headers
-        ) as resp,
-    ):
-        messages, trailers = decode(await resp.read())
-    status = resp.headers.get("grpc-status", trailers.get("grpc-status"))
-    assert (status, messages) == ("16", [])  # UNAUTHENTICATED, nothing read
-    single = CIMultiDict([("Content-Type", GRPC_WEB), ("Authorization", f"Bearer {account.access_token}")])
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{runtime.http_port}/securenow.v1.UserService/GetUser", data=body, headers=single
-        ) as resp,
-    ):
-        messages, trailers = decode(await resp.read())
-    assert trailers.get("grpc-status") == "0"
+    method = "securenow.v1.UserService/GetUser"
+    mine = ("Authorization", f"Bearer {account.access_token}")
+    two = CIMultiDict([("Content-Type", GRPC_WEB), mine, ("Authorization", "Bearer someone-elses-token")])
+    _, _, messages, trailers = await post(runtime, method, body, two)
+    assert (trailers["grpc-status"], messages) == ("16", [])  # UNAUTHENTICATED, nothing read
+    _, _, messages, trailers = await post(runtime, method, body, CIMultiDict([("Content-Type", GRPC_WEB), mine]))
+    assert trailers["grpc-status"] == "0"
     assert users_pb2.GetUserResponse.FromString(messages[0]).user.id == account.id

@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 
-from securenow.v1 import common_pb2, sos_pb2, users_pb2
+from securenow.v1 import common_pb2, sos_pb2, sos_pb2_grpc, users_pb2
 from tests.dispatch_helpers import SF, Cad, location, raise_sos, register_department
 from tests.helpers import Account, Api, wait_for
 
@@ -31,14 +31,15 @@ def whole_ms(dt: datetime) -> datetime:
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
 
 
-async def share(api: Api, person: Account, alert_id: str, *fixes: common_pb2.Location) -> int:
-    """One ShareLocation call; it answers once its fixes are stored."""
+async def share(sos: sos_pb2_grpc.SosServiceStub, person: Account, alert_id: str, *fixes: common_pb2.Location) -> int:
+    """One ShareLocation call (on `sos`: a replica's stub, or `api.sos`); it answers
+    once its fixes are stored."""
 
     async def requests() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
         for loc in fixes:
             yield sos_pb2.ShareLocationRequest(alert_id=alert_id, location=loc)
 
-    response: sos_pb2.ShareLocationResponse = await api.sos.ShareLocation(requests(), metadata=person.md)
+    response: sos_pb2.ShareLocationResponse = await sos.ShareLocation(requests(), metadata=person.md)
     return response.accepted_count
 
 
@@ -73,7 +74,7 @@ async def test_an_older_fix_joins_the_trail_but_never_replaces_a_newer_position(
         watch = api.sos.WatchSos(sos_pb2.WatchSosRequest(alert_id=alert.id), metadata=person.md)
         assert (await watch.read()).event == "snapshot"
 
-        assert await share(api, person, alert.id, fix_at(newer, now - timedelta(seconds=5))) == 1
+        assert await share(api.sos, person, alert.id, fix_at(newer, now - timedelta(seconds=5))) == 1
         moved = (await cad.next_event("alert_location")).alert_location
         assert abs(moved.location.point.latitude - newer[0]) < 1e-9
         seen = await asyncio.wait_for(watch.read(), 10)
@@ -82,7 +83,7 @@ async def test_an_older_fix_joins_the_trail_but_never_replaces_a_newer_position(
 
         await asyncio.sleep(FORWARD_INTERVAL + 0.2)  # past the pacing (see FORWARD_INTERVAL)
         # A fix the phone buffered a minute ago arrives late, in a call of its own.
-        assert await share(api, person, alert.id, fix_at(older, now - timedelta(seconds=60))) == 1
+        assert await share(api.sos, person, alert.id, fix_at(older, now - timedelta(seconds=60))) == 1
 
         barrier = await raise_sos(api, other, SF)
         assert await after_alert(cad, barrier.id) == ["alert_raised"]  # no alert_location for the older fix
@@ -108,7 +109,7 @@ async def test_an_older_fix_joins_the_trail_but_never_replaces_a_newer_position(
 
         # A newer fix still moves everything, and is the next "location" the watcher sees.
         newest = (SF[0] + 0.02, SF[1])
-        assert await share(api, person, alert.id, fix_at(newest, datetime.now(UTC))) == 1
+        assert await share(api.sos, person, alert.id, fix_at(newest, datetime.now(UTC))) == 1
         moved = (await cad.next_event("alert_location")).alert_location
         assert abs(moved.location.point.latitude - newest[0]) < 1e-9
         seen = await asyncio.wait_for(watch.read(), 10)
@@ -129,11 +130,11 @@ async def test_user_location_in_redis_keeps_a_newer_fix_written_by_another_repli
     later = (datetime.now(UTC) + timedelta(minutes=1)).timestamp()
     # Another replica stored (and wrote to Redis) a fix a minute newer than ours, first.
     await redis_client.set(f"user:location:{person.id}", f"1.5,2.5,{later}")
-    assert await share(api, person, "", location(SF)) == 1  # plain tracking, no alert
+    assert await share(api.sos, person, "", location(SF)) == 1  # plain tracking, no alert
     assert await redis_text(redis_client, f"user:location:{person.id}") == f"1.5,2.5,{later}"
 
     await redis_client.set(f"user:location:{person.id}", "1.5,2.5,1000.0")  # an old one: replaced
-    assert await share(api, person, "", location(SF)) == 1
+    assert await share(api.sos, person, "", location(SF)) == 1
     live = await redis_text(redis_client, f"user:location:{person.id}")
     assert live is not None
     assert live.startswith(f"{SF[0]},{SF[1]},")
@@ -178,7 +179,7 @@ async def test_a_cancel_racing_a_location_flush_ends_the_trail_and_the_cad_feed(
                 api.sos.CancelSos(sos_pb2.CancelSosRequest(alert_id=alert.id, reason="safe"), metadata=person.md)
             )
             await wait_for(lambda: _at_least(database, 1), what="the cancel waiting for the alert's row")
-            sharing = asyncio.ensure_future(share(api, person, alert.id, location((SF[0] + 0.001, SF[1]))))
+            sharing = asyncio.ensure_future(share(api.sos, person, alert.id, location((SF[0] + 0.001, SF[1]))))
             await wait_for(lambda: _at_least(database, 2), what="the location flush waiting for the alert's row")
         finally:
             await holder.rollback()
@@ -224,7 +225,7 @@ async def test_the_active_alert_key_follows_the_location_and_survives_a_redis_re
         ((SF[0] + 0.001, SF[1]), whole_ms(datetime.now(UTC)) - timedelta(seconds=3)),
         ((SF[0] + 0.002, SF[1]), whole_ms(datetime.now(UTC))),
     ):
-        assert await share(api, person, alert.id, fix_at(point, when)) == 1
+        assert await share(api.sos, person, alert.id, fix_at(point, when)) == 1
         expected = f"{person.id},{point[0]},{point[1]},{when.timestamp()}"
 
         async def moved(expected: str = expected) -> bool:
@@ -267,8 +268,8 @@ async def test_a_fix_from_a_clock_running_ahead_does_not_freeze_the_position(api
     now = datetime.now(UTC)
     alert = await raise_at(api, person, fix_at(SF, now))
     ahead, later = (SF[0] + 0.01, SF[1]), (SF[0] + 0.02, SF[1])
-    assert await share(api, person, alert.id, fix_at(ahead, now + timedelta(minutes=4))) == 1
-    assert await share(api, person, alert.id, fix_at(later, datetime.now(UTC))) == 1
+    assert await share(api.sos, person, alert.id, fix_at(ahead, now + timedelta(minutes=4))) == 1
+    assert await share(api.sos, person, alert.id, fix_at(later, datetime.now(UTC))) == 1
     got = await api.sos.GetSosAlert(sos_pb2.GetSosAlertRequest(alert_id=alert.id), metadata=person.md)
     assert abs(got.alert.location.point.latitude - later[0]) < 1e-9
     assert got.alert.location.time.ToDatetime(UTC) <= datetime.now(UTC)

@@ -575,15 +575,22 @@ async def test_on_duty_provider_is_found_nearby_until_off_duty(api: Api, redis_c
     assert await search(api, customer) == []
 
 
-async def test_suspending_the_owner_withdraws_the_provider_until_reinstated(
-    api: Api, redis_client: aioredis.Redis
-) -> None:
+async def found_on_duty(api: Api) -> tuple[Account, Account, providers_pb2.Provider, Account]:
+    """(admin, owner, provider, customer): a verified provider on duty at CENTER, which
+    the customer finds nearby."""
     admin = await api.admin()
     owner, provider = await new_provider(api)
     await verify(api, admin, provider.id)
     await set_duty(api, owner, provider.id, True, CENTER)
     customer = await api.sign_up()
     assert [r.provider.id for r in await search(api, customer)] == [provider.id]
+    return admin, owner, provider, customer
+
+
+async def test_suspending_the_owner_withdraws_the_provider_until_reinstated(
+    api: Api, redis_client: aioredis.Redis
+) -> None:
+    admin, owner, provider, customer = await found_on_duty(api)
 
     async with subscribed(redis_client, STATUS_CHANNEL) as pubsub:
         await api.users.SuspendUser(users_pb2.SuspendUserRequest(user_id=owner.id, reason="fraud"), metadata=admin.md)
@@ -615,12 +622,7 @@ async def test_taking_the_provider_role_away_withdraws_the_company_until_given_b
 ) -> None:
     """An admin who demotes a provider's owner to a plain user ends the company's
     offer as a suspension does: off duty at once, not found, not bookable."""
-    admin = await api.admin()
-    owner, provider = await new_provider(api)
-    await verify(api, admin, provider.id)
-    await set_duty(api, owner, provider.id, True, CENTER)
-    customer = await api.sign_up()
-    assert [r.provider.id for r in await search(api, customer)] == [provider.id]
+    admin, owner, provider, customer = await found_on_duty(api)
 
     def set_role(role: int) -> Awaitable[users_pb2.SetUserRoleResponse]:
         return api.users.SetUserRole(users_pb2.SetUserRoleRequest(user_id=owner.id, role=role), metadata=admin.md)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from securenow.v1 import agency_pb2, common_pb2, providers_pb2
-from tests.dispatch_helpers import LA, NOWHERE, SF, Cad, location, raise_sos, register_department
-from tests.helpers import Api
+from tests.dispatch_helpers import LA, NOWHERE, SF, Cad, Department, location, raise_sos, register_department
+from tests.helpers import Account, Api
 
 # About 1 km from NOWHERE: where the patrol is when the alert comes in.
 PATROL = (NOWHERE[0] + 0.01, NOWHERE[1])
@@ -32,16 +32,21 @@ async def on_duty_agency(api: Api, admin, name: str, area_center, at) -> tuple[C
     return Cad(api.channel, dept.api_key), dept.id
 
 
-async def test_outside_every_jurisdiction_the_nearby_patrol_beats_the_nearest_area(api: Api) -> None:
-    admin = await api.admin()
-    # Its service area is right next to the alert, but nobody of it is on duty near.
-    nearest_area = await register_department(
+async def area_next_to_nowhere(api: Api, admin: Account) -> Department:
+    """A security agency whose service area is nearest NOWHERE, with nobody on duty."""
+    return await register_department(
         api,
         admin,
         (NOWHERE[0] + 0.5, NOWHERE[1]),
         name="Closest Area Security",
         agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY,
     )
+
+
+async def test_outside_every_jurisdiction_the_nearby_patrol_beats_the_nearest_area(api: Api) -> None:
+    admin = await api.admin()
+    # Its service area is right next to the alert, but nobody of it is on duty near.
+    nearest_area = await area_next_to_nowhere(api, admin)
     # Its service area is a state away, but its patrol is 1 km from the alert.
     cad, patrol_agency = await on_duty_agency(api, admin, "Night Patrol", LA, PATROL)
     person = await api.sign_up()
@@ -91,13 +96,7 @@ async def test_a_police_department_linked_to_a_provider_is_never_sent_alerts_out
         metadata=owner.md,
     )
     police = await register_department(api, admin, LA, name="LA Police", provider_id=provider.id)
-    guards = await register_department(
-        api,
-        admin,
-        (NOWHERE[0] + 0.5, NOWHERE[1]),
-        name="Area Guards",
-        agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY,
-    )
+    guards = await area_next_to_nowhere(api, admin)
     alert = await raise_sos(api, await api.sign_up(), NOWHERE)
     assert alert.assigned_agency_id == guards.id
     assert alert.assigned_agency_id != police.id
@@ -110,13 +109,7 @@ async def test_a_patrol_no_longer_offered_does_not_take_alerts_by_a_leftover_dut
     """A provider rejected while Redis was down keeps its entry in providers:locations
     until it goes stale; routing must not send a person's emergency to its agency."""
     admin = await api.admin()
-    nearest_area = await register_department(
-        api,
-        admin,
-        (NOWHERE[0] + 0.5, NOWHERE[1]),
-        name="Closest Area Security",
-        agency_type=agency_pb2.AGENCY_TYPE_SECURITY_AGENCY,
-    )
+    nearest_area = await area_next_to_nowhere(api, admin)
     cad, patrol_agency = await on_duty_agency(api, admin, "Rejected Patrol", LA, PATROL)
     await cad.close()
     provider_id = (

@@ -33,6 +33,7 @@ from securenow.client.retry import Backoff
 from securenow.client.sos import WATCH_POLICY
 from securenow.server.runtime import Runtime
 from securenow.v1 import agency_pb2, auth_pb2, common_pb2, sos_pb2, users_pb2
+from tests.conftest import target
 from tests.dispatch_helpers import SF, raise_sos, register_department
 from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
 from tests.sdk_helpers import TcpProxy, self_signed_tls, silent_server
@@ -44,16 +45,6 @@ FAST_WATCH = dataclasses.replace(WATCH_POLICY, initial_backoff=0.05, max_backoff
 FAST_RECONNECT = dataclasses.replace(RECONNECT_POLICY, initial_backoff=0.05, max_backoff=0.5)
 # Reconnect right away after a connection is cut (the default first backoff is 1 s).
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50))
-
-
-def target(runtime: Runtime) -> str:
-    return f"127.0.0.1:{runtime.grpc_port}"
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[SecureNowClient]:
-    async with SecureNowClient(target(runtime)) as c:
-        yield c
 
 
 @pytest.fixture

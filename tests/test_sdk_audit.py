@@ -7,7 +7,6 @@ import asyncio
 import signal
 import time
 import traceback
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,19 +15,10 @@ import pytest
 from securenow.client import MemoryCursorStore, SecureNowClient, SecureNowError
 from securenow.server.runtime import Runtime
 from securenow.v1 import auth_pb2, users_pb2
+from tests.conftest import target
 from tests.dispatch_helpers import SF, raise_sos, register_department
 from tests.helpers import PASSWORD, Api, unique_email, unique_phone, wait_for
 from tests.sdk_helpers import connector, silent_server
-
-
-def target(runtime: Runtime) -> str:
-    return f"127.0.0.1:{runtime.grpc_port}"
-
-
-@pytest.fixture
-async def client(runtime: Runtime) -> AsyncIterator[SecureNowClient]:
-    async with SecureNowClient(target(runtime)) as c:
-        yield c
 
 
 def alert_of(line: str) -> str:

@@ -16,29 +16,14 @@ import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from google.protobuf import timestamp_pb2
 
 from securenow.server.bootstrap import App
 from securenow.server.storage.alert_watch import RESYNC, AlertWatchHub
 from securenow.v1 import common_pb2, sos_pb2, sos_pb2_grpc
 from tests.conftest import REDIS_URL, extra_replica
 from tests.dispatch_helpers import SF, Cad, location, raise_sos, register_department
-from tests.helpers import Account, Api, expect_error, wait_for
-
-
-def fix_at(point: tuple[float, float], when: datetime) -> common_pb2.Location:
-    loc = location(point)
-    loc.time.CopyFrom(timestamp_pb2.Timestamp(seconds=int(when.timestamp()), nanos=when.microsecond * 1000))
-    return loc
-
-
-async def share(stub: sos_pb2_grpc.SosServiceStub, person: Account, alert_id: str, *fixes: common_pb2.Location) -> int:
-    async def requests() -> AsyncIterator[sos_pb2.ShareLocationRequest]:
-        for loc in fixes:
-            yield sos_pb2.ShareLocationRequest(alert_id=alert_id, location=loc)
-
-    response: sos_pb2.ShareLocationResponse = await stub.ShareLocation(requests(), metadata=person.md)
-    return response.accepted_count
+from tests.helpers import Api, expect_error, wait_for
+from tests.test_location_order import fix_at, share
 
 
 async def test_a_watch_ends_when_the_alert_closed_even_if_its_closing_event_never_reached_it(

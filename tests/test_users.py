@@ -555,7 +555,7 @@ async def test_deleting_an_account_erases_the_persons_data(
     )
     await submit_kyc(api, person)
     alert = await raise_sos(api, person, (37.7749, -122.4194))
-    assert await share(api, person, alert.id, location((37.775, -122.4194))) == 1
+    assert await share(api.sos, person, alert.id, location((37.775, -122.4194))) == 1
     assert await redis_client.exists(f"user:location:{person.id}")
 
     await api.users.DeleteUser(users_pb2.DeleteUserRequest(user_id="me"), metadata=person.md)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from securenow.server.domain.accounts import (
@@ -285,6 +286,5 @@ class UserService:
                 # a suspension): it leaves duty at once. Given the role back, it is again.
                 provider_id = await uow.providers.id_owned_by(target)
                 if provider_id is not None:
-                    withdrawn = provider_id
-                    uow.after_commit(lambda: take_off_duty(self._live, withdrawn, reason="owner_inactive"))
+                    uow.after_commit(partial(take_off_duty, self._live, provider_id, reason="owner_inactive"))
         return user
